@@ -1,0 +1,25 @@
+//! Database migrations, the same on SQLite and PostgreSQL.
+//!
+//! One migration per change, in time order; a migration that has landed on
+//! main is never edited again, a later one changes what it made.
+
+// sea-orm-migration's async_trait signature spells `&SchemaManager` without its lifetime.
+#![allow(elided_lifetimes_in_paths)]
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_create_role;
+mod m20261122_000002_create_audit_event;
+mod m20261122_000003_create_job;
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261122_000001_create_role::Migration),
+            Box::new(m20261122_000002_create_audit_event::Migration),
+            Box::new(m20261122_000003_create_job::Migration),
+        ]
+    }
+}

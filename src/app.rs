@@ -1,0 +1,72 @@
+//! `App`: everything a request or a job needs, built once at start.
+//!
+//! Rule: no state in here that two replicas would need to share; the
+//! database is the only shared truth (the event bus is per process and
+//! only carries notifications of what is already committed).
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use sea_orm::DatabaseConnection;
+use tokio::sync::broadcast;
+
+use crate::auth::jwt::JwtAuth;
+use crate::config::Config;
+use crate::scan::Clamd;
+use crate::storage::Stores;
+
+/// Something that happened, published after its transaction committed.
+#[derive(Clone, Debug)]
+pub enum Event {
+    Audit(entity::audit_event::Model),
+}
+
+#[derive(Clone)]
+pub struct App(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub db: DatabaseConnection,
+    pub jwt: JwtAuth,
+    pub stores: Stores,
+    pub clamd: Option<Clamd>,
+    pub events: broadcast::Sender<Event>,
+}
+
+impl std::ops::Deref for App {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl App {
+    /// Connect to everything the config names. Does not run migrations.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let db = crate::db::connect(&config).await?;
+        let jwt = JwtAuth::from_config(&config.auth, &config.data_dir)?;
+        let stores = Stores::from_config(&config.storage).context("opening the object stores")?;
+        let clamd = match config.scanner.mode {
+            crate::config::ScannerMode::Clamd => Some(Clamd::new(config.clamd_address()?, config.scanner.timeout)),
+            crate::config::ScannerMode::Disabled => {
+                tracing::warn!("SCANNER DISABLED (scanner.mode = \"disabled\"): uploads will NOT be scanned for malware");
+                None
+            }
+        };
+        let (events, _) = broadcast::channel(1024);
+        Ok(Self(Arc::new(Inner {
+            config,
+            db,
+            jwt,
+            stores,
+            clamd,
+            events,
+        })))
+    }
+
+    pub fn publish(&self, event: Event) {
+        // No subscriber is fine: events are notifications, not the record.
+        let _ = self.events.send(event);
+    }
+}

@@ -1,0 +1,86 @@
+//! Who is calling, and what they may do.
+//!
+//! Every request gets a [`Ctx`]: the [`Actor`] (anonymous, an operator with
+//! the permissions of their roles, a device, or the system itself) and the
+//! request id. Services authorize with one call shape, as the first thing
+//! they do: `ctx.require(Permission::RoleAdmin)?`. Resolvers and routes
+//! never check permissions themselves.
+
+pub mod jwt;
+pub mod permission;
+
+use std::collections::BTreeSet;
+
+pub use permission::Permission;
+
+use crate::error::{Error, Result};
+
+/// An authenticated operator.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub subject: String,
+    /// Role names as the token carried them (known or not).
+    pub roles: Vec<String>,
+    /// Union of the permissions of the known roles.
+    pub permissions: BTreeSet<Permission>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Actor {
+    Anonymous,
+    User(User),
+    /// Background work and the CLI acting with the server's own authority.
+    System(String),
+}
+
+impl Actor {
+    /// `(kind, id)` as written into audit events.
+    pub fn audit_identity(&self) -> (&'static str, String) {
+        match self {
+            Actor::Anonymous => ("anonymous", String::new()),
+            Actor::User(user) => ("user", user.subject.clone()),
+            Actor::System(name) => ("system", name.clone()),
+        }
+    }
+}
+
+/// The request context every service function takes first.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub actor: Actor,
+    pub request_id: Option<String>,
+}
+
+impl Ctx {
+    pub fn new(actor: Actor, request_id: Option<String>) -> Self {
+        Self { actor, request_id }
+    }
+
+    pub fn system(name: &str) -> Self {
+        Self::new(Actor::System(name.to_owned()), None)
+    }
+
+    /// UNAUTHENTICATED without an operator, FORBIDDEN without `permission`.
+    pub fn require(&self, permission: Permission) -> Result<&Actor> {
+        match &self.actor {
+            Actor::Anonymous => Err(Error::Unauthenticated("an operator token is required".into())),
+            Actor::User(user) if user.permissions.contains(&permission) => Ok(&self.actor),
+            Actor::User(_) => Err(Error::Forbidden { permission: permission.as_str() }),
+            Actor::System(_) => Ok(&self.actor),
+        }
+    }
+
+    /// Any authenticated operator (for `me`).
+    pub fn require_user(&self) -> Result<&User> {
+        match &self.actor {
+            Actor::User(user) => Ok(user),
+            _ => Err(Error::Unauthenticated("an operator token is required".into())),
+        }
+    }
+}
+
+/// Verify an operator's bearer token and resolve its roles to permissions.
+pub async fn authenticate_operator(app: &crate::app::App, token: &str) -> Result<User> {
+    let claims = app.jwt.verify(token)?;
+    crate::service::role::resolve_user(&app.db, claims).await
+}

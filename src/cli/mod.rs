@@ -1,0 +1,176 @@
+//! The `otadepot` command line: serve, migrate, schema, token.
+//!
+//! Rule: each subcommand is a thin call into the library; anyhow errors
+//! with context are fine here, at the edge.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use migration::{Migrator, MigratorTrait};
+
+use crate::config::{Config, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(name = "otadepot", version, about = "Over-the-air update server for IoT device fleets")]
+pub struct Cli {
+    /// TOML configuration file (defaults < file < OTADEPOT_* env).
+    #[arg(long, global = true, env = "OTADEPOT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format (overrides `log_format`).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the HTTP server (GraphQL, device API, repository) and, by
+    /// default, the background workers.
+    Serve,
+    /// Apply, roll back or list database migrations.
+    Migrate {
+        #[command(subcommand)]
+        action: Option<MigrateAction>,
+    },
+    /// Print the GraphQL schema (SDL).
+    Schema,
+    /// Operator tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MigrateAction {
+    /// Apply every pending migration (the default).
+    Up,
+    /// Roll back the latest migrations.
+    Down {
+        /// How many to roll back.
+        #[arg(long, default_value_t = 1)]
+        steps: u32,
+    },
+    /// List migrations and whether each is applied.
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenAction {
+    /// Mint an operator JWT signed with the configured HS256 secret.
+    Issue {
+        /// The token's subject (who the operator is; shows in the audit trail).
+        #[arg(long)]
+        subject: String,
+        /// A role to grant; repeat for several.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Lifetime, like 30m, 1h, 7d (at most 365d).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+/// Run a parsed command line. `schema` needs no configuration.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Schema = cli.command {
+        let mut out = std::io::stdout().lock();
+        out.write_all(crate::graphql::sdl().as_bytes())?;
+        return Ok(());
+    }
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(format) = cli.log_format {
+        config.log_format = format;
+    }
+    crate::telemetry::init_logging(config.log_format);
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Migrate { action } => migrate(config, action.unwrap_or(MigrateAction::Up)).await,
+        Command::Token {
+            action: TokenAction::Issue { subject, roles, ttl },
+        } => issue_token(config, &subject, &roles, ttl).await,
+        Command::Schema => Ok(()),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = crate::server::Server::start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutdown requested; finishing in-flight requests");
+    server.shutdown();
+    server.wait().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+async fn migrate(config: Config, action: MigrateAction) -> anyhow::Result<()> {
+    let db = crate::db::connect(&config).await?;
+    match action {
+        MigrateAction::Up => {
+            Migrator::up(&db, None).await.context("applying migrations")?;
+            tracing::info!("database is up to date");
+        }
+        MigrateAction::Down { steps } => {
+            Migrator::down(&db, Some(steps)).await.context("rolling back migrations")?;
+            tracing::info!(steps, "rolled back");
+        }
+        MigrateAction::Status => {
+            let mut out = std::io::stdout().lock();
+            for migration in Migrator::get_migration_with_status(&db).await.context("reading migration status")? {
+                writeln!(out, "{:<8} {}", format!("{}", migration.status()).to_lowercase(), migration.name())?;
+            }
+        }
+    }
+    db.close().await.ok();
+    Ok(())
+}
+
+async fn issue_token(config: Config, subject: &str, roles: &[String], ttl: Duration) -> anyhow::Result<()> {
+    if subject.trim().is_empty() {
+        bail!("--subject must not be empty");
+    }
+    if ttl.is_zero() || ttl > Duration::from_secs(365 * 24 * 3600) {
+        bail!("--ttl must be between 1s and 365d");
+    }
+    let db = crate::db::connect(&config).await?;
+    if config.database.migrate_on_start {
+        crate::db::migrate_up(&db).await?;
+    }
+    let unknown = crate::service::role::unknown_names(&db, roles).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !unknown.is_empty() {
+        bail!("unknown role(s): {} (see the `roles` query or docs/architecture.md for the built-in ones)", unknown.join(", "));
+    }
+    db.close().await.ok();
+    let jwt = crate::auth::jwt::JwtAuth::from_config(&config.auth, &config.data_dir)?;
+    let token = jwt.issue(subject, roles, ttl)?;
+    writeln!(std::io::stdout().lock(), "{token}")?;
+    Ok(())
+}

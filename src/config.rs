@@ -1,0 +1,383 @@
+//! Typed configuration: built-in defaults < TOML file < `OTADEPOT_*` env.
+//!
+//! Nested keys use `__` in the environment: `database.url` is
+//! `OTADEPOT_DATABASE__URL`. Unknown keys are errors, so a typo never
+//! silently falls back to a default. Every error names the key.
+//!
+//! Rule: secrets live in [`Secret`], which never prints its value.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// A string that must never reach a log line or a debug dump.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Where the embedded defaults keep their files.
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub database: DatabaseConfig,
+    pub storage: StorageConfig,
+    pub scanner: ScannerConfig,
+    pub auth: AuthConfig,
+    pub http: HttpConfig,
+    pub graphql: GraphqlConfig,
+    pub jobs: JobsConfig,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` or `postgres://...`; empty means `<data_dir>/otadepot.db`.
+    pub url: Secret,
+    pub max_connections: u32,
+    /// Run pending migrations when `serve` starts.
+    pub migrate_on_start: bool,
+    #[serde(with = "humantime_serde_compat")]
+    pub busy_timeout: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// object_store URL of the staging store (also holds `quarantine/`);
+    /// empty means `<data_dir>/staging`.
+    pub staging: String,
+    /// object_store URL of the repository store; empty means `<data_dir>/repository`.
+    pub repository: String,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ScannerMode {
+    Clamd,
+    /// Only by explicit config; logged loudly, recorded as verdict SKIPPED.
+    Disabled,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScannerConfig {
+    pub mode: ScannerMode,
+    /// `unix:/path/to/clamd.ctl` or `tcp://host:port`.
+    pub clamd: String,
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret for operator tokens. Empty, with no other key source,
+    /// means one is generated into `<data_dir>/jwt-secret` on first start.
+    pub jwt_secret: Secret,
+    /// File holding the HS256 secret (alternative to `jwt_secret`).
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Public keys of an identity provider (RS256 / ES256 / EdDSA, PEM).
+    pub jwt_public_keys: Vec<PublicKeyConfig>,
+    /// A JWKS document (JSON file) with the identity provider's keys.
+    pub jwks_file: Option<PathBuf>,
+    pub issuer: String,
+    pub audience: String,
+    /// Claim that carries the role names (an array of strings, or one string).
+    pub roles_claim: String,
+    pub leeway_seconds: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyConfig {
+    /// `RS256`, `ES256` or `EdDSA`.
+    pub algorithm: String,
+    pub path: PathBuf,
+    /// Matched against the token header's `kid` when both are present.
+    pub kid: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest request body for JSON endpoints (GraphQL, device API).
+    pub max_body_bytes: usize,
+    /// Largest single upload (GraphQL multipart, upload URLs, tus).
+    pub max_upload_bytes: u64,
+    /// Origins allowed to call `/graphql` from a browser; none by default.
+    pub cors_allowed_origins: Vec<String>,
+    /// How long shutdown waits for in-flight requests before giving up.
+    #[serde(with = "humantime_serde_compat")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphqlConfig {
+    pub max_depth: usize,
+    pub max_complexity: usize,
+    pub introspection: bool,
+    /// Serve GraphiQL to a browser's GET on `/graphql`.
+    pub graphiql: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Run the job workers inside `serve` (the embedded default).
+    pub in_process: bool,
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde_compat")]
+    pub poll_interval: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub lease: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            log_format: LogFormat::Text,
+            database: DatabaseConfig {
+                url: Secret::default(),
+                max_connections: 10,
+                migrate_on_start: true,
+                busy_timeout: Duration::from_secs(10),
+            },
+            storage: StorageConfig {
+                staging: String::new(),
+                repository: String::new(),
+            },
+            scanner: ScannerConfig {
+                mode: ScannerMode::Clamd,
+                clamd: "unix:/var/run/clamav/clamd.ctl".into(),
+                timeout: Duration::from_secs(300),
+            },
+            auth: AuthConfig {
+                jwt_secret: Secret::default(),
+                jwt_secret_file: None,
+                jwt_public_keys: Vec::new(),
+                jwks_file: None,
+                issuer: "otadepot".into(),
+                audience: "otadepot".into(),
+                roles_claim: "roles".into(),
+                leeway_seconds: 30,
+            },
+            http: HttpConfig {
+                max_body_bytes: 2 * 1024 * 1024,
+                max_upload_bytes: 4 * 1024 * 1024 * 1024,
+                cors_allowed_origins: Vec::new(),
+                shutdown_grace: Duration::from_secs(30),
+            },
+            graphql: GraphqlConfig {
+                max_depth: 15,
+                max_complexity: 2000,
+                introspection: true,
+                graphiql: true,
+            },
+            jobs: JobsConfig {
+                in_process: true,
+                concurrency: 4,
+                poll_interval: Duration::from_secs(2),
+                lease: Duration::from_secs(60),
+            },
+        }
+    }
+}
+
+/// Where the clamd daemon listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClamdAddress {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl Config {
+    /// Load defaults, then the TOML file (if any), then `OTADEPOT_*` env.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                bail!("config file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(
+            Env::prefixed("OTADEPOT_")
+                .filter(|key| {
+                    let key = key.as_str();
+                    key != "config" && !key.starts_with("test_")
+                })
+                .split("__"),
+        );
+        let config: Config = figment.extract().map_err(|e| {
+            // figment's own text names the key and where its value came from.
+            anyhow::anyhow!("invalid configuration: {e}")
+        })?;
+        config.resolve()
+    }
+
+    /// Fill the defaults that derive from `data_dir` and check what serde cannot.
+    pub fn resolve(mut self) -> anyhow::Result<Self> {
+        if self.data_dir.as_os_str().is_empty() {
+            bail!("invalid configuration: data_dir: must not be empty");
+        }
+        if self.database.url.is_empty() {
+            let path = self.data_dir.join("otadepot.db");
+            self.database.url = Secret::new(format!("sqlite://{}?mode=rwc", path.display()));
+        }
+        let url = self.database.url.expose();
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            bail!("invalid configuration: database.url: must start with sqlite: or postgres:// (got scheme {:?})",
+                url.split(':').next().unwrap_or_default());
+        }
+        if self.database.max_connections == 0 {
+            bail!("invalid configuration: database.max_connections: must be at least 1");
+        }
+        for (key, value, folder) in [
+            ("storage.staging", &mut self.storage.staging, "staging"),
+            ("storage.repository", &mut self.storage.repository, "repository"),
+        ] {
+            if value.is_empty() {
+                let dir = absolute(&self.data_dir.join(folder))?;
+                *value = url::Url::from_directory_path(&dir)
+                    .map_err(|()| anyhow::anyhow!("invalid configuration: {key}: cannot turn {} into a URL", dir.display()))?
+                    .to_string();
+            }
+            url::Url::parse(value).with_context(|| format!("invalid configuration: {key}: not a URL: {value:?}"))?;
+        }
+        if self.scanner.mode == ScannerMode::Clamd {
+            self.clamd_address()?;
+        }
+        for origin in &self.http.cors_allowed_origins {
+            let parsed = url::Url::parse(origin)
+                .with_context(|| format!("invalid configuration: http.cors_allowed_origins: {origin:?} is not an origin"))?;
+            if parsed.origin().ascii_serialization() != origin.trim_end_matches('/') {
+                bail!("invalid configuration: http.cors_allowed_origins: {origin:?} must be scheme://host[:port] without a path");
+            }
+        }
+        if self.http.max_body_bytes < 1024 {
+            bail!("invalid configuration: http.max_body_bytes: must be at least 1024");
+        }
+        if self.graphql.max_depth == 0 || self.graphql.max_complexity == 0 {
+            bail!("invalid configuration: graphql.max_depth and graphql.max_complexity must be at least 1");
+        }
+        if self.jobs.concurrency == 0 {
+            bail!("invalid configuration: jobs.concurrency: must be at least 1");
+        }
+        for key in &self.auth.jwt_public_keys {
+            if !matches!(key.algorithm.as_str(), "RS256" | "ES256" | "EdDSA") {
+                bail!("invalid configuration: auth.jwt_public_keys.algorithm: {:?} is not one of RS256, ES256, EdDSA", key.algorithm);
+            }
+        }
+        if self.auth.roles_claim.is_empty() {
+            bail!("invalid configuration: auth.roles_claim: must not be empty");
+        }
+        Ok(self)
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.database.url.expose().starts_with("sqlite:")
+    }
+
+    pub fn clamd_address(&self) -> anyhow::Result<ClamdAddress> {
+        let value = &self.scanner.clamd;
+        if let Some(path) = value.strip_prefix("unix:") {
+            let path = path.trim_start_matches("//");
+            if path.is_empty() {
+                bail!("invalid configuration: scanner.clamd: empty socket path");
+            }
+            Ok(ClamdAddress::Unix(PathBuf::from(path)))
+        } else if let Some(addr) = value.strip_prefix("tcp://") {
+            if !addr.contains(':') {
+                bail!("invalid configuration: scanner.clamd: {value:?} needs host:port");
+            }
+            Ok(ClamdAddress::Tcp(addr.to_owned()))
+        } else {
+            bail!("invalid configuration: scanner.clamd: {value:?} must be unix:/path or tcp://host:port")
+        }
+    }
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
+}
+
+/// Durations as humantime strings (`"30s"`, `"5m"`) in TOML and env.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\" or \"5m\": {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_resolve() {
+        let config = Config::default().resolve().expect("defaults are valid");
+        assert!(config.database.url.expose().starts_with("sqlite://"));
+        assert!(config.storage.staging.starts_with("file://"));
+        assert!(config.storage.staging.ends_with("/data/staging/"));
+        assert_eq!(
+            config.clamd_address().expect("default clamd"),
+            ClamdAddress::Unix("/var/run/clamav/clamd.ctl".into())
+        );
+    }
+
+    #[test]
+    fn secret_does_not_print() {
+        let secret = Secret::new("hunter2");
+        assert_eq!(format!("{secret:?}"), "Secret(***)");
+    }
+}

@@ -1,0 +1,146 @@
+//! The one domain error type.
+//!
+//! Services return [`Error`]; it is converted once to a GraphQL error (with
+//! `extensions.code`) in [`Error::into_graphql`] and once to an HTTP
+//! response in its `IntoResponse` impl. Internal errors are logged where
+//! they are converted (inside the request's span, so with its request id)
+//! and reach the client as a bare "internal error".
+//!
+//! Rule: never build a GraphQL or HTTP error by hand elsewhere; add a
+//! variant here if none fits.
+
+use async_graphql::ErrorExtensions;
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use sea_orm::{DbErr, SqlErr};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("missing permission {permission}")]
+    Forbidden { permission: &'static str },
+    #[error("{kind} {id} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{field}: {reason}")]
+    InvalidInput { field: String, reason: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    InvalidState(String),
+    #[error("payload larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl Error {
+    pub fn not_found(kind: &'static str, id: impl ToString) -> Self {
+        Self::NotFound { kind, id: id.to_string() }
+    }
+
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidInput {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn internal(err: impl Into<anyhow::Error>) -> Self {
+        Self::Internal(err.into())
+    }
+
+    /// The `extensions.code` of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::Forbidden { .. } => "FORBIDDEN",
+            Self::NotFound { .. } => "NOT_FOUND",
+            Self::InvalidInput { .. } => "BAD_USER_INPUT",
+            Self::Conflict(_) => "CONFLICT",
+            Self::InvalidState(_) => "INVALID_STATE",
+            Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::Unavailable(_) => "UNAVAILABLE",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::InvalidInput { .. } => StatusCode::BAD_REQUEST,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::InvalidState(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Client-facing message; internal detail stays in the logs.
+    fn public_message(&self) -> String {
+        if let Self::Internal(err) = self {
+            tracing::error!(error = format!("{err:#}"), "internal error");
+        }
+        self.to_string()
+    }
+
+    pub fn into_graphql(self) -> async_graphql::Error {
+        let code = self.code();
+        let message = self.public_message();
+        let mut err = async_graphql::Error::new(message);
+        err = err.extend_with(|_, ext| {
+            ext.set("code", code);
+            match &self {
+                Self::InvalidInput { field, .. } => ext.set("field", field.as_str()),
+                Self::Forbidden { permission } => ext.set("permission", *permission),
+                _ => {}
+            }
+        });
+        err
+    }
+}
+
+impl From<Error> for async_graphql::Error {
+    fn from(err: Error) -> Self {
+        err.into_graphql()
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let code = self.code();
+        let message = self.public_message();
+        let mut response = (status, Json(serde_json::json!({ "error": { "code": code, "message": message } }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Database errors map here and nowhere else: a unique violation is a
+/// CONFLICT, a lost connection is UNAVAILABLE, the rest is INTERNAL.
+impl From<DbErr> for Error {
+    fn from(err: DbErr) -> Self {
+        match err.sql_err() {
+            Some(SqlErr::UniqueConstraintViolation(_)) => return Self::Conflict("an object with the same unique key already exists".into()),
+            Some(SqlErr::ForeignKeyConstraintViolation(_)) => return Self::Conflict("the object is referenced by, or references, another object".into()),
+            _ => {}
+        }
+        match &err {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => Self::Unavailable("database unavailable".into()),
+            _ => Self::Internal(err.into()),
+        }
+    }
+}

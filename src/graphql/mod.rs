@@ -1,0 +1,56 @@
+//! The GraphQL API: thin resolvers, one module per area (same names as
+//! `service/`). A resolver reads its arguments, calls one service function
+//! and shapes the result; it holds no rule and checks no permission.
+
+pub mod audit;
+pub mod auth;
+pub mod connection;
+pub mod role;
+
+use async_graphql::{Context, MergedObject, MergedSubscription, Schema, SchemaBuilder};
+
+use crate::app::App;
+use crate::auth::Ctx;
+use crate::config::GraphqlConfig;
+
+#[derive(MergedObject, Default)]
+pub struct Query(auth::AuthQuery, role::RoleQuery, audit::AuditQuery);
+
+#[derive(MergedObject, Default)]
+pub struct Mutation(role::RoleMutation);
+
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(audit::AuditSubscription);
+
+pub type ApiSchema = Schema<Query, Mutation, Subscription>;
+
+fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
+    Schema::build(Query::default(), Mutation::default(), Subscription::default())
+}
+
+/// The schema the server runs, with its limits.
+pub fn build(app: App, config: &GraphqlConfig) -> ApiSchema {
+    let mut builder = builder()
+        .data(app)
+        .limit_depth(config.max_depth)
+        .limit_complexity(config.max_complexity);
+    if !config.introspection {
+        builder = builder.disable_introspection();
+    }
+    builder.finish()
+}
+
+/// The SDL that `schema.graphql` holds.
+pub fn sdl() -> String {
+    builder().finish().sdl()
+}
+
+/// The application, from a resolver's context.
+pub(crate) fn app<'a>(ctx: &Context<'a>) -> &'a App {
+    ctx.data_unchecked::<App>()
+}
+
+/// The caller, from a resolver's context.
+pub(crate) fn caller<'a>(ctx: &Context<'a>) -> &'a Ctx {
+    ctx.data_unchecked::<Ctx>()
+}

@@ -1,0 +1,325 @@
+//! `/graphql` and `/graphql/ws`, following the GraphQL-over-HTTP spec
+//! (graphql.github.io/graphql-over-http) where async-graphql-axum does not:
+//!
+//! - the reply is `application/json` unless the client accepts
+//!   `application/graphql-response+json`; with the latter, a request error
+//!   (parse, validation, variables) is a 400 without a `data` key;
+//! - a POST must be JSON or multipart (415 otherwise), so a browser form
+//!   cannot run a mutation; a mutation over GET is a 405 with `Allow: POST`;
+//! - bodies and uploads are size-limited (413).
+//!
+//! Operators authenticate with `Authorization: Bearer <jwt>`; over the
+//! WebSocket, in the `connection_init` payload (or the upgrade request).
+
+use std::time::Duration;
+
+use async_graphql::http::{GraphiQLSource, MultipartOptions};
+use async_graphql::ParseRequestError;
+use async_graphql::parser::types::OperationType;
+use async_graphql::{BatchRequest, BatchResponse, Data};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::body::Body;
+use axum::extract::{RawQuery, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+
+use super::{HttpState, request_id};
+use crate::app::App;
+use crate::auth::{Actor, Ctx};
+use crate::error::Error;
+
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+const MAX_UPLOAD_FILES: usize = 16;
+
+/// Which media type the client gets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    Json,
+    GraphqlResponseJson,
+}
+
+impl Reply {
+    fn negotiate(headers: &HeaderMap) -> Self {
+        let accepts = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|item| {
+                let mut parts = item.split(';').map(str::trim);
+                let media = parts.next().unwrap_or_default();
+                let refused = parts.any(|p| p.replace(' ', "") == "q=0");
+                media.eq_ignore_ascii_case(GRAPHQL_RESPONSE_JSON) && !refused
+            });
+        if accepts { Reply::GraphqlResponseJson } else { Reply::Json }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Reply::Json => "application/json; charset=utf-8",
+            Reply::GraphqlResponseJson => "application/graphql-response+json; charset=utf-8",
+        }
+    }
+
+    fn respond(self, status: StatusCode, body: &Value) -> Response {
+        (status, [(header::CONTENT_TYPE, self.content_type())], body.to_string()).into_response()
+    }
+
+    /// A request that never reached execution (bad body, bad token...).
+    fn request_error(self, status: StatusCode, err: &Error) -> Response {
+        let body = json!({ "errors": [{ "message": err.to_string(), "extensions": { "code": err.code() } }] });
+        let mut response = self.respond(status, &body);
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// The caller of an operator endpoint, from its `Authorization` header.
+async fn caller(app: &App, headers: &HeaderMap) -> Result<Ctx, Error> {
+    let request_id = request_id(headers);
+    let actor = match headers.get(header::AUTHORIZATION) {
+        None => Actor::Anonymous,
+        Some(value) => {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .ok_or_else(|| Error::Unauthenticated("Authorization must be \"Bearer <token>\"".into()))?;
+            Actor::User(crate::auth::authenticate_operator(app, token.trim()).await?)
+        }
+    };
+    Ok(Ctx::new(actor, request_id))
+}
+
+pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    let reply = Reply::negotiate(&headers);
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let config = &state.app.config.http;
+
+    let batch = match essence.as_str() {
+        "application/json" | "application/graphql+json" => {
+            let limit = config.max_body_bytes;
+            let too_large = || Error::PayloadTooLarge { limit: limit as u64 };
+            if content_length(&headers).is_some_and(|n| n > limit as u64) {
+                return reply.request_error(StatusCode::PAYLOAD_TOO_LARGE, &too_large());
+            }
+            let bytes = match axum::body::to_bytes(body, limit).await {
+                Ok(bytes) => bytes,
+                Err(_) => return reply.request_error(StatusCode::PAYLOAD_TOO_LARGE, &too_large()),
+            };
+            match serde_json::from_slice::<BatchRequest>(&bytes) {
+                Ok(batch) => batch,
+                Err(err) => {
+                    let err = Error::invalid("body", format!("not a GraphQL request in JSON: {err}"));
+                    return reply.request_error(StatusCode::BAD_REQUEST, &err);
+                }
+            }
+        }
+        "multipart/form-data" => {
+            let options = MultipartOptions::default()
+                .max_file_size(usize::try_from(config.max_upload_bytes).unwrap_or(usize::MAX))
+                .max_num_files(MAX_UPLOAD_FILES);
+            let reader = body.into_data_stream().map_err(std::io::Error::other).into_async_read();
+            match async_graphql::http::receive_batch_body(Some(&content_type), reader, options).await {
+                Ok(batch) => batch,
+                Err(ParseRequestError::PayloadTooLarge) => {
+                    let err = Error::PayloadTooLarge {
+                        limit: config.max_upload_bytes,
+                    };
+                    return reply.request_error(StatusCode::PAYLOAD_TOO_LARGE, &err);
+                }
+                Err(err) => {
+                    let err = Error::invalid("body", format!("not a GraphQL multipart request: {err}"));
+                    return reply.request_error(StatusCode::BAD_REQUEST, &err);
+                }
+            }
+        }
+        _ => {
+            let err = Error::invalid(
+                "content-type",
+                "POST /graphql takes application/json or multipart/form-data",
+            );
+            return reply.request_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &err);
+        }
+    };
+
+    let ctx = match caller(&state.app, &headers).await {
+        Ok(ctx) => ctx,
+        Err(err) => return reply.request_error(err.status(), &err),
+    };
+    let response = state.schema.execute_batch(batch.data(ctx)).await;
+    shape(reply, response)
+}
+
+pub async fn get(State(state): State<HttpState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    let reply = Reply::negotiate(&headers);
+    let query = query.unwrap_or_default();
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    if wants_html && !query.split('&').any(|kv| kv.starts_with("query=")) {
+        if !state.app.config.graphql.graphiql {
+            return StatusCode::NOT_FOUND.into_response();
+        }
+        return Html(
+            GraphiQLSource::build()
+                .endpoint("/graphql")
+                .subscription_endpoint("/graphql/ws")
+                .title("otadepot GraphiQL")
+                .finish(),
+        )
+        .into_response();
+    }
+    let request = match async_graphql::http::parse_query_string(&query) {
+        Ok(request) if !request.query.is_empty() => request,
+        Ok(_) => {
+            let err = Error::invalid("query", "a GraphQL GET needs a `query` parameter");
+            return reply.request_error(StatusCode::BAD_REQUEST, &err);
+        }
+        Err(err) => {
+            let err = Error::invalid("query", format!("not a GraphQL request: {err}"));
+            return reply.request_error(StatusCode::BAD_REQUEST, &err);
+        }
+    };
+    if is_mutation(&request) {
+        let err = Error::invalid("query", "mutations must be sent with POST");
+        let mut response = reply.request_error(StatusCode::METHOD_NOT_ALLOWED, &err);
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    let ctx = match caller(&state.app, &headers).await {
+        Ok(ctx) => ctx,
+        Err(err) => return reply.request_error(err.status(), &err),
+    };
+    let response = state.schema.execute(request.data(ctx)).await;
+    shape(reply, BatchResponse::Single(response))
+}
+
+/// Whether the operation a GET would run is a mutation. A document that
+/// does not parse is left to execution, which reports the parse error.
+fn is_mutation(request: &async_graphql::Request) -> bool {
+    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
+        return false;
+    };
+    document
+        .operations
+        .iter()
+        .filter(|(name, _)| match &request.operation_name {
+            Some(wanted) => name.is_some_and(|n| n.as_str() == wanted),
+            None => true,
+        })
+        .any(|(_, op)| op.node.ty == OperationType::Mutation)
+}
+
+/// Serialize a response per the spec: errors without a code get
+/// BAD_USER_INPUT (they come from the GraphQL layer itself: parse,
+/// validation, limits, argument coercion); a request error carries no
+/// `data` and, with graphql-response+json, is a 400.
+fn shape(reply: Reply, response: BatchResponse) -> Response {
+    match response {
+        BatchResponse::Single(response) => {
+            let (body, request_error) = shape_one(&response);
+            let status = if request_error && reply == Reply::GraphqlResponseJson {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::OK
+            };
+            reply.respond(status, &body)
+        }
+        BatchResponse::Batch(responses) => {
+            let items = responses.iter().map(|r| shape_one(r).0).collect();
+            reply.respond(StatusCode::OK, &Value::Array(items))
+        }
+    }
+}
+
+/// The JSON of one response, and whether it is a request error (no
+/// execution happened: no data, and no error has a path).
+fn shape_one(response: &async_graphql::Response) -> (Value, bool) {
+    let request_error = response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty());
+    let mut body = serde_json::to_value(response).unwrap_or_else(|_| json!({}));
+    normalize(&mut body, request_error);
+    (body, request_error)
+}
+
+fn normalize(body: &mut Value, request_error: bool) {
+    if request_error && let Some(map) = body.as_object_mut() {
+        map.remove("data");
+    }
+    if let Some(errors) = body.get_mut("errors").and_then(Value::as_array_mut) {
+        for error in errors {
+            let extensions = error
+                .as_object_mut()
+                .map(|e| e.entry("extensions").or_insert_with(|| json!({})));
+            if let Some(Value::Object(ext)) = extensions {
+                ext.entry("code").or_insert_with(|| "BAD_USER_INPUT".into());
+            }
+        }
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// GraphQL over WebSocket (graphql-transport-ws, and the legacy graphql-ws).
+pub async fn ws(State(state): State<HttpState>, protocol: GraphQLProtocol, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+    let header_token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let request_id = request_id(&headers);
+    let schema = state.schema.clone();
+    let app = state.app.clone();
+    upgrade
+        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| async move {
+            GraphQLWebSocket::new(socket, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let token = token_from_init(&payload).or(header_token);
+                    let actor = match token {
+                        Some(token) => Actor::User(
+                            crate::auth::authenticate_operator(&app, &token)
+                                .await
+                                .map_err(Error::into_graphql)?,
+                        ),
+                        None => Actor::Anonymous,
+                    };
+                    let mut data = Data::default();
+                    data.insert(Ctx::new(actor, request_id));
+                    Ok(data)
+                })
+                .keepalive_timeout(Duration::from_secs(60))
+                .serve()
+                .await;
+        })
+}
+
+/// `{"Authorization": "Bearer x"}`, `{"authorization": ...}` or `{"token": "x"}`.
+fn token_from_init(payload: &Value) -> Option<String> {
+    let object = payload.as_object()?;
+    object
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        .and_then(|(_, v)| v.as_str())
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).to_owned())
+        .or_else(|| object.get("token").and_then(Value::as_str).map(str::to_owned))
+}

@@ -1,0 +1,77 @@
+//! `/metrics` in the Prometheus text format, and the per-request counters.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use entity::job;
+use sea_orm::sea_query::{Expr, Func};
+use sea_orm::{DatabaseConnection, DbBackend, EntityTrait, QuerySelect};
+
+use super::HttpState;
+
+/// Count and time every request by route template, method and status.
+pub async fn track(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("route", route), ("method", method), ("status", status)];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    response
+}
+
+pub async fn render(State(state): State<HttpState>) -> impl IntoResponse {
+    let handle = crate::telemetry::metrics();
+    record_pool(&state.app.db);
+    match job_counts(&state.app.db).await {
+        Ok(counts) => {
+            for (job_state, n) in counts {
+                metrics::gauge!("jobs", "state" => job_state).set(n as f64);
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "counting jobs for /metrics failed"),
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render())
+}
+
+fn record_pool(db: &DatabaseConnection) {
+    let (size, idle) = match db.get_database_backend() {
+        DbBackend::Sqlite => {
+            let pool = db.get_sqlite_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+        DbBackend::Postgres => {
+            let pool = db.get_postgres_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+        _ => return,
+    };
+    metrics::gauge!("db_pool_connections").set(f64::from(size));
+    metrics::gauge!("db_pool_idle_connections").set(idle as f64);
+}
+
+async fn job_counts(db: &DatabaseConnection) -> Result<Vec<(String, i64)>, sea_orm::DbErr> {
+    let mut counts: Vec<(String, i64)> = job::Entity::find()
+        .select_only()
+        .column(job::Column::State)
+        .column_as(Expr::expr(Func::count(Expr::col(job::Column::Id))), "n")
+        .group_by(job::Column::State)
+        .into_tuple()
+        .all(db)
+        .await?;
+    // Report every state, zero included, so a drained queue reads as 0.
+    for known in ["queued", "running", "done", "failed"] {
+        if !counts.iter().any(|(s, _)| s == known) {
+            counts.push((known.to_owned(), 0));
+        }
+    }
+    Ok(counts)
+}

@@ -1,0 +1,91 @@
+//! HTTP: the axum router, its middleware and the routes.
+//!
+//! Rule: a route parses its input, calls one service function and shapes
+//! the answer; no permission check or business rule lives here.
+
+mod graphql;
+mod health;
+mod metrics;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::app::App;
+use crate::graphql::ApiSchema;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub app: App,
+    pub schema: ApiSchema,
+}
+
+pub fn router(app: App, schema: ApiSchema) -> Router {
+    let config = &app.config;
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(
+            config
+                .http
+                .cors_allowed_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
+        ))
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT, REQUEST_ID])
+        .expose_headers([REQUEST_ID])
+        .max_age(Duration::from_secs(600));
+    let body_limit = config.http.max_body_bytes;
+    let state = HttpState { app, schema };
+
+    Router::new()
+        .route("/graphql", get(graphql::get).post(graphql::post))
+        .route("/graphql/ws", get(graphql::ws))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::render))
+        .layer(middleware::from_fn(metrics::track))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(middleware::from_fn(drop_bad_request_id))
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                    let request_id = request_id(request.headers()).unwrap_or_default();
+                    tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %request_id)
+                }))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(cors),
+        )
+}
+
+/// The request id (accepted from the client or generated).
+pub fn request_id(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// A client's `x-request-id` is kept only if it is short and printable, so
+/// it cannot forge log lines; otherwise a fresh one is generated.
+async fn drop_bad_request_id(mut request: Request, next: Next) -> Response {
+    let bad = request.headers().get(REQUEST_ID).is_some_and(|value| {
+        let bytes = value.as_bytes();
+        bytes.is_empty()
+            || bytes.len() > 128
+            || !bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    });
+    if bad {
+        request.headers_mut().remove(REQUEST_ID);
+    }
+    next.run(request).await
+}

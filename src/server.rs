@@ -1,0 +1,71 @@
+//! Starting and stopping the server: bind (port 0 works), migrate, serve,
+//! and on shutdown let in-flight requests finish within the grace period.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::config::Config;
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub app: App,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let app = App::build(config).await?;
+        let config = &app.config;
+        if config.database.migrate_on_start {
+            crate::db::migrate_up(&app.db).await?;
+        }
+        let schema = crate::graphql::build(app.clone(), &config.graphql);
+        let router = crate::http::router(app.clone(), schema);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {} (listen)", config.listen))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        let shutdown = CancellationToken::new();
+        let grace = config.http.shutdown_grace;
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, router)
+                .with_graceful_shutdown(token.clone().cancelled_owned())
+                .into_future();
+            let deadline = async {
+                token.cancelled().await;
+                tokio::time::sleep(grace).await;
+            };
+            tokio::select! {
+                result = serve => result.context("serving HTTP")?,
+                () = deadline => tracing::warn!(?grace, "shutdown grace period over; dropping remaining connections"),
+            }
+            Ok(())
+        });
+        tracing::info!(%addr, "otadepot listening");
+        Ok(Self {
+            addr,
+            app,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Stop accepting connections; in-flight requests go on until done.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Wait until the server has stopped.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let result = self.task.await.context("server task panicked")?;
+        self.app.db.clone().close().await.ok();
+        result
+    }
+}

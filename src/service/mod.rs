@@ -1,0 +1,62 @@
+//! The domain: one module per area. Every rule lives here.
+//!
+//! A service function takes the [`App`], the caller's [`Ctx`] and its
+//! input; it authorizes first (`ctx.require(..)?`), validates, writes in one
+//! [`WriteTx`] together with its audit event, and returns domain types.
+//! Nothing here knows about GraphQL or HTTP.
+
+pub mod audit;
+pub mod pagination;
+pub mod role;
+
+use sea_orm::DatabaseTransaction;
+
+use crate::app::{App, Event};
+use crate::auth::Ctx;
+use crate::error::Result;
+
+/// A write transaction that carries its audit events and publishes them
+/// once (and only if) it commits.
+pub struct WriteTx {
+    app: App,
+    tx: DatabaseTransaction,
+    events: Vec<Event>,
+}
+
+impl WriteTx {
+    pub async fn begin(app: &App) -> Result<Self> {
+        let tx = crate::db::begin_write(&app.db).await?;
+        Ok(Self {
+            app: app.clone(),
+            tx,
+            events: Vec::new(),
+        })
+    }
+
+    /// The connection to run statements on.
+    pub fn conn(&self) -> &DatabaseTransaction {
+        &self.tx
+    }
+
+    /// Append an audit event to the chain, inside this transaction.
+    pub async fn audit(
+        &mut self,
+        ctx: &Ctx,
+        action: &str,
+        object_kind: &str,
+        object_id: &str,
+        details: serde_json::Value,
+    ) -> Result<entity::audit_event::Model> {
+        let event = audit::append(&self.tx, ctx, action, object_kind, object_id, details).await?;
+        self.events.push(Event::Audit(event.clone()));
+        Ok(event)
+    }
+
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        for event in self.events {
+            self.app.publish(event);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,52 @@
+//! Relay-style pagination shared by every list: `first` / `after`, opaque
+//! cursors, one extra row fetched to know whether a next page exists.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::error::{Error, Result};
+
+pub const DEFAULT_PAGE: u64 = 50;
+pub const MAX_PAGE: u64 = 500;
+
+/// A validated page request.
+#[derive(Clone, Debug)]
+pub struct PageRequest<K> {
+    pub first: u64,
+    pub after: Option<K>,
+}
+
+/// One page of results, newest or first in order, and what comes next.
+#[derive(Clone, Debug)]
+pub struct Page<T> {
+    pub items: Vec<(String, T)>,
+    pub has_next_page: bool,
+    pub total_count: u64,
+}
+
+impl PageRequest<i64> {
+    /// Parse `first` (1..=500, default 50) and an integer-keyed cursor of `kind`.
+    pub fn parse_i64(kind: &str, first: Option<i32>, after: Option<&str>) -> Result<Self> {
+        let first = match first {
+            None => DEFAULT_PAGE,
+            Some(n) if n >= 1 && (n as u64) <= MAX_PAGE => n as u64,
+            Some(n) => return Err(Error::invalid("first", format!("must be between 1 and {MAX_PAGE}, got {n}"))),
+        };
+        let after = after
+            .map(|cursor| {
+                decode(cursor)
+                    .and_then(|text| text.strip_prefix(&format!("{kind}:")).and_then(|n| n.parse::<i64>().ok()))
+                    .ok_or_else(|| Error::invalid("after", "not a cursor of this list"))
+            })
+            .transpose()?;
+        Ok(Self { first, after })
+    }
+}
+
+pub fn cursor(kind: &str, key: impl std::fmt::Display) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{kind}:{key}"))
+}
+
+fn decode(cursor: &str) -> Option<String> {
+    URL_SAFE_NO_PAD.decode(cursor).ok().and_then(|b| String::from_utf8(b).ok())
+}

@@ -1,0 +1,60 @@
+//! The staging and repository object stores and the keys inside them.
+//!
+//! Rule: callers never build object paths; the key functions here do
+//! (DESIGN.md §5: `staging/<id>`, `quarantine/<id>` in the staging store,
+//! `sha256/<ab>/<sha256>` in the repository store).
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::prefix::PrefixStore;
+
+use crate::config::StorageConfig;
+
+#[derive(Clone)]
+pub struct Stores {
+    pub staging: Arc<dyn ObjectStore>,
+    pub repository: Arc<dyn ObjectStore>,
+}
+
+impl Stores {
+    pub fn from_config(config: &StorageConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            staging: open(&config.staging).context("storage.staging")?,
+            repository: open(&config.repository).context("storage.repository")?,
+        })
+    }
+}
+
+/// Open an object_store URL; `file://` folders are created when missing.
+pub fn open(url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    let parsed = url::Url::parse(url).with_context(|| format!("not a URL: {url:?}"))?;
+    if parsed.scheme() == "file" {
+        let dir = parsed
+            .to_file_path()
+            .map_err(|()| anyhow::anyhow!("not a local path: {url:?}"))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let store = LocalFileSystem::new_with_prefix(&dir).with_context(|| format!("opening {}", dir.display()))?;
+        return Ok(Arc::new(store));
+    }
+    // S3 and friends: credentials and region come from the usual AWS_*
+    // environment variables, read by object_store's builders.
+    let options = std::env::vars()
+        .filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_"))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v));
+    let (store, prefix) = object_store::parse_url_opts(&parsed, options).with_context(|| format!("opening {url:?}"))?;
+    let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+        Arc::from(store)
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    };
+    Ok(store)
+}
+
+/// Readiness: the store answers a listing of its top level.
+pub async fn check(store: &dyn ObjectStore) -> anyhow::Result<()> {
+    store.list_with_delimiter(None).await.context("listing the store")?;
+    Ok(())
+}
