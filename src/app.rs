@@ -46,23 +46,18 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let db = crate::db::connect(&config).await?;
         let jwt = JwtAuth::from_config(&config.auth, &config.data_dir)?;
-        let stores = Stores::from_config(&config.storage).context("opening the object stores")?;
+        let stores = Stores::from_config(&config.storage).await.context("opening the object stores")?;
         let clamd = match config.scanner.mode {
             crate::config::ScannerMode::Clamd => Some(Clamd::new(config.clamd_address()?, config.scanner.timeout)),
             crate::config::ScannerMode::Disabled => {
-                tracing::warn!("SCANNER DISABLED (scanner.mode = \"disabled\"): uploads will NOT be scanned for malware");
+                tracing::warn!(
+                    "SCANNER DISABLED (scanner.mode = \"disabled\"): uploads will NOT be scanned for malware"
+                );
                 None
             }
         };
         let (events, _) = broadcast::channel(1024);
-        Ok(Self(Arc::new(Inner {
-            config,
-            db,
-            jwt,
-            stores,
-            clamd,
-            events,
-        })))
+        Ok(Self(Arc::new(Inner { config, db, jwt, stores, clamd, events })))
     }
 
     pub fn publish(&self, event: Event) {

@@ -183,10 +183,7 @@ impl Default for Config {
                 migrate_on_start: true,
                 busy_timeout: Duration::from_secs(10),
             },
-            storage: StorageConfig {
-                staging: String::new(),
-                repository: String::new(),
-            },
+            storage: StorageConfig { staging: String::new(), repository: String::new() },
             scanner: ScannerConfig {
                 mode: ScannerMode::Clamd,
                 clamd: "unix:/var/run/clamav/clamd.ctl".into(),
@@ -208,12 +205,7 @@ impl Default for Config {
                 cors_allowed_origins: Vec::new(),
                 shutdown_grace: Duration::from_secs(30),
             },
-            graphql: GraphqlConfig {
-                max_depth: 15,
-                max_complexity: 2000,
-                introspection: true,
-                graphiql: true,
-            },
+            graphql: GraphqlConfig { max_depth: 15, max_complexity: 2000, introspection: true, graphiql: true },
             jobs: JobsConfig {
                 in_process: true,
                 concurrency: 4,
@@ -243,8 +235,9 @@ impl Config {
         }
         figment = figment.merge(
             Env::prefixed("OTADEPOT_")
+                // OTADEPOT_CONFIG names the file; OTADEPOT_TEST_* belong to the test suite.
                 .filter(|key| {
-                    let key = key.as_str();
+                    let key = key.as_str().to_ascii_lowercase();
                     key != "config" && !key.starts_with("test_")
                 })
                 .split("__"),
@@ -267,8 +260,10 @@ impl Config {
         }
         let url = self.database.url.expose();
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            bail!("invalid configuration: database.url: must start with sqlite: or postgres:// (got scheme {:?})",
-                url.split(':').next().unwrap_or_default());
+            bail!(
+                "invalid configuration: database.url: must start with sqlite: or postgres:// (got scheme {:?})",
+                url.split(':').next().unwrap_or_default()
+            );
         }
         if self.database.max_connections == 0 {
             bail!("invalid configuration: database.max_connections: must be at least 1");
@@ -280,7 +275,9 @@ impl Config {
             if value.is_empty() {
                 let dir = absolute(&self.data_dir.join(folder))?;
                 *value = url::Url::from_directory_path(&dir)
-                    .map_err(|()| anyhow::anyhow!("invalid configuration: {key}: cannot turn {} into a URL", dir.display()))?
+                    .map_err(|()| {
+                        anyhow::anyhow!("invalid configuration: {key}: cannot turn {} into a URL", dir.display())
+                    })?
                     .to_string();
             }
             url::Url::parse(value).with_context(|| format!("invalid configuration: {key}: not a URL: {value:?}"))?;
@@ -289,10 +286,13 @@ impl Config {
             self.clamd_address()?;
         }
         for origin in &self.http.cors_allowed_origins {
-            let parsed = url::Url::parse(origin)
-                .with_context(|| format!("invalid configuration: http.cors_allowed_origins: {origin:?} is not an origin"))?;
+            let parsed = url::Url::parse(origin).with_context(|| {
+                format!("invalid configuration: http.cors_allowed_origins: {origin:?} is not an origin")
+            })?;
             if parsed.origin().ascii_serialization() != origin.trim_end_matches('/') {
-                bail!("invalid configuration: http.cors_allowed_origins: {origin:?} must be scheme://host[:port] without a path");
+                bail!(
+                    "invalid configuration: http.cors_allowed_origins: {origin:?} must be scheme://host[:port] without a path"
+                );
             }
         }
         if self.http.max_body_bytes < 1024 {
@@ -306,7 +306,10 @@ impl Config {
         }
         for key in &self.auth.jwt_public_keys {
             if !matches!(key.algorithm.as_str(), "RS256" | "ES256" | "EdDSA") {
-                bail!("invalid configuration: auth.jwt_public_keys.algorithm: {:?} is not one of RS256, ES256, EdDSA", key.algorithm);
+                bail!(
+                    "invalid configuration: auth.jwt_public_keys.algorithm: {:?} is not one of RS256, ES256, EdDSA",
+                    key.algorithm
+                );
             }
         }
         if self.auth.roles_claim.is_empty() {

@@ -40,15 +40,12 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn not_found(kind: &'static str, id: impl ToString) -> Self {
-        Self::NotFound { kind, id: id.to_string() }
+    pub fn not_found(kind: &'static str, id: impl Into<String>) -> Self {
+        Self::NotFound { kind, id: id.into() }
     }
 
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::InvalidInput {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        Self::InvalidInput { field: field.into(), reason: reason.into() }
     }
 
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {
@@ -119,11 +116,10 @@ impl IntoResponse for Error {
         let status = self.status();
         let code = self.code();
         let message = self.public_message();
-        let mut response = (status, Json(serde_json::json!({ "error": { "code": code, "message": message } }))).into_response();
+        let mut response =
+            (status, Json(serde_json::json!({ "error": { "code": code, "message": message } }))).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -134,8 +130,12 @@ impl IntoResponse for Error {
 impl From<DbErr> for Error {
     fn from(err: DbErr) -> Self {
         match err.sql_err() {
-            Some(SqlErr::UniqueConstraintViolation(_)) => return Self::Conflict("an object with the same unique key already exists".into()),
-            Some(SqlErr::ForeignKeyConstraintViolation(_)) => return Self::Conflict("the object is referenced by, or references, another object".into()),
+            Some(SqlErr::UniqueConstraintViolation(_)) => {
+                return Self::Conflict("an object with the same unique key already exists".into());
+            }
+            Some(SqlErr::ForeignKeyConstraintViolation(_)) => {
+                return Self::Conflict("the object is referenced by, or references, another object".into());
+            }
             _ => {}
         }
         match &err {

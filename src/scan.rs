@@ -30,7 +30,9 @@ impl Clamd {
         let reply = tokio::time::timeout(within, async {
             let pong = match &self.address {
                 ClamdAddress::Unix(path) => clamav_client::tokio::ping(socket(path)).await,
-                ClamdAddress::Tcp(addr) => clamav_client::tokio::ping(clamav_client::tokio::Tcp { host_address: addr.as_str() }).await,
+                ClamdAddress::Tcp(addr) => {
+                    clamav_client::tokio::ping(clamav_client::tokio::Tcp { host_address: addr.as_str() }).await
+                }
             }
             .context("connecting to clamd")?;
             if pong != clamav_client::PONG {

@@ -20,6 +20,8 @@ pub struct Server {
 
 impl Server {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        // Install the metrics recorder before the first request is counted.
+        crate::telemetry::metrics();
         let app = App::build(config).await?;
         let config = &app.config;
         if config.database.migrate_on_start {
@@ -27,17 +29,15 @@ impl Server {
         }
         let schema = crate::graphql::build(app.clone(), &config.graphql);
         let router = crate::http::router(app.clone(), schema);
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {} (listen)", config.listen))?;
+        let listener =
+            TcpListener::bind(config.listen).await.with_context(|| format!("binding {} (listen)", config.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         let shutdown = CancellationToken::new();
         let grace = config.http.shutdown_grace;
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, router)
-                .with_graceful_shutdown(token.clone().cancelled_owned())
-                .into_future();
+            let serve =
+                axum::serve(listener, router).with_graceful_shutdown(token.clone().cancelled_owned()).into_future();
             let deadline = async {
                 token.cancelled().await;
                 tokio::time::sleep(grace).await;
@@ -49,12 +49,7 @@ impl Server {
             Ok(())
         });
         tracing::info!(%addr, "otadepot listening");
-        Ok(Self {
-            addr,
-            app,
-            shutdown,
-            task,
-        })
+        Ok(Self { addr, app, shutdown, task })
     }
 
     /// Stop accepting connections; in-flight requests go on until done.

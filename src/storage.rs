@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::config::StorageConfig;
 
@@ -20,11 +20,14 @@ pub struct Stores {
 }
 
 impl Stores {
-    pub fn from_config(config: &StorageConfig) -> anyhow::Result<Self> {
-        Ok(Self {
+    pub async fn from_config(config: &StorageConfig) -> anyhow::Result<Self> {
+        let stores = Self {
             staging: open(&config.staging).context("storage.staging")?,
             repository: open(&config.repository).context("storage.repository")?,
-        })
+        };
+        init(stores.staging.as_ref()).await.context("storage.staging")?;
+        init(stores.repository.as_ref()).await.context("storage.repository")?;
+        Ok(stores)
     }
 }
 
@@ -32,9 +35,7 @@ impl Stores {
 pub fn open(url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
     let parsed = url::Url::parse(url).with_context(|| format!("not a URL: {url:?}"))?;
     if parsed.scheme() == "file" {
-        let dir = parsed
-            .to_file_path()
-            .map_err(|()| anyhow::anyhow!("not a local path: {url:?}"))?;
+        let dir = parsed.to_file_path().map_err(|()| anyhow::anyhow!("not a local path: {url:?}"))?;
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let store = LocalFileSystem::new_with_prefix(&dir).with_context(|| format!("opening {}", dir.display()))?;
         return Ok(Arc::new(store));
@@ -45,16 +46,34 @@ pub fn open(url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
         .filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_"))
         .map(|(k, v)| (k.to_ascii_lowercase(), v));
     let (store, prefix) = object_store::parse_url_opts(&parsed, options).with_context(|| format!("opening {url:?}"))?;
-    let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
-        Arc::from(store)
-    } else {
-        Arc::new(PrefixStore::new(store, prefix))
-    };
+    let store: Arc<dyn ObjectStore> =
+        if prefix.as_ref().is_empty() { Arc::from(store) } else { Arc::new(PrefixStore::new(store, prefix)) };
     Ok(store)
 }
 
-/// Readiness: the store answers a listing of its top level.
+/// Marker object written when a store is first opened; readiness reads it
+/// back, which proves the store is there and readable.
+fn marker() -> object_store::path::Path {
+    object_store::path::Path::from(".otadepot-store")
+}
+
+/// Make sure the marker exists (a write the first time, a read after).
+pub async fn init(store: &dyn ObjectStore) -> anyhow::Result<()> {
+    match store.head(&marker()).await {
+        Ok(_) => Ok(()),
+        Err(object_store::Error::NotFound { .. }) => {
+            store
+                .put(&marker(), object_store::PutPayload::from_static(b"otadepot object store\n"))
+                .await
+                .context("writing the store marker")?;
+            Ok(())
+        }
+        Err(err) => Err(err).context("reading the store marker"),
+    }
+}
+
+/// Readiness: the store answers and still holds its marker.
 pub async fn check(store: &dyn ObjectStore) -> anyhow::Result<()> {
-    store.list_with_delimiter(None).await.context("listing the store")?;
+    store.head(&marker()).await.context("reading the store marker")?;
     Ok(())
 }

@@ -4,9 +4,7 @@
 //! the database held at that time, whatever the code's enum becomes later.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::schema::{
-    boolean, json_binary, string, string_uniq, timestamp_with_time_zone, uuid,
-};
+use sea_orm_migration::schema::{boolean, json_binary, string, string_uniq, timestamp_with_time_zone, uuid};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -23,13 +21,7 @@ enum Role {
     UpdatedAt,
 }
 
-const READS: &[&str] = &[
-    "CONTENT_READ",
-    "PACKAGE_READ",
-    "DEVICE_READ",
-    "DEPLOYMENT_READ",
-    "COMMAND_READ",
-];
+const READS: &[&str] = &["CONTENT_READ", "PACKAGE_READ", "DEVICE_READ", "DEPLOYMENT_READ", "COMMAND_READ"];
 
 fn built_in_roles() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
     let with_reads = |extra: &[&'static str]| {
@@ -49,21 +41,9 @@ fn built_in_roles() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
             "Applies packages, manages deployments, sends commands.",
             with_reads(&["DEPLOYMENT_WRITE", "COMMAND_SEND"]),
         ),
-        (
-            "device_admin",
-            "Devices, device models and groups.",
-            with_reads(&["DEVICE_WRITE", "GROUP_WRITE"]),
-        ),
-        (
-            "viewer",
-            "Reads everything but the audit trail and roles.",
-            with_reads(&[]),
-        ),
-        (
-            "auditor",
-            "Reads everything, the audit trail and roles included.",
-            with_reads(&["AUDIT_READ", "ROLE_READ"]),
-        ),
+        ("device_admin", "Devices, device models and groups.", with_reads(&["DEVICE_WRITE", "GROUP_WRITE"])),
+        ("viewer", "Reads everything but the audit trail and roles.", with_reads(&[])),
+        ("auditor", "Reads everything, the audit trail and roles included.", with_reads(&["AUDIT_READ", "ROLE_READ"])),
     ]
 }
 
@@ -116,8 +96,6 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table(Role::Table).to_owned())
-            .await
+        manager.drop_table(Table::drop().table(Role::Table).to_owned()).await
     }
 }

@@ -1,9 +1,7 @@
 //! `audit_event`: append-only and hash-chained; `seq` orders the chain.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::schema::{
-    big_integer_uniq, json_binary, string, string_null, timestamp_with_time_zone, uuid,
-};
+use sea_orm_migration::schema::{big_integer_uniq, json_binary, string, string_null, timestamp_with_time_zone, uuid};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -54,15 +52,9 @@ impl MigrationTrait for Migration {
             .await?;
         for (name, cols) in [
             ("idx_audit_event_at", vec![AuditEvent::At]),
-            (
-                "idx_audit_event_actor",
-                vec![AuditEvent::ActorKind, AuditEvent::ActorId],
-            ),
+            ("idx_audit_event_actor", vec![AuditEvent::ActorKind, AuditEvent::ActorId]),
             ("idx_audit_event_action", vec![AuditEvent::Action]),
-            (
-                "idx_audit_event_object",
-                vec![AuditEvent::ObjectKind, AuditEvent::ObjectId],
-            ),
+            ("idx_audit_event_object", vec![AuditEvent::ObjectKind, AuditEvent::ObjectId]),
         ] {
             let mut index = Index::create();
             index.name(name).table(AuditEvent::Table);
@@ -75,8 +67,6 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table(AuditEvent::Table).to_owned())
-            .await
+        manager.drop_table(Table::drop().table(AuditEvent::Table).to_owned()).await
     }
 }

@@ -2,8 +2,7 @@
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{
-    integer, json_binary, string, string_null, text_null, timestamp_with_time_zone,
-    timestamp_with_time_zone_null, uuid,
+    integer, json_binary, string, string_null, text_null, timestamp_with_time_zone, timestamp_with_time_zone_null, uuid,
 };
 
 #[derive(DeriveMigrationName)]
@@ -55,28 +54,13 @@ impl MigrationTrait for Migration {
             .await?;
         manager
             .create_index(
-                Index::create()
-                    .name("idx_job_claim")
-                    .table(Job::Table)
-                    .col(Job::State)
-                    .col(Job::RunAt)
-                    .to_owned(),
+                Index::create().name("idx_job_claim").table(Job::Table).col(Job::State).col(Job::RunAt).to_owned(),
             )
             .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name("idx_job_kind")
-                    .table(Job::Table)
-                    .col(Job::Kind)
-                    .to_owned(),
-            )
-            .await
+        manager.create_index(Index::create().name("idx_job_kind").table(Job::Table).col(Job::Kind).to_owned()).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table(Job::Table).to_owned())
-            .await
+        manager.drop_table(Table::drop().table(Job::Table).to_owned()).await
     }
 }

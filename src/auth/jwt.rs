@@ -56,13 +56,16 @@ impl JwtAuth {
             secret = Some(text.trim().as_bytes().to_vec());
         }
         for public in &config.jwt_public_keys {
-            let pem = std::fs::read(&public.path)
-                .with_context(|| format!("invalid configuration: auth.jwt_public_keys: reading {}", public.path.display()))?;
+            let pem = std::fs::read(&public.path).with_context(|| {
+                format!("invalid configuration: auth.jwt_public_keys: reading {}", public.path.display())
+            })?;
             let (algorithm, key) = match public.algorithm.as_str() {
                 "RS256" => (Algorithm::RS256, DecodingKey::from_rsa_pem(&pem)),
                 "ES256" => (Algorithm::ES256, DecodingKey::from_ec_pem(&pem)),
                 "EdDSA" => (Algorithm::EdDSA, DecodingKey::from_ed_pem(&pem)),
-                other => bail!("invalid configuration: auth.jwt_public_keys.algorithm: {other:?} is not one of RS256, ES256, EdDSA"),
+                other => bail!(
+                    "invalid configuration: auth.jwt_public_keys.algorithm: {other:?} is not one of RS256, ES256, EdDSA"
+                ),
             };
             let key = key.with_context(|| {
                 format!(
@@ -71,17 +74,14 @@ impl JwtAuth {
                     public.algorithm
                 )
             })?;
-            keys.push(VerifyKey {
-                kid: public.kid.clone(),
-                algorithm,
-                key,
-            });
+            keys.push(VerifyKey { kid: public.kid.clone(), algorithm, key });
         }
         if let Some(path) = &config.jwks_file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("invalid configuration: auth.jwks_file: reading {}", path.display()))?;
-            let set: JwkSet = serde_json::from_str(&text)
-                .with_context(|| format!("invalid configuration: auth.jwks_file: {} is not a JWKS document", path.display()))?;
+            let set: JwkSet = serde_json::from_str(&text).with_context(|| {
+                format!("invalid configuration: auth.jwks_file: {} is not a JWKS document", path.display())
+            })?;
             for jwk in &set.keys {
                 let Some(algorithm) = jwk.common.key_algorithm.and_then(|a| Algorithm::try_from(a).ok()) else {
                     tracing::warn!(kid = ?jwk.common.key_id, "JWKS key without a supported `alg`; skipped");
@@ -91,11 +91,7 @@ impl JwtAuth {
                     bail!("invalid configuration: auth.jwks_file: symmetric keys are not accepted from a JWKS");
                 }
                 let key = DecodingKey::from_jwk(jwk).context("invalid configuration: auth.jwks_file: unusable key")?;
-                keys.push(VerifyKey {
-                    kid: jwk.common.key_id.clone(),
-                    algorithm,
-                    key,
-                });
+                keys.push(VerifyKey { kid: jwk.common.key_id.clone(), algorithm, key });
             }
         }
         if secret.is_none() && keys.is_empty() {
@@ -105,11 +101,7 @@ impl JwtAuth {
             if secret.len() < 32 {
                 bail!("invalid configuration: auth.jwt_secret: must be at least 32 bytes");
             }
-            keys.push(VerifyKey {
-                kid: None,
-                algorithm: Algorithm::HS256,
-                key: DecodingKey::from_secret(secret),
-            });
+            keys.push(VerifyKey { kid: None, algorithm: Algorithm::HS256, key: DecodingKey::from_secret(secret) });
         }
         Ok(Self {
             keys,
@@ -148,7 +140,9 @@ impl JwtAuth {
         let mut last = None;
         for key in candidates {
             match jsonwebtoken::decode::<Value>(token, &key.key, &validation) {
-                Ok(data) => return self.claims(&data.claims).ok_or_else(|| unauthenticated("claims")),
+                Ok(data) => {
+                    return self.claims(&data.claims).ok_or_else(|| unauthenticated("claims"));
+                }
                 Err(err) => last = Some(err),
             }
         }
@@ -181,7 +175,9 @@ impl JwtAuth {
     /// Mint an HS256 operator token (needs a configured or generated secret).
     pub fn issue(&self, subject: &str, roles: &[String], ttl: Duration) -> anyhow::Result<String> {
         let Some(signing) = &self.signing else {
-            bail!("minting tokens needs an HS256 secret (auth.jwt_secret); with an identity provider, get tokens from it");
+            bail!(
+                "minting tokens needs an HS256 secret (auth.jwt_secret); with an identity provider, get tokens from it"
+            );
         };
         let now = chrono::Utc::now().timestamp();
         let claims = serde_json::json!({

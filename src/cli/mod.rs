@@ -90,9 +90,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => serve(config).await,
         Command::Migrate { action } => migrate(config, action.unwrap_or(MigrateAction::Up)).await,
-        Command::Token {
-            action: TokenAction::Issue { subject, roles, ttl },
-        } => issue_token(config, &subject, &roles, ttl).await,
+        Command::Token { action: TokenAction::Issue { subject, roles, ttl } } => {
+            issue_token(config, &subject, &roles, ttl).await
+        }
         Command::Schema => Ok(()),
     }
 }
@@ -166,7 +166,10 @@ async fn issue_token(config: Config, subject: &str, roles: &[String], ttl: Durat
     }
     let unknown = crate::service::role::unknown_names(&db, roles).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     if !unknown.is_empty() {
-        bail!("unknown role(s): {} (see the `roles` query or docs/architecture.md for the built-in ones)", unknown.join(", "));
+        bail!(
+            "unknown role(s): {} (see the `roles` query or docs/architecture.md for the built-in ones)",
+            unknown.join(", ")
+        );
     }
     db.close().await.ok();
     let jwt = crate::auth::jwt::JwtAuth::from_config(&config.auth, &config.data_dir)?;

@@ -40,10 +40,7 @@ impl From<entity::audit_event::Model> for AuditEvent {
             id: ID(event.id.to_string()),
             seq: event.seq,
             at: event.at,
-            actor: AuditActor {
-                kind: event.actor_kind,
-                id: event.actor_id,
-            },
+            actor: AuditActor { kind: event.actor_kind, id: event.actor_id },
             action: event.action,
             object_kind: event.object_kind,
             object_id: event.object_id,

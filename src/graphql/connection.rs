@@ -18,12 +18,8 @@ pub fn from_page<T, N: OutputType>(page: Page<T>, has_previous_page: bool, node:
     let mut connection = Connection::with_additional_fields(
         has_previous_page,
         page.has_next_page,
-        ConnectionFields {
-            total_count: page.total_count,
-        },
+        ConnectionFields { total_count: page.total_count },
     );
-    connection
-        .edges
-        .extend(page.items.into_iter().map(|(cursor, item)| Edge::new(cursor, node(item))));
+    connection.edges.extend(page.items.into_iter().map(|(cursor, item)| Edge::new(cursor, node(item))));
     connection
 }

@@ -30,10 +30,7 @@ fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
 
 /// The schema the server runs, with its limits.
 pub fn build(app: App, config: &GraphqlConfig) -> ApiSchema {
-    let mut builder = builder()
-        .data(app)
-        .limit_depth(config.max_depth)
-        .limit_complexity(config.max_complexity);
+    let mut builder = builder().data(app).limit_depth(config.max_depth).limit_complexity(config.max_complexity);
     if !config.introspection {
         builder = builder.disable_introspection();
     }

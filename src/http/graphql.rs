@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
-use async_graphql::http::{GraphiQLSource, MultipartOptions};
 use async_graphql::ParseRequestError;
+use async_graphql::http::{GraphiQLSource, MultipartOptions};
 use async_graphql::parser::types::OperationType;
 use async_graphql::{BatchRequest, BatchResponse, Data};
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
@@ -42,17 +42,15 @@ enum Reply {
 
 impl Reply {
     fn negotiate(headers: &HeaderMap) -> Self {
-        let accepts = headers
-            .get_all(header::ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|item| {
-                let mut parts = item.split(';').map(str::trim);
-                let media = parts.next().unwrap_or_default();
-                let refused = parts.any(|p| p.replace(' ', "") == "q=0");
-                media.eq_ignore_ascii_case(GRAPHQL_RESPONSE_JSON) && !refused
-            });
+        let accepts =
+            headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(
+                |item| {
+                    let mut parts = item.split(';').map(str::trim);
+                    let media = parts.next().unwrap_or_default();
+                    let refused = parts.any(|p| p.replace(' ', "") == "q=0");
+                    media.eq_ignore_ascii_case(GRAPHQL_RESPONSE_JSON) && !refused
+                },
+            );
         if accepts { Reply::GraphqlResponseJson } else { Reply::Json }
     }
 
@@ -72,9 +70,7 @@ impl Reply {
         let body = json!({ "errors": [{ "message": err.to_string(), "extensions": { "code": err.code() } }] });
         let mut response = self.respond(status, &body);
         if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -99,11 +95,7 @@ async fn caller(app: &App, headers: &HeaderMap) -> Result<Ctx, Error> {
 
 pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
     let reply = Reply::negotiate(&headers);
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     let config = &state.app.config.http;
 
@@ -134,9 +126,7 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body
             match async_graphql::http::receive_batch_body(Some(&content_type), reader, options).await {
                 Ok(batch) => batch,
                 Err(ParseRequestError::PayloadTooLarge) => {
-                    let err = Error::PayloadTooLarge {
-                        limit: config.max_upload_bytes,
-                    };
+                    let err = Error::PayloadTooLarge { limit: config.max_upload_bytes };
                     return reply.request_error(StatusCode::PAYLOAD_TOO_LARGE, &err);
                 }
                 Err(err) => {
@@ -146,10 +136,7 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body
             }
         }
         _ => {
-            let err = Error::invalid(
-                "content-type",
-                "POST /graphql takes application/json or multipart/form-data",
-            );
+            let err = Error::invalid("content-type", "POST /graphql takes application/json or multipart/form-data");
             return reply.request_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &err);
         }
     };
@@ -165,10 +152,7 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body
 pub async fn get(State(state): State<HttpState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     let reply = Reply::negotiate(&headers);
     let query = query.unwrap_or_default();
-    let wants_html = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/html"));
+    let wants_html = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/html"));
     if wants_html && !query.split('&').any(|kv| kv.starts_with("query=")) {
         if !state.app.config.graphql.graphiql {
             return StatusCode::NOT_FOUND.into_response();
@@ -262,9 +246,7 @@ fn normalize(body: &mut Value, request_error: bool) {
     }
     if let Some(errors) = body.get_mut("errors").and_then(Value::as_array_mut) {
         for error in errors {
-            let extensions = error
-                .as_object_mut()
-                .map(|e| e.entry("extensions").or_insert_with(|| json!({})));
+            let extensions = error.as_object_mut().map(|e| e.entry("extensions").or_insert_with(|| json!({})));
             if let Some(Value::Object(ext)) = extensions {
                 ext.entry("code").or_insert_with(|| "BAD_USER_INPUT".into());
             }
@@ -273,14 +255,16 @@ fn normalize(body: &mut Value, request_error: bool) {
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
 /// GraphQL over WebSocket (graphql-transport-ws, and the legacy graphql-ws).
-pub async fn ws(State(state): State<HttpState>, protocol: GraphQLProtocol, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+pub async fn ws(
+    State(state): State<HttpState>,
+    protocol: GraphQLProtocol,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     let header_token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -289,28 +273,24 @@ pub async fn ws(State(state): State<HttpState>, protocol: GraphQLProtocol, heade
     let request_id = request_id(&headers);
     let schema = state.schema.clone();
     let app = state.app.clone();
-    upgrade
-        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| async move {
-            GraphQLWebSocket::new(socket, schema, protocol)
-                .on_connection_init(move |payload| async move {
-                    let token = token_from_init(&payload).or(header_token);
-                    let actor = match token {
-                        Some(token) => Actor::User(
-                            crate::auth::authenticate_operator(&app, &token)
-                                .await
-                                .map_err(Error::into_graphql)?,
-                        ),
-                        None => Actor::Anonymous,
-                    };
-                    let mut data = Data::default();
-                    data.insert(Ctx::new(actor, request_id));
-                    Ok(data)
-                })
-                .keepalive_timeout(Duration::from_secs(60))
-                .serve()
-                .await;
-        })
+    upgrade.protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| async move {
+        GraphQLWebSocket::new(socket, schema, protocol)
+            .on_connection_init(move |payload| async move {
+                let token = token_from_init(&payload).or(header_token);
+                let actor = match token {
+                    Some(token) => Actor::User(
+                        crate::auth::authenticate_operator(&app, &token).await.map_err(Error::into_graphql)?,
+                    ),
+                    None => Actor::Anonymous,
+                };
+                let mut data = Data::default();
+                data.insert(Ctx::new(actor, request_id));
+                Ok(data)
+            })
+            .keepalive_timeout(Duration::from_secs(60))
+            .serve()
+            .await;
+    })
 }
 
 /// `{"Authorization": "Bearer x"}`, `{"authorization": ...}` or `{"token": "x"}`.

@@ -27,7 +27,9 @@ pub async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
         async {
             match &app.clamd {
                 Some(clamd) => timed(async { clamd.version(CHECK_TIMEOUT).await.map(Some) }).await,
-                None => json!({ "ok": false, "disabled": true, "error": "scanner disabled by configuration" }),
+                None => {
+                    json!({ "ok": false, "disabled": true, "error": "scanner disabled by configuration" })
+                }
             }
         },
     );
@@ -62,7 +64,9 @@ async fn timed(check: impl Future<Output = anyhow::Result<Option<String>>>) -> V
             }
             value
         }
-        Ok(Err(err)) => json!({ "ok": false, "latency_ms": latency_ms, "error": format!("{err:#}") }),
+        Ok(Err(err)) => {
+            json!({ "ok": false, "latency_ms": latency_ms, "error": format!("{err:#}") })
+        }
         Err(_) => json!({ "ok": false, "latency_ms": latency_ms, "error": "timed out" }),
     }
 }

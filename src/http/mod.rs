@@ -18,7 +18,8 @@ use axum::routing::get;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 use crate::app::App;
 use crate::graphql::ApiSchema;
@@ -35,11 +36,7 @@ pub fn router(app: App, schema: ApiSchema) -> Router {
     let config = &app.config;
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(
-            config
-                .http
-                .cors_allowed_origins
-                .iter()
-                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
+            config.http.cors_allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
         ))
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT, REQUEST_ID])
@@ -64,7 +61,8 @@ pub fn router(app: App, schema: ApiSchema) -> Router {
                 .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
                     let request_id = request_id(request.headers()).unwrap_or_default();
                     tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %request_id)
-                }))
+                })
+                .on_response(DefaultOnResponse::new().level(Level::INFO)))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(cors),
         )
@@ -80,9 +78,7 @@ pub fn request_id(headers: &axum::http::HeaderMap) -> Option<String> {
 async fn drop_bad_request_id(mut request: Request, next: Next) -> Response {
     let bad = request.headers().get(REQUEST_ID).is_some_and(|value| {
         let bytes = value.as_bytes();
-        bytes.is_empty()
-            || bytes.len() > 128
-            || !bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+        bytes.is_empty() || bytes.len() > 128 || !bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
     });
     if bad {
         request.headers_mut().remove(REQUEST_ID);

@@ -194,11 +194,7 @@ pub async fn list(
     let mut rows = query.order_by_desc(Column::Seq).limit(page.first + 1).all(&app.db).await?;
     let has_next_page = rows.len() as u64 > page.first;
     rows.truncate(page.first as usize);
-    Ok(Page {
-        items: rows.into_iter().map(|e| (cursor(CURSOR_KIND, e.seq), e)).collect(),
-        has_next_page,
-        total_count,
-    })
+    Ok(Page { items: rows.into_iter().map(|e| (cursor(CURSOR_KIND, e.seq), e)).collect(), has_next_page, total_count })
 }
 
 /// The outcome of walking the whole chain.
@@ -237,11 +233,7 @@ pub async fn verify_chain(db: &impl ConnectionTrait) -> Result<ChainVerification
             .await?;
         let done = (batch.len() as u64) < BATCH;
         for event in batch {
-            let broken = |reason: String| BrokenLink {
-                seq: event.seq,
-                id: event.id,
-                reason,
-            };
+            let broken = |reason: String| BrokenLink { seq: event.seq, id: event.id, reason };
             let problem = if event.seq != expected_seq {
                 Some(format!("sequence gap: expected {expected_seq}, found {}", event.seq))
             } else if event.prev_hash != prev_hash {
@@ -252,20 +244,14 @@ pub async fn verify_chain(db: &impl ConnectionTrait) -> Result<ChainVerification
                 None
             };
             if let Some(reason) = problem {
-                return Ok(ChainVerification {
-                    checked,
-                    first_broken: Some(broken(reason)),
-                });
+                return Ok(ChainVerification { checked, first_broken: Some(broken(reason)) });
             }
             checked += 1;
             expected_seq += 1;
             prev_hash = event.hash;
         }
         if done {
-            return Ok(ChainVerification {
-                checked,
-                first_broken: None,
-            });
+            return Ok(ChainVerification { checked, first_broken: None });
         }
     }
 }
@@ -277,7 +263,9 @@ pub fn subscribe(app: &App, ctx: &Ctx, filter: AuditFilter) -> Result<impl Strea
     Ok(futures::stream::unfold((receiver, filter), |(mut receiver, filter)| async move {
         loop {
             match receiver.recv().await {
-                Ok(Event::Audit(event)) if filter.matches(&event) => return Some((event, (receiver, filter))),
+                Ok(Event::Audit(event)) if filter.matches(&event) => {
+                    return Some((event, (receiver, filter)));
+                }
                 Ok(_) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(skipped = n, "audit subscriber lagged; events skipped");

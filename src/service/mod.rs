@@ -26,11 +26,7 @@ pub struct WriteTx {
 impl WriteTx {
     pub async fn begin(app: &App) -> Result<Self> {
         let tx = crate::db::begin_write(&app.db).await?;
-        Ok(Self {
-            app: app.clone(),
-            tx,
-            events: Vec::new(),
-        })
+        Ok(Self { app: app.clone(), tx, events: Vec::new() })
     }
 
     /// The connection to run statements on.

@@ -30,7 +30,9 @@ impl PageRequest<i64> {
         let first = match first {
             None => DEFAULT_PAGE,
             Some(n) if n >= 1 && (n as u64) <= MAX_PAGE => n as u64,
-            Some(n) => return Err(Error::invalid("first", format!("must be between 1 and {MAX_PAGE}, got {n}"))),
+            Some(n) => {
+                return Err(Error::invalid("first", format!("must be between 1 and {MAX_PAGE}, got {n}")));
+            }
         };
         let after = after
             .map(|cursor| {

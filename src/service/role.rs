@@ -64,19 +64,13 @@ pub struct UpdateRole {
 pub async fn resolve_user(db: &impl ConnectionTrait, claims: Claims) -> Result<User> {
     let mut permissions = BTreeSet::new();
     if !claims.roles.is_empty() {
-        let rows = role::Entity::find()
-            .filter(Column::Name.is_in(claims.roles.iter().map(String::as_str)))
-            .all(db)
-            .await?;
+        let rows =
+            role::Entity::find().filter(Column::Name.is_in(claims.roles.iter().map(String::as_str))).all(db).await?;
         for row in rows {
             permissions.extend(permission::expand(&row.permissions));
         }
     }
-    Ok(User {
-        subject: claims.subject,
-        roles: claims.roles,
-        permissions,
-    })
+    Ok(User { subject: claims.subject, roles: claims.roles, permissions })
 }
 
 pub async fn list(app: &App, ctx: &Ctx) -> Result<Vec<Role>> {
@@ -140,9 +134,7 @@ pub async fn update(app: &App, ctx: &Ctx, input: UpdateRole) -> Result<Role> {
     let permissions = input.permissions.map(normalize);
 
     let mut tx = WriteTx::begin(app).await?;
-    let existing = find_by_name(tx.conn(), &input.name)
-        .await?
-        .ok_or_else(|| Error::not_found("role", &input.name))?;
+    let existing = find_by_name(tx.conn(), &input.name).await?.ok_or_else(|| Error::not_found("role", &input.name))?;
     if existing.built_in && existing.name == ADMIN {
         return Err(Error::InvalidState("the admin role always holds every permission and cannot be changed".into()));
     }
@@ -174,15 +166,12 @@ pub async fn update(app: &App, ctx: &Ctx, input: UpdateRole) -> Result<Role> {
 pub async fn delete(app: &App, ctx: &Ctx, name: &str) -> Result<Role> {
     ctx.require(Permission::RoleAdmin)?;
     let mut tx = WriteTx::begin(app).await?;
-    let existing = find_by_name(tx.conn(), name)
-        .await?
-        .ok_or_else(|| Error::not_found("role", name))?;
+    let existing = find_by_name(tx.conn(), name).await?.ok_or_else(|| Error::not_found("role", name))?;
     if existing.built_in {
         return Err(Error::InvalidState(format!("{name:?} is a built-in role and cannot be deleted")));
     }
     role::Entity::delete_by_id(existing.id).exec(tx.conn()).await?;
-    tx.audit(ctx, "role.delete", "role", name, serde_json::json!({ "id": existing.id }))
-        .await?;
+    tx.audit(ctx, "role.delete", "role", name, serde_json::json!({ "id": existing.id })).await?;
     tx.commit().await?;
     Ok(existing.into())
 }
@@ -198,10 +187,7 @@ fn validate_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid(
-            "name",
-            "2 to 64 characters: lowercase letters, digits, '_' or '-', starting with a letter",
-        ))
+        Err(Error::invalid("name", "2 to 64 characters: lowercase letters, digits, '_' or '-', starting with a letter"))
     }
 }
 

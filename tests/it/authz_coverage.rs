@@ -1,0 +1,199 @@
+//! Every Query, Mutation and Subscription field against an explicit table
+//! of what it requires. A field missing from the table fails the test; for
+//! every field, no token is UNAUTHENTICATED, a token lacking the permission
+//! is FORBIDDEN, and the database is unchanged by either.
+//!
+//! When you add a field: add its row here with an operation that would
+//! succeed for an authorized caller (so a denial means something).
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use crate::audit::subscription_error_code;
+use crate::support::{TestApp, count_rows, error_code};
+
+#[derive(Clone, Copy, Debug)]
+enum Root {
+    Query,
+    Mutation,
+    Subscription,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Needs {
+    /// Any authenticated operator.
+    Operator,
+    Permission(&'static str),
+}
+
+struct Entry {
+    root: Root,
+    field: &'static str,
+    needs: Needs,
+    operation: &'static str,
+    variables: fn() -> Value,
+}
+
+fn table() -> Vec<Entry> {
+    use Needs::*;
+    use Root::*;
+    vec![
+        Entry { root: Query, field: "me", needs: Operator, operation: "{ me { subject } }", variables: || json!({}) },
+        Entry {
+            root: Query,
+            field: "roles",
+            needs: Permission("ROLE_READ"),
+            operation: "{ roles { name } }",
+            variables: || json!({}),
+        },
+        Entry {
+            root: Query,
+            field: "auditEvents",
+            needs: Permission("AUDIT_READ"),
+            operation: "{ auditEvents { totalCount } }",
+            variables: || json!({}),
+        },
+        Entry {
+            root: Query,
+            field: "verifyAuditChain",
+            needs: Permission("AUDIT_READ"),
+            operation: "{ verifyAuditChain { ok } }",
+            variables: || json!({}),
+        },
+        Entry {
+            root: Mutation,
+            field: "createRole",
+            needs: Permission("ROLE_ADMIN"),
+            operation: "mutation { createRole(input: {name: \"fresh\", permissions: [AUDIT_READ]}) { role { name } } }",
+            variables: || json!({}),
+        },
+        Entry {
+            root: Mutation,
+            field: "updateRole",
+            needs: Permission("ROLE_ADMIN"),
+            operation: "mutation { updateRole(input: {name: \"victim\", permissions: [ROLE_ADMIN]}) { role { name } } }",
+            variables: || json!({}),
+        },
+        Entry {
+            root: Mutation,
+            field: "deleteRole",
+            needs: Permission("ROLE_ADMIN"),
+            operation: "mutation { deleteRole(input: {name: \"victim\"}) { role { name } } }",
+            variables: || json!({}),
+        },
+        Entry {
+            root: Subscription,
+            field: "auditEventAdded",
+            needs: Permission("AUDIT_READ"),
+            operation: "subscription { auditEventAdded { seq } }",
+            variables: || json!({}),
+        },
+    ]
+}
+
+async fn schema_fields(app: &TestApp) -> BTreeSet<String> {
+    let data = app
+        .anonymous()
+        .ok(
+            "{ __schema { queryType { fields { name } } mutationType { fields { name } } subscriptionType { fields { name } } } }",
+            json!({}),
+        )
+        .await;
+    let mut fields = BTreeSet::new();
+    for (root, key) in [("Query", "queryType"), ("Mutation", "mutationType"), ("Subscription", "subscriptionType")] {
+        for field in data["__schema"][key]["fields"].as_array().into_iter().flatten() {
+            fields.insert(format!("{root}.{}", field["name"].as_str().unwrap()));
+        }
+    }
+    fields
+}
+
+async fn snapshot(app: &TestApp) -> (i64, i64, Value) {
+    let roles = app.operator("admin").ok("{ roles { name permissions description } }", json!({})).await;
+    (count_rows(app.db(), "role").await, count_rows(app.db(), "audit_event").await, roles)
+}
+
+#[tokio::test]
+async fn every_field_requires_its_permission() {
+    let app = TestApp::start().await;
+    let entries = table();
+
+    let in_table: BTreeSet<String> = entries.iter().map(|e| format!("{:?}.{}", e.root, e.field)).collect();
+    let in_schema = schema_fields(&app).await;
+    let missing: Vec<_> = in_schema.difference(&in_table).collect();
+    assert!(missing.is_empty(), "fields without a row in the authorization table: {missing:?}");
+    let stale: Vec<_> = in_table.difference(&in_schema).collect();
+    assert!(stale.is_empty(), "rows for fields that no longer exist: {stale:?}");
+
+    let all: Vec<String> = app
+        .anonymous()
+        .ok("{ __type(name: \"Permission\") { enumValues { name } } }", json!({}))
+        .await["__type"]["enumValues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .collect();
+    let admin = app.operator("admin");
+    admin
+        .ok(
+            "mutation { createRole(input: {name: \"victim\", permissions: [AUDIT_READ]}) { role { name } } }",
+            json!({}),
+        )
+        .await;
+    for permission in &all {
+        let others: Vec<&String> = all.iter().filter(|p| *p != permission).collect();
+        admin
+            .ok(
+                "mutation($name: String!, $p: [Permission!]!) { createRole(input: {name: $name, permissions: $p}) { role { name } } }",
+                json!({"name": format!("all-but-{}", permission.to_lowercase().replace('_', "-")), "p": others}),
+            )
+            .await;
+    }
+
+    for entry in &entries {
+        let label = format!("{:?}.{}", entry.root, entry.field);
+        let before = snapshot(&app).await;
+        let lacking = match entry.needs {
+            Needs::Operator => None,
+            Needs::Permission(p) => {
+                assert!(all.iter().any(|a| a == p), "{label}: {p} is not a Permission");
+                Some(app.token_for("lacking", &[&format!("all-but-{}", p.to_lowercase().replace('_', "-"))]))
+            }
+        };
+        match entry.root {
+            Root::Subscription => {
+                assert_eq!(subscription_error_code(&app, None, entry.operation).await, "UNAUTHENTICATED", "{label}");
+                if let Some(token) = &lacking {
+                    assert_eq!(
+                        subscription_error_code(&app, Some(token), entry.operation).await,
+                        "FORBIDDEN",
+                        "{label}"
+                    );
+                }
+            }
+            Root::Query | Root::Mutation => {
+                let body = app.anonymous().gql(entry.operation, (entry.variables)()).await;
+                assert_eq!(error_code(&body), "UNAUTHENTICATED", "{label}: {body}");
+                if let Some(token) = &lacking {
+                    let body = app.with_token(token).gql(entry.operation, (entry.variables)()).await;
+                    assert_eq!(error_code(&body), "FORBIDDEN", "{label}: {body}");
+                }
+            }
+        }
+        assert_eq!(snapshot(&app).await, before, "{label}: a denied call changed the database");
+
+        // And the operation is a real one: an admin gets no authorization error.
+        if !matches!(entry.root, Root::Subscription) {
+            let body = admin.gql(entry.operation, (entry.variables)()).await;
+            if let Some(errors) = body.get("errors") {
+                let code = errors[0]["extensions"]["code"].as_str().unwrap_or_default();
+                assert!(
+                    code != "FORBIDDEN" && code != "UNAUTHENTICATED" && code != "BAD_USER_INPUT",
+                    "{label}: {body}"
+                );
+            }
+        }
+    }
+}

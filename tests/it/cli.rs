@@ -1,0 +1,214 @@
+//! The `otadepot` binary: help, schema, bad config, migrate, token issue,
+//! and graceful shutdown on SIGTERM.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{JWT_SECRET, binary, fresh_database_url};
+
+/// The binary with an isolated config: its own data dir and database.
+async fn otadepot(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("OTADEPOT_DATA_DIR", dir)
+        .env("OTADEPOT_DATABASE__URL", fresh_database_url(dir).await)
+        .env("OTADEPOT_AUTH__JWT_SECRET", JWT_SECRET);
+    command
+}
+
+#[tokio::test]
+async fn help_is_there_for_every_command() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["migrate", "--help"],
+        &["schema", "--help"],
+        &["token", "issue", "--help"],
+    ] {
+        let output = Command::new(binary()).args(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&output.stdout).contains("Usage"), "{args:?}");
+    }
+}
+
+#[tokio::test]
+async fn schema_prints_the_committed_sdl() {
+    let output = Command::new(binary()).arg("schema").output().unwrap();
+    assert!(output.status.success());
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql")).unwrap();
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), committed);
+}
+
+#[tokio::test]
+async fn bad_config_exits_non_zero_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    // (environment, config file, the key the error must name)
+    type Case = (Vec<(&'static str, &'static str)>, Option<&'static str>, &'static str);
+    let cases: Vec<Case> = vec![
+        (vec![("OTADEPOT_LISTEN", "not-an-address")], None, "listen"),
+        (vec![("OTADEPOT_DATABASE__URL", "mysql://x")], None, "database.url"),
+        (vec![("OTADEPOT_SCANNER__CLAMD", "ftp://x")], None, "scanner.clamd"),
+        (vec![("OTADEPOT_HTTP__SHUTDOWN_GRACE", "soon")], None, "shutdown_grace"),
+        (vec![], Some("lisen = \"127.0.0.1:1\"\n"), "lisen"),
+        (vec![], Some("[database]\nmax_connections = \"many\"\n"), "max_connections"),
+        (vec![], Some("[auth]\njwt_secret = \"short\"\n"), "jwt_secret"),
+        (vec![], Some("[http]\ncors_allowed_origins = [\"https://a.example/path\"]\n"), "cors_allowed_origins"),
+        (vec![], Some("this is not toml"), "TOML"),
+    ];
+    for (env, file, key) in cases {
+        let mut command = Command::new(binary());
+        command.current_dir(dir.path()).env_clear().arg("serve");
+        for (k, v) in &env {
+            command.env(k, v);
+        }
+        if let Some(contents) = file {
+            let path = dir.path().join("bad.toml");
+            std::fs::write(&path, contents).unwrap();
+            command.arg("--config").arg(&path);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{env:?} {file:?} should fail");
+        assert!(
+            stderr.to_lowercase().contains(&key.to_lowercase()),
+            "{env:?} {file:?}: stderr does not name {key}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let missing = Command::new(binary()).args(["serve", "--config", "/nonexistent/otadepot.toml"]).output().unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"));
+}
+
+#[tokio::test]
+async fn migrate_up_down_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database_url(dir.path()).await;
+    let run = |args: &[&str]| {
+        let output = Command::new(binary())
+            .current_dir(dir.path())
+            .env("OTADEPOT_DATA_DIR", dir.path())
+            .env("OTADEPOT_DATABASE__URL", &url)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    run(&["migrate", "up"]);
+    let status = run(&["migrate", "status"]);
+    assert!(status.lines().count() >= 3, "{status}");
+    assert!(status.lines().all(|l| l.starts_with("applied")), "{status}");
+    run(&["migrate", "down", "--steps", "1"]);
+    let status = run(&["migrate", "status"]);
+    assert!(status.lines().last().unwrap().starts_with("pending"), "{status}");
+    run(&["migrate"]);
+    let status = run(&["migrate", "status"]);
+    assert!(status.lines().all(|l| l.starts_with("applied")), "{status}");
+}
+
+#[tokio::test]
+async fn token_issue_mints_a_working_token_and_refuses_unknown_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = otadepot(dir.path())
+        .await
+        .args(["token", "issue", "--subject", "ops@example.com", "--role", "admin", "--ttl", "2h"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_audience(&["otadepot"]);
+    let data = jsonwebtoken::decode::<Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_secret(JWT_SECRET.as_bytes()),
+        &validation,
+    )
+    .unwrap();
+    assert_eq!(data.claims["sub"], "ops@example.com");
+    assert_eq!(data.claims["roles"], json!(["admin"]));
+    let lifetime = data.claims["exp"].as_i64().unwrap() - data.claims["iat"].as_i64().unwrap();
+    assert_eq!(lifetime, 7200);
+
+    let output =
+        otadepot(dir.path()).await.args(["token", "issue", "--subject", "x", "--role", "superuser"]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown role(s): superuser"));
+    let output = otadepot(dir.path()).await.args(["token", "issue", "--subject", "x"]).output().unwrap();
+    assert!(!output.status.success(), "a role is required");
+}
+
+/// Start `otadepot serve` on a free port and wait until it answers.
+async fn spawn_server(dir: &std::path::Path, extra: &[(&str, &str)]) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut command = otadepot(dir).await;
+    command
+        .env("OTADEPOT_LISTEN", format!("127.0.0.1:{port}"))
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in extra {
+        command.env(k, v);
+    }
+    let child = command.spawn().unwrap();
+    let base = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&base).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, base)
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests_then_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn_server(dir.path(), &[("OTADEPOT_LOG_FORMAT", "json")]).await;
+
+    // A request whose body is still arriving when SIGTERM comes.
+    let body = json!({ "query": "{ __typename }" }).to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST /graphql HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nx-request-id: in-flight-1\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(&body.as_bytes()[..5]).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.write_all(&body.as_bytes()[5..]).unwrap();
+    let mut response = String::new();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = stream.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 200"), "in-flight request completed: {response}");
+    assert!(response.contains("\"__typename\":\"Query\""), "{response}");
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "clean exit: {status:?}");
+    let mut logs = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    // JSON logs, with the request id on the request's lines.
+    let lines: Vec<Value> = logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(!lines.is_empty(), "JSON log lines: {logs}");
+    assert!(
+        lines.iter().any(|l| l["span"]["request_id"] == "in-flight-1"),
+        "request id in the request's log lines: {logs}"
+    );
+    assert!(!logs.contains(JWT_SECRET), "no secret in the logs");
+}

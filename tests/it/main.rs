@@ -1,0 +1,16 @@
+//! Integration tests: the real server on port 0, a fresh database per test
+//! (SQLite by default, PostgreSQL with `OTADEPOT_TEST_DB=postgres`), the
+//! real clamd when `scripts/test` started one, driven over HTTP.
+
+// A panic is how a test fails; helpers take owned JSON for readability.
+#![allow(clippy::unwrap_used, clippy::needless_pass_by_value)]
+
+mod audit;
+mod auth;
+mod authz_coverage;
+mod cli;
+mod graphql_http;
+mod health;
+mod roles;
+mod schema;
+mod support;
