@@ -31,6 +31,8 @@ pub struct Inner {
     pub stores: Stores,
     pub clamd: Option<Clamd>,
     pub events: broadcast::Sender<Event>,
+    /// Wakes this process's job workers when a job was enqueued here.
+    pub job_wake: tokio::sync::Notify,
 }
 
 impl std::ops::Deref for App {
@@ -57,7 +59,13 @@ impl App {
             }
         };
         let (events, _) = broadcast::channel(1024);
-        Ok(Self(Arc::new(Inner { config, db, jwt, stores, clamd, events })))
+        Ok(Self(Arc::new(Inner { config, db, jwt, stores, clamd, events, job_wake: tokio::sync::Notify::new() })))
+    }
+
+    /// Tell idle workers in this process to look for work now (other
+    /// processes find it on their next poll).
+    pub fn wake_workers(&self) {
+        self.job_wake.notify_waiters();
     }
 
     pub fn publish(&self, event: Event) {

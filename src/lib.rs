@@ -14,6 +14,7 @@ pub mod db;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod jobs;
 pub mod scan;
 pub mod server;
 pub mod service;

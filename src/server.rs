@@ -35,6 +35,10 @@ impl Server {
         let shutdown = CancellationToken::new();
         let grace = config.http.shutdown_grace;
         let token = shutdown.clone();
+        let workers = config.jobs.in_process.then(|| {
+            let runner = crate::jobs::Runner::new(app.clone());
+            tokio::spawn(runner.run(shutdown.clone()))
+        });
         let task = tokio::spawn(async move {
             let serve =
                 axum::serve(listener, router).with_graceful_shutdown(token.clone().cancelled_owned()).into_future();
@@ -45,6 +49,11 @@ impl Server {
             tokio::select! {
                 result = serve => result.context("serving HTTP")?,
                 () = deadline => tracing::warn!(?grace, "shutdown grace period over; dropping remaining connections"),
+            }
+            if let Some(workers) = workers
+                && tokio::time::timeout(grace, workers).await.is_err()
+            {
+                tracing::warn!(?grace, "job workers did not stop within the grace period");
             }
             Ok(())
         });

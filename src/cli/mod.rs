@@ -31,6 +31,9 @@ pub enum Command {
     /// Run the HTTP server (GraphQL, device API, repository) and, by
     /// default, the background workers.
     Serve,
+    /// Run only the background job workers (for deployments that scale
+    /// workers apart from `serve`; set `jobs.in_process = false` there).
+    Worker,
     /// Apply, roll back or list database migrations.
     Migrate {
         #[command(subcommand)]
@@ -89,6 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     crate::telemetry::init_logging(config.log_format);
     match cli.command {
         Command::Serve => serve(config).await,
+        Command::Worker => worker(config).await,
         Command::Migrate { action } => migrate(config, action.unwrap_or(MigrateAction::Up)).await,
         Command::Token { action: TokenAction::Issue { subject, roles, ttl } } => {
             issue_token(config, &subject, &roles, ttl).await
@@ -104,6 +108,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     server.shutdown();
     server.wait().await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+async fn worker(config: Config) -> anyhow::Result<()> {
+    crate::telemetry::metrics();
+    let app = crate::app::App::build(config).await?;
+    if app.config.database.migrate_on_start {
+        crate::db::migrate_up(&app.db).await?;
+    }
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let runner = tokio::spawn(crate::jobs::Runner::new(app.clone()).run(shutdown.clone()));
+    shutdown_signal().await;
+    tracing::info!("shutdown requested; finishing running jobs");
+    shutdown.cancel();
+    runner.await.context("worker task panicked")?;
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -64,6 +65,7 @@ pub fn router(app: App, schema: ApiSchema) -> Router {
                 })
                 .on_response(DefaultOnResponse::new().level(Level::INFO)))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(CatchPanicLayer::custom(panic_response))
                 .layer(cors),
         )
 }
@@ -84,4 +86,15 @@ async fn drop_bad_request_id(mut request: Request, next: Next) -> Response {
         request.headers_mut().remove(REQUEST_ID);
     }
     next.run(request).await
+}
+
+/// A bug must not take the connection down with a bare reset: log it (in
+/// the request's span) and answer INTERNAL like any internal error.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    axum::response::IntoResponse::into_response(crate::error::Error::internal(anyhow::anyhow!("panic: {detail}")))
 }

@@ -2,8 +2,8 @@
 //! (SQLite by default, PostgreSQL with `OTADEPOT_TEST_DB=postgres`), the
 //! real clamd when `scripts/test` started one, driven over HTTP.
 
-// A panic is how a test fails; helpers take owned JSON for readability.
-#![allow(clippy::unwrap_used, clippy::needless_pass_by_value)]
+// A panic is how a test fails.
+#![allow(clippy::unwrap_used)]
 
 mod audit;
 mod auth;
@@ -11,6 +11,7 @@ mod authz_coverage;
 mod cli;
 mod graphql_http;
 mod health;
+mod jobs;
 mod roles;
 mod schema;
 mod support;

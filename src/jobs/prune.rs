@@ -1,0 +1,54 @@
+//! `jobs.prune`: delete finished jobs after a while; reschedules itself
+//! hourly.
+
+use chrono::{TimeDelta, Utc};
+use entity::job::{self, Column};
+use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
+
+use super::{DONE, FAILED, Handler, QUEUED};
+use crate::app::App;
+
+pub const PRUNE: &str = "jobs.prune";
+
+/// Done jobs are kept this long, failed ones four times longer.
+const KEEP_DONE: TimeDelta = TimeDelta::days(7);
+const EVERY: TimeDelta = TimeDelta::hours(1);
+
+pub struct Prune;
+
+#[async_trait::async_trait]
+impl Handler for Prune {
+    fn kind(&self) -> &'static str {
+        PRUNE
+    }
+
+    async fn run(&self, app: &App, _job: &job::Model) -> anyhow::Result<()> {
+        let now = Utc::now();
+        let deleted = job::Entity::delete_many()
+            .filter(
+                Condition::any()
+                    .add(Condition::all().add(Column::State.eq(DONE)).add(Column::UpdatedAt.lt(now - KEEP_DONE)))
+                    .add(Condition::all().add(Column::State.eq(FAILED)).add(Column::UpdatedAt.lt(now - KEEP_DONE * 4))),
+            )
+            .exec(&app.db)
+            .await?;
+        tracing::info!(deleted = deleted.rows_affected, "pruned finished jobs");
+        schedule_next(&app.db, now + EVERY).await
+    }
+}
+
+/// Make sure one prune job is waiting (called when workers start).
+pub async fn ensure_scheduled(db: &DatabaseConnection) -> anyhow::Result<()> {
+    schedule_next(db, Utc::now()).await
+}
+
+async fn schedule_next(db: &DatabaseConnection, at: chrono::DateTime<Utc>) -> anyhow::Result<()> {
+    let tx = crate::db::begin_write(db).await?;
+    let waiting =
+        job::Entity::find().filter(Column::Kind.eq(PRUNE)).filter(Column::State.eq(QUEUED)).count(&tx).await?;
+    if waiting == 0 {
+        super::enqueue_at(&tx, PRUNE, serde_json::json!({}), at, 3).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
