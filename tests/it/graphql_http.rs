@@ -298,3 +298,26 @@ async fn cors_allows_only_configured_origins() {
         .unwrap();
     assert!(response.headers().get("access-control-allow-origin").is_none(), "no origins by default");
 }
+
+#[tokio::test]
+async fn multipart_requests_run_and_oversized_files_are_413() {
+    let app = TestApp::start_with(|c| c.http.max_upload_bytes = 1024).await;
+    let token = app.token_for("alice", &["viewer"]);
+    let form = |file: Vec<u8>| {
+        reqwest::multipart::Form::new()
+            .text("operations", json!({ "query": "{ me { subject } }", "variables": { "f": null } }).to_string())
+            .text("map", json!({ "0": ["variables.f"] }).to_string())
+            .part("0", reqwest::multipart::Part::bytes(file).file_name("a.bin"))
+    };
+    let response =
+        app.client.post(app.url("/graphql")).bearer_auth(&token).multipart(form(vec![1; 100])).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["data"]["me"]["subject"], "alice", "{body}");
+
+    let response =
+        app.client.post(app.url("/graphql")).bearer_auth(&token).multipart(form(vec![1; 5000])).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "PAYLOAD_TOO_LARGE");
+}
