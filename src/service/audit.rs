@@ -281,3 +281,22 @@ pub fn subscribe(app: &App, ctx: &Ctx, filter: AuditFilter) -> Result<impl Strea
 pub async fn count(db: &impl ConnectionTrait) -> Result<u64> {
     Ok(audit_event::Entity::find().count(db).await?)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn secrets_never_reach_details() {
+        let details = super::redact(json!({
+            "name": "dev-1",
+            "secret": "s3cr3t",
+            "nested": [{"deviceToken": "abc", "ok": 1}],
+            "jwt_private_key": "-----BEGIN",
+        }));
+        assert_eq!(
+            details,
+            json!({"name": "dev-1", "secret": "[redacted]", "nested": [{"deviceToken": "[redacted]", "ok": 1}], "jwt_private_key": "[redacted]"})
+        );
+    }
+}
