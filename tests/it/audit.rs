@@ -203,3 +203,26 @@ async fn audit_events_arrive_live_over_the_websocket() {
         "FORBIDDEN"
     );
 }
+
+#[tokio::test]
+async fn a_bad_token_in_connection_init_closes_the_websocket() {
+    let app = TestApp::start().await;
+    let mut request = format!("ws://{}/graphql/ws", app.server().addr).into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    socket
+        .send(Message::text(
+            json!({"type": "connection_init", "payload": {"Authorization": "Bearer not.a.jwt"}}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let message = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next()).await.expect("answered");
+    match message {
+        Some(Ok(Message::Close(frame))) => {
+            let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+            assert!(reason.contains("invalid token"), "{reason}");
+        }
+        None | Some(Err(_)) => {}
+        Some(Ok(other)) => panic!("expected the socket to close, got {other:?}"),
+    }
+}
