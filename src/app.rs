@@ -11,6 +11,7 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::broadcast;
 
 use crate::auth::jwt::JwtAuth;
+use crate::auth::signed_url::{self, UrlSigner};
 use crate::config::Config;
 use crate::scan::Clamd;
 use crate::storage::Stores;
@@ -28,6 +29,10 @@ pub struct Inner {
     pub config: Config,
     pub db: DatabaseConnection,
     pub jwt: JwtAuth,
+    /// Signs and checks upload and download URLs.
+    pub signer: UrlSigner,
+    /// Base URL for links handed to clients (set once the server is bound).
+    pub public_url: std::sync::OnceLock<String>,
     pub stores: Stores,
     pub clamd: Option<Clamd>,
     pub events: broadcast::Sender<Event>,
@@ -48,6 +53,19 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let db = crate::db::connect(&config).await?;
         let jwt = JwtAuth::from_config(&config.auth, &config.data_dir)?;
+        let signer = UrlSigner::new(if config.auth.url_secret.is_empty() {
+            crate::auth::secret::load_or_generate(
+                &config.data_dir,
+                signed_url::GENERATED_SECRET_FILE,
+                "auth.url_secret",
+            )?
+        } else {
+            config.auth.url_secret.expose().as_bytes().to_vec()
+        });
+        let public_url = std::sync::OnceLock::new();
+        if !config.http.public_url.is_empty() {
+            let _ = public_url.set(config.http.public_url.clone());
+        }
         let stores = Stores::from_config(&config.storage).await.context("opening the object stores")?;
         let clamd = match config.scanner.mode {
             crate::config::ScannerMode::Clamd => Some(Clamd::new(config.clamd_address()?, config.scanner.timeout)),
@@ -59,13 +77,28 @@ impl App {
             }
         };
         let (events, _) = broadcast::channel(1024);
-        Ok(Self(Arc::new(Inner { config, db, jwt, stores, clamd, events, job_wake: tokio::sync::Notify::new() })))
+        Ok(Self(Arc::new(Inner {
+            config,
+            db,
+            jwt,
+            signer,
+            public_url,
+            stores,
+            clamd,
+            events,
+            job_wake: tokio::sync::Notify::new(),
+        })))
     }
 
     /// Tell idle workers in this process to look for work now (other
     /// processes find it on their next poll).
     pub fn wake_workers(&self) {
         self.job_wake.notify_waiters();
+    }
+
+    /// Base URL for links handed to clients.
+    pub fn public_url(&self) -> &str {
+        self.public_url.get().map_or("http://127.0.0.1:8080", String::as_str)
     }
 
     pub fn publish(&self, event: Event) {

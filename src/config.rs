@@ -123,6 +123,9 @@ pub struct AuthConfig {
     /// Claim that carries the role names (an array of strings, or one string).
     pub roles_claim: String,
     pub leeway_seconds: u64,
+    /// Key of signed upload / download URLs; empty means one is generated
+    /// into `<data_dir>/url-secret`. Replicas must share it.
+    pub url_secret: Secret,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -147,6 +150,12 @@ pub struct HttpConfig {
     /// How long shutdown waits for in-flight requests before giving up.
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_grace: Duration,
+    /// Base URL clients reach this server at (for upload and download
+    /// URLs); empty means `http://<bound address>`.
+    pub public_url: String,
+    /// Lifetime of the upload URL `createContent` hands out.
+    #[serde(with = "humantime_serde_compat")]
+    pub upload_url_ttl: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -198,12 +207,15 @@ impl Default for Config {
                 audience: "otadepot".into(),
                 roles_claim: "roles".into(),
                 leeway_seconds: 30,
+                url_secret: Secret::default(),
             },
             http: HttpConfig {
                 max_body_bytes: 2 * 1024 * 1024,
                 max_upload_bytes: 4 * 1024 * 1024 * 1024,
                 cors_allowed_origins: Vec::new(),
                 shutdown_grace: Duration::from_secs(30),
+                public_url: String::new(),
+                upload_url_ttl: Duration::from_secs(24 * 3600),
             },
             graphql: GraphqlConfig { max_depth: 15, max_complexity: 2000, introspection: true, graphiql: true },
             jobs: JobsConfig {
@@ -294,6 +306,15 @@ impl Config {
                     "invalid configuration: http.cors_allowed_origins: {origin:?} must be scheme://host[:port] without a path"
                 );
             }
+        }
+        if !self.http.public_url.is_empty() {
+            let parsed = url::Url::parse(&self.http.public_url).with_context(|| {
+                format!("invalid configuration: http.public_url: {:?} is not a URL", self.http.public_url)
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() {
+                bail!("invalid configuration: http.public_url: must be an http(s) URL without a query");
+            }
+            self.http.public_url = self.http.public_url.trim_end_matches('/').to_owned();
         }
         if self.http.max_body_bytes < 1024 {
             bail!("invalid configuration: http.max_body_bytes: must be at least 1024");

@@ -23,6 +23,9 @@ pub enum Error {
     Unauthenticated(String),
     #[error("missing permission {permission}")]
     Forbidden { permission: &'static str },
+    /// A signed URL that does not verify or has expired.
+    #[error("signed URL {0}")]
+    BadSignature(&'static str),
     #[error("{kind} {id} not found")]
     NotFound { kind: &'static str, id: String },
     #[error("{field}: {reason}")]
@@ -56,7 +59,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
-            Self::Forbidden { .. } => "FORBIDDEN",
+            Self::Forbidden { .. } | Self::BadSignature(_) => "FORBIDDEN",
             Self::NotFound { .. } => "NOT_FOUND",
             Self::InvalidInput { .. } => "BAD_USER_INPUT",
             Self::Conflict(_) => "CONFLICT",
@@ -70,7 +73,7 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::Forbidden { .. } | Self::BadSignature(_) => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::InvalidInput { .. } => StatusCode::BAD_REQUEST,
             Self::Conflict(_) => StatusCode::CONFLICT,

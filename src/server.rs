@@ -32,6 +32,8 @@ impl Server {
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("binding {} (listen)", config.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
+        // Without http.public_url, links point at the address we are bound to.
+        let _ = app.public_url.set(format!("http://{addr}"));
         let shutdown = CancellationToken::new();
         let grace = config.http.shutdown_grace;
         let token = shutdown.clone();

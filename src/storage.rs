@@ -77,3 +77,18 @@ pub async fn check(store: &dyn ObjectStore) -> anyhow::Result<()> {
     store.head(&marker()).await.context("reading the store marker")?;
     Ok(())
 }
+
+/// Where an upload lands in the staging store.
+pub fn staging_key(content_id: uuid::Uuid) -> object_store::path::Path {
+    object_store::path::Path::from(format!("staging/{content_id}"))
+}
+
+/// Where infected content is kept, in the staging store, never served.
+pub fn quarantine_key(content_id: uuid::Uuid) -> object_store::path::Path {
+    object_store::path::Path::from(format!("quarantine/{content_id}"))
+}
+
+/// Content-addressed key in the repository store (`sha256` is lowercase hex).
+pub fn repository_key(sha256: &str) -> object_store::path::Path {
+    object_store::path::Path::from(format!("sha256/{}/{sha256}", &sha256[..2]))
+}

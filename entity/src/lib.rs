@@ -2,5 +2,7 @@
 //! the `otadepot` crate's `service/` modules.
 
 pub mod audit_event;
+pub mod content;
+pub mod content_tag;
 pub mod job;
 pub mod role;

@@ -11,6 +11,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_create_role;
 mod m20261122_000002_create_audit_event;
 mod m20261122_000003_create_job;
+mod m20261122_000004_create_content;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_create_role::Migration),
             Box::new(m20261122_000002_create_audit_event::Migration),
             Box::new(m20261122_000003_create_job::Migration),
+            Box::new(m20261122_000004_create_content::Migration),
         ]
     }
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rand::RngCore;
 use serde_json::Value;
 
 use crate::config::AuthConfig;
@@ -95,7 +94,7 @@ impl JwtAuth {
             }
         }
         if secret.is_none() && keys.is_empty() {
-            secret = Some(load_or_generate_secret(data_dir)?);
+            secret = Some(super::secret::load_or_generate(data_dir, GENERATED_SECRET_FILE, "auth.jwt_secret")?);
         }
         if let Some(secret) = &secret {
             if secret.len() < 32 {
@@ -191,32 +190,4 @@ impl JwtAuth {
         });
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, signing).context("signing the token")
     }
-}
-
-fn load_or_generate_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
-    let path = data_dir.join(GENERATED_SECRET_FILE);
-    if path.exists() {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        return Ok(text.trim().as_bytes().to_vec());
-    }
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    let mut bytes = [0u8; 48];
-    rand::rng().fill_bytes(&mut bytes);
-    let secret = hex::encode(bytes);
-    write_private(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
-    tracing::warn!(
-        path = %path.display(),
-        "no JWT key configured: generated a random HS256 secret; set auth.jwt_secret or an identity provider's keys for production"
-    );
-    Ok(secret.into_bytes())
-}
-
-/// Create a file readable by its owner only; fails if it exists (no races
-/// between two starting replicas overwriting each other's secret).
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()
 }

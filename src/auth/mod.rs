@@ -8,6 +8,8 @@
 
 pub mod jwt;
 pub mod permission;
+pub mod secret;
+pub mod signed_url;
 
 use std::collections::BTreeSet;
 

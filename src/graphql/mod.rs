@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod auth;
 pub mod connection;
+pub mod content;
 pub mod role;
 
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema, SchemaBuilder};
@@ -14,10 +15,10 @@ use crate::auth::Ctx;
 use crate::config::GraphqlConfig;
 
 #[derive(MergedObject, Default)]
-pub struct Query(auth::AuthQuery, role::RoleQuery, audit::AuditQuery);
+pub struct Query(auth::AuthQuery, role::RoleQuery, audit::AuditQuery, content::ContentQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(role::RoleMutation);
+pub struct Mutation(role::RoleMutation, content::ContentMutation);
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(audit::AuditSubscription);

@@ -6,6 +6,7 @@
 mod graphql;
 mod health;
 mod metrics;
+mod uploads;
 
 use std::time::Duration;
 
@@ -52,6 +53,10 @@ pub fn router(app: App, schema: ApiSchema) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
+        .route(
+            "/uploads/content/{id}",
+            axum::routing::post(uploads::post).put(uploads::put).layer(DefaultBodyLimit::disable()),
+        )
         .layer(middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)

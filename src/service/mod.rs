@@ -6,6 +6,7 @@
 //! Nothing here knows about GraphQL or HTTP.
 
 pub mod audit;
+pub mod content;
 pub mod pagination;
 pub mod role;
 

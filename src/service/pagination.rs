@@ -45,6 +45,29 @@ impl PageRequest<i64> {
     }
 }
 
+impl PageRequest<uuid::Uuid> {
+    /// Parse `first` and a cursor keyed by a (time-ordered, v7) UUID.
+    pub fn parse_uuid(kind: &str, first: Option<i32>, after: Option<&str>) -> Result<Self> {
+        let first = parse_first(first)?;
+        let after = after
+            .map(|cursor| {
+                decode(cursor)
+                    .and_then(|text| text.strip_prefix(&format!("{kind}:")).and_then(|id| id.parse().ok()))
+                    .ok_or_else(|| Error::invalid("after", "not a cursor of this list"))
+            })
+            .transpose()?;
+        Ok(Self { first, after })
+    }
+}
+
+fn parse_first(first: Option<i32>) -> Result<u64> {
+    match first {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if n >= 1 && (n as u64) <= MAX_PAGE => Ok(n as u64),
+        Some(n) => Err(Error::invalid("first", format!("must be between 1 and {MAX_PAGE}, got {n}"))),
+    }
+}
+
 pub fn cursor(kind: &str, key: impl std::fmt::Display) -> String {
     URL_SAFE_NO_PAD.encode(format!("{kind}:{key}"))
 }

@@ -83,6 +83,27 @@ fn table() -> Vec<Entry> {
             variables: || json!({}),
         },
         Entry {
+            root: Query,
+            field: "content",
+            needs: Permission("CONTENT_READ"),
+            operation: "query($id: ID!) { content(id: $id) { id } }",
+            variables: || json!({"id": "00000000-0000-7000-8000-000000000000"}),
+        },
+        Entry {
+            root: Query,
+            field: "contents",
+            needs: Permission("CONTENT_READ"),
+            operation: "{ contents { totalCount } }",
+            variables: || json!({}),
+        },
+        Entry {
+            root: Mutation,
+            field: "createContent",
+            needs: Permission("CONTENT_WRITE"),
+            operation: "mutation { createContent(content: {name: \"a\", content_type: \"x\", type: \"firmware\", length: 1}) { id } }",
+            variables: || json!({}),
+        },
+        Entry {
             root: Subscription,
             field: "auditEventAdded",
             needs: Permission("AUDIT_READ"),
@@ -109,9 +130,16 @@ async fn schema_fields(app: &TestApp) -> BTreeSet<String> {
     fields
 }
 
-async fn snapshot(app: &TestApp) -> (i64, i64, Value) {
+/// Tables a denied call must leave alone; add new ones here.
+const TABLES: &[&str] = &["role", "audit_event", "job", "content", "content_tag"];
+
+async fn snapshot(app: &TestApp) -> (Vec<i64>, Value) {
     let roles = app.operator("admin").ok("{ roles { name permissions description } }", json!({})).await;
-    (count_rows(app.db(), "role").await, count_rows(app.db(), "audit_event").await, roles)
+    let mut counts = Vec::new();
+    for table in TABLES {
+        counts.push(count_rows(app.db(), table).await);
+    }
+    (counts, roles)
 }
 
 #[tokio::test]

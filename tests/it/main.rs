@@ -9,6 +9,7 @@ mod audit;
 mod auth;
 mod authz_coverage;
 mod cli;
+mod content;
 mod graphql_http;
 mod health;
 mod jobs;

@@ -1,0 +1,233 @@
+//! Content: `createContent` (the ExoSense shape, as-is), `content`, `contents`.
+
+use async_graphql::{
+    Context, Enum, ID, InputObject, InputValueError, InputValueResult, Json, Object, Result, Scalar, ScalarType,
+    SimpleObject, Value,
+};
+use chrono::{DateTime, Utc};
+
+use super::connection::{Conn, from_page};
+use super::{app, caller};
+use crate::error::Error;
+use crate::service::content as service;
+
+/// A tag value: a string, or a number (kept as its decimal text), as the
+/// ExoSense API sends both.
+pub struct TagValue(String);
+
+#[Scalar(name = "TagValue")]
+impl ScalarType for TagValue {
+    fn parse(value: Value) -> InputValueResult<Self> {
+        match value {
+            Value::String(s) => Ok(TagValue(s)),
+            Value::Number(n) => Ok(TagValue(n.to_string())),
+            Value::Boolean(b) => Ok(TagValue(b.to_string())),
+            other => Err(InputValueError::expected_type(other)),
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        Value::String(self.0.clone())
+    }
+}
+
+#[derive(InputObject)]
+pub struct TagInput {
+    name: String,
+    value: TagValue,
+}
+
+/// ExoSense's `ContentInput`, field names as in its API.
+#[derive(InputObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct ContentInput {
+    /// Metadata only (never a path).
+    name: String,
+    content_type: String,
+    /// firmware, application, config, script, manifest, ...
+    #[graphql(name = "type")]
+    kind: String,
+    /// Exact size in bytes; the upload must match it.
+    length: i64,
+    tags: Option<Vec<TagInput>>,
+    product_id: Option<String>,
+    /// Hex SHA-256 the upload must match, when given.
+    #[graphql(name = "sha256")]
+    sha256: Option<String>,
+}
+
+/// Where and how to send the bytes: a multipart POST of every field of
+/// `inputs` plus the file in `field` to `url` (or a PUT of the raw bytes).
+#[derive(SimpleObject)]
+pub struct ContentUpload {
+    id: ID,
+    url: String,
+    inputs: Json<serde_json::Value>,
+    method: String,
+    field: String,
+    enctype: String,
+    expires_at: DateTime<Utc>,
+}
+
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[graphql(
+    name = "ContentState",
+    remote = "crate::service::content::ContentState",
+    rename_items = "SCREAMING_SNAKE_CASE"
+)]
+pub enum ContentStateGql {
+    AwaitingUpload,
+    Uploading,
+    Staged,
+    Scanning,
+    Clean,
+    Promoted,
+    Quarantined,
+    ScanFailed,
+    Deleted,
+}
+
+#[derive(SimpleObject)]
+pub struct Tag {
+    name: String,
+    value: String,
+}
+
+#[derive(SimpleObject)]
+pub struct Content {
+    id: ID,
+    name: String,
+    content_type: String,
+    #[graphql(name = "type")]
+    kind: String,
+    length: i64,
+    /// Of the bytes received (null until uploaded).
+    sha256: Option<String>,
+    md5: Option<String>,
+    product_id: Option<String>,
+    state: ContentStateGql,
+    /// CLEAN, INFECTED, ERROR or SKIPPED, once scanned.
+    scan_verdict: Option<String>,
+    /// The signature clamd matched, for infected content.
+    scan_signature: Option<String>,
+    scan_error: Option<String>,
+    scanned_at: Option<DateTime<Utc>>,
+    tags: Vec<Tag>,
+    created_by: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<service::Content> for Content {
+    fn from(content: service::Content) -> Self {
+        let m = content.model;
+        Self {
+            id: ID(m.id.to_string()),
+            name: m.name,
+            content_type: m.content_type,
+            kind: m.kind,
+            length: m.length,
+            sha256: m.sha256,
+            md5: m.md5,
+            product_id: m.product_id,
+            state: content.state.into(),
+            scan_verdict: m.scan_verdict,
+            scan_signature: m.scan_signature,
+            scan_error: m.scan_error,
+            scanned_at: m.scanned_at,
+            tags: content.tags.into_iter().map(|(name, value)| Tag { name, value }).collect(),
+            created_by: m.created_by,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+#[derive(InputObject)]
+pub struct TagFilter {
+    name: String,
+    /// Any value when absent.
+    value: Option<String>,
+}
+
+#[derive(InputObject, Default)]
+pub struct ContentFilter {
+    /// Deleted content is listed only when asked for by state.
+    state: Option<ContentStateGql>,
+    #[graphql(name = "type")]
+    kind: Option<String>,
+    product_id: Option<String>,
+    tag: Option<TagFilter>,
+}
+
+pub(crate) fn parse_id(id: &ID) -> Result<uuid::Uuid> {
+    id.parse::<uuid::Uuid>().map_err(|_| Error::invalid("id", "not a content id").into_graphql())
+}
+
+#[derive(Default)]
+pub struct ContentQuery;
+
+#[Object]
+impl ContentQuery {
+    async fn content(&self, ctx: &Context<'_>, id: ID) -> Result<Content> {
+        Ok(service::get(app(ctx), caller(ctx), parse_id(&id)?).await?.into())
+    }
+
+    /// Content, newest first.
+    #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
+    async fn contents(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<ContentFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Conn<Content>> {
+        let filter = filter.unwrap_or_default();
+        let filter = service::ContentFilter {
+            state: filter.state.map(Into::into),
+            kind: filter.kind,
+            product_id: filter.product_id,
+            tag: filter.tag.map(|t| (t.name, t.value)),
+        };
+        let page = service::list(app(ctx), caller(ctx), &filter, first, after.as_deref()).await?;
+        Ok(from_page(page, after.is_some(), Content::from))
+    }
+}
+
+#[derive(Default)]
+pub struct ContentMutation;
+
+#[Object]
+impl ContentMutation {
+    /// Create a content awaiting its bytes and return where to send them.
+    /// Takes `content` (not `input`) and snake_case fields to stay
+    /// compatible with ExoSense clients.
+    async fn create_content(&self, ctx: &Context<'_>, content: Option<ContentInput>) -> Result<Option<ContentUpload>> {
+        let Some(input) = content else {
+            return Err(Error::invalid("content", "is required").into());
+        };
+        let (_, form) = service::create(
+            app(ctx),
+            caller(ctx),
+            service::NewContent {
+                name: input.name,
+                content_type: input.content_type,
+                kind: input.kind,
+                length: input.length,
+                tags: input.tags.unwrap_or_default().into_iter().map(|t| (t.name, t.value.0)).collect(),
+                product_id: input.product_id,
+                sha256: input.sha256,
+            },
+        )
+        .await?;
+        Ok(Some(ContentUpload {
+            id: ID(form.id.to_string()),
+            url: form.url,
+            inputs: Json(form.inputs),
+            method: form.method.into(),
+            field: form.field.into(),
+            enctype: form.enctype.into(),
+            expires_at: form.expires_at,
+        }))
+    }
+}

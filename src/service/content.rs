@@ -1,0 +1,560 @@
+//! Content: objects uploaded into the staging store, scanned, and promoted
+//! into the repository that devices download from.
+//!
+//! Rule: the state machine below is the only way a content changes state
+//! (`transition`), and nothing reaches PROMOTED without a CLEAN verdict.
+//! The content name is metadata only: object keys come from `storage`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use entity::{content, content_tag};
+use futures::{Stream, StreamExt};
+use md5::Md5;
+use object_store::{ObjectStoreExt, WriteMultipart};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::auth::{Ctx, Permission};
+use crate::error::{Error, Result};
+use crate::service::WriteTx;
+use crate::service::pagination::{Page, PageRequest, cursor};
+
+/// Job kind that scans a staged content.
+pub const SCAN_JOB: &str = "content.scan";
+
+const UPLOAD_PURPOSE: &str = "content-upload";
+const MAX_TAGS: usize = 200;
+const MAX_TAG_VALUE: usize = 64 * 1024;
+/// Bytes buffered per multipart part on their way to the store.
+const PART_SIZE: usize = 8 * 1024 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ContentState {
+    AwaitingUpload,
+    Uploading,
+    Staged,
+    Scanning,
+    Clean,
+    Promoted,
+    Quarantined,
+    ScanFailed,
+    Deleted,
+}
+
+impl ContentState {
+    pub const ALL: [ContentState; 9] = [
+        Self::AwaitingUpload,
+        Self::Uploading,
+        Self::Staged,
+        Self::Scanning,
+        Self::Clean,
+        Self::Promoted,
+        Self::Quarantined,
+        Self::ScanFailed,
+        Self::Deleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AwaitingUpload => "AWAITING_UPLOAD",
+            Self::Uploading => "UPLOADING",
+            Self::Staged => "STAGED",
+            Self::Scanning => "SCANNING",
+            Self::Clean => "CLEAN",
+            Self::Promoted => "PROMOTED",
+            Self::Quarantined => "QUARANTINED",
+            Self::ScanFailed => "SCAN_FAILED",
+            Self::Deleted => "DELETED",
+        }
+    }
+
+    pub fn parse(value: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == value)
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("unknown content state {value:?} in the database")))
+    }
+
+    /// DESIGN.md §4, plus UPLOADING → AWAITING_UPLOAD when an upload is
+    /// refused or breaks off (the content can then be uploaded again).
+    pub fn can_become(self, to: ContentState) -> bool {
+        use ContentState::*;
+        matches!(
+            (self, to),
+            (AwaitingUpload, Uploading)
+                | (Uploading, Staged | AwaitingUpload)
+                | (Staged, Scanning)
+                | (Scanning, Clean | Quarantined | ScanFailed)
+                | (ScanFailed, Scanning)
+                | (Clean, Promoted)
+        ) || (to == Deleted && !matches!(self, Promoted | Deleted))
+    }
+}
+
+impl fmt::Display for ContentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A content with its tags.
+#[derive(Clone, Debug)]
+pub struct Content {
+    pub model: content::Model,
+    pub state: ContentState,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewContent {
+    pub name: String,
+    pub content_type: String,
+    pub kind: String,
+    pub length: i64,
+    pub tags: Vec<(String, String)>,
+    pub product_id: Option<String>,
+    pub sha256: Option<String>,
+}
+
+/// Where and how to send the bytes (ExoSense's `ContentUpload`).
+#[derive(Clone, Debug)]
+pub struct UploadForm {
+    pub id: Uuid,
+    pub url: String,
+    pub inputs: serde_json::Value,
+    pub method: &'static str,
+    pub field: &'static str,
+    pub enctype: &'static str,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The multipart field that carries the file.
+pub const UPLOAD_FIELD: &str = "file";
+
+pub async fn create(app: &App, ctx: &Ctx, input: NewContent) -> Result<(Content, UploadForm)> {
+    ctx.require(Permission::ContentWrite)?;
+    let input = validate(app, input)?;
+    let (_, created_by) = ctx.actor.audit_identity();
+    let now = Utc::now();
+    let id = Uuid::now_v7();
+
+    let mut tx = WriteTx::begin(app).await?;
+    let model = content::ActiveModel {
+        id: Set(id),
+        name: Set(input.name.clone()),
+        content_type: Set(input.content_type.clone()),
+        kind: Set(input.kind.clone()),
+        length: Set(input.length),
+        declared_sha256: Set(input.sha256.clone()),
+        sha256: Set(None),
+        md5: Set(None),
+        product_id: Set(input.product_id.clone()),
+        state: Set(ContentState::AwaitingUpload.as_str().to_owned()),
+        staging_key: Set(None),
+        repository_key: Set(None),
+        scan_verdict: Set(None),
+        scan_signature: Set(None),
+        scan_error: Set(None),
+        scanned_at: Set(None),
+        created_by: Set(created_by),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(tx.conn())
+    .await?;
+    if !input.tags.is_empty() {
+        content_tag::Entity::insert_many(input.tags.iter().map(|(name, value)| content_tag::ActiveModel {
+            content_id: Set(id),
+            name: Set(name.clone()),
+            value: Set(value.clone()),
+        }))
+        .exec(tx.conn())
+        .await?;
+    }
+    tx.audit(
+        ctx,
+        "content.create",
+        "content",
+        &id.to_string(),
+        json!({
+            "name": input.name, "type": input.kind, "length": input.length,
+            "product_id": input.product_id, "tags": input.tags.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+
+    let form = upload_form(app, &model);
+    let content = Content { state: ContentState::AwaitingUpload, tags: input.tags.into_iter().collect(), model };
+    Ok((content, form))
+}
+
+fn upload_form(app: &App, model: &content::Model) -> UploadForm {
+    let expires_at = Utc::now() + chrono::TimeDelta::from_std(app.config.http.upload_url_ttl).unwrap_or_default();
+    let sig = app.signer.sign(UPLOAD_PURPOSE, &[&model.id.to_string(), &model.length.to_string()], expires_at);
+    UploadForm {
+        id: model.id,
+        url: format!("{}/uploads/content/{}?exp={}&sig={sig}", app.public_url(), model.id, expires_at.timestamp()),
+        inputs: json!({ "content_id": model.id.to_string() }),
+        method: "POST",
+        field: UPLOAD_FIELD,
+        enctype: "multipart/form-data",
+        expires_at,
+    }
+}
+
+fn validate(app: &App, mut input: NewContent) -> Result<NewContent> {
+    input.name = input.name.trim().to_owned();
+    if input.name.is_empty() || input.name.chars().count() > 255 || input.name.chars().any(char::is_control) {
+        return Err(Error::invalid("name", "1 to 255 characters, no control characters"));
+    }
+    if input.content_type.trim().is_empty() || input.content_type.len() > 127 {
+        return Err(Error::invalid("content_type", "1 to 127 characters"));
+    }
+    let kind_ok = !input.kind.is_empty()
+        && input.kind.len() <= 64
+        && input.kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !kind_ok {
+        return Err(Error::invalid("type", "1 to 64 characters: letters, digits, '_' or '-'"));
+    }
+    if input.length < 0 {
+        return Err(Error::invalid("length", "must not be negative"));
+    }
+    let max = app.config.http.max_upload_bytes;
+    if u64::try_from(input.length).unwrap_or(u64::MAX) > max {
+        return Err(Error::PayloadTooLarge { limit: max });
+    }
+    if let Some(sha) = &mut input.sha256 {
+        *sha = sha.trim().to_ascii_lowercase();
+        if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::invalid("sha256", "64 hexadecimal characters"));
+        }
+    }
+    if let Some(product) = &input.product_id
+        && (product.is_empty() || product.len() > 255)
+    {
+        return Err(Error::invalid("product_id", "1 to 255 characters"));
+    }
+    if input.tags.len() > MAX_TAGS {
+        return Err(Error::invalid("tags", format!("at most {MAX_TAGS} tags")));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, value) in &input.tags {
+        if name.is_empty() || name.len() > 255 {
+            return Err(Error::invalid("tags.name", "1 to 255 characters"));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(Error::invalid("tags.name", format!("{name:?} appears twice")));
+        }
+        if value.len() > MAX_TAG_VALUE {
+            return Err(Error::invalid("tags.value", format!("{name:?}: at most {MAX_TAG_VALUE} bytes")));
+        }
+    }
+    Ok(input)
+}
+
+/// What the uploader proved it may do: the signed URL's parameters.
+#[derive(Clone, Debug)]
+pub struct UploadGrant {
+    pub content_id: Uuid,
+    pub exp: i64,
+    pub sig: String,
+}
+
+/// Receive the bytes of a content through its signed upload URL: stream
+/// them into the staging store while hashing, check length and SHA-256,
+/// then mark the content STAGED and queue its scan, in one transaction.
+///
+/// On any refusal or failure no staged object remains and the content is
+/// back in AWAITING_UPLOAD, so it can be uploaded again.
+pub async fn upload<S>(
+    app: &App,
+    ctx: &Ctx,
+    grant: &UploadGrant,
+    declared_length: Option<u64>,
+    body: S,
+) -> Result<Content>
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Send,
+{
+    let current = find(&app.db, grant.content_id).await?;
+    // The signature is bound to the id and the declared length: it is this
+    // endpoint's authorization.
+    app.signer.verify(
+        UPLOAD_PURPOSE,
+        &[&current.id.to_string(), &current.length.to_string()],
+        grant.exp,
+        &grant.sig,
+    )?;
+    let expected = u64::try_from(current.length).unwrap_or_default();
+    if let Some(declared) = declared_length
+        && declared != expected
+    {
+        return Err(Error::invalid(
+            "length",
+            format!("the request carries {declared} bytes; the content is {expected}"),
+        ));
+    }
+
+    // Claim the upload (AWAITING_UPLOAD → UPLOADING): a second concurrent
+    // upload of the same content gets INVALID_STATE.
+    {
+        let tx = WriteTx::begin(app).await?;
+        transition(tx.conn(), current.id, ContentState::AwaitingUpload, ContentState::Uploading).await?;
+        tx.commit().await?;
+    }
+
+    match receive(app, &current, body).await {
+        Ok(digests) => match finish_upload(app, ctx, &current, &digests).await {
+            Ok(content) => Ok(content),
+            Err(err) => {
+                let _ = app.stores.staging.delete(&crate::storage::staging_key(current.id)).await;
+                release_upload(app, current.id).await;
+                Err(err)
+            }
+        },
+        Err(err) => {
+            release_upload(app, current.id).await;
+            Err(err)
+        }
+    }
+}
+
+struct Digests {
+    sha256: String,
+    md5: String,
+}
+
+/// Stream the body into `staging/<id>`; aborts the multipart write (so no
+/// object appears) on any mismatch or error.
+async fn receive<S>(app: &App, current: &content::Model, body: S) -> Result<Digests>
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Send,
+{
+    let expected = u64::try_from(current.length).unwrap_or_default();
+    let key = crate::storage::staging_key(current.id);
+    let upload = app.stores.staging.put_multipart(&key).await.map_err(store_error)?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+    let mut sha = Sha256::new();
+    let mut md5 = Md5::new();
+    let mut received: u64 = 0;
+    let mut body = std::pin::pin!(body);
+    let outcome: Result<()> = async {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| Error::invalid("body", format!("upload broke off: {e}")))?;
+            received += chunk.len() as u64;
+            if received > expected {
+                return Err(Error::invalid("length", format!("more than the declared {expected} bytes")));
+            }
+            sha.update(&chunk);
+            md5.update(&chunk);
+            writer.wait_for_capacity(2).await.map_err(store_error)?;
+            writer.write(&chunk);
+        }
+        if received != expected {
+            return Err(Error::invalid("length", format!("received {received} bytes; the content is {expected}")));
+        }
+        Ok(())
+    }
+    .await;
+    let sha256 = hex::encode(sha.finalize());
+    let outcome = outcome.and_then(|()| match &current.declared_sha256 {
+        Some(declared) if *declared != sha256 => {
+            Err(Error::invalid("sha256", format!("the bytes hash to {sha256}, not the declared {declared}")))
+        }
+        _ => Ok(()),
+    });
+    if let Err(err) = outcome {
+        let _ = writer.abort().await;
+        return Err(err);
+    }
+    writer.finish().await.map_err(store_error)?;
+    Ok(Digests { sha256, md5: hex::encode(md5.finalize()) })
+}
+
+async fn finish_upload(app: &App, ctx: &Ctx, current: &content::Model, digests: &Digests) -> Result<Content> {
+    let mut tx = WriteTx::begin(app).await?;
+    transition(tx.conn(), current.id, ContentState::Uploading, ContentState::Staged).await?;
+    content::Entity::update_many()
+        .col_expr(content::Column::Sha256, Expr::value(digests.sha256.clone()))
+        .col_expr(content::Column::Md5, Expr::value(digests.md5.clone()))
+        .col_expr(content::Column::StagingKey, Expr::value(crate::storage::staging_key(current.id).to_string()))
+        .filter(content::Column::Id.eq(current.id))
+        .exec(tx.conn())
+        .await?;
+    crate::jobs::enqueue(tx.conn(), SCAN_JOB, json!({ "content_id": current.id })).await?;
+    tx.audit(
+        ctx,
+        "content.upload",
+        "content",
+        &current.id.to_string(),
+        json!({ "length": current.length, "sha256": digests.sha256, "md5": digests.md5, "created_by": current.created_by }),
+    )
+    .await?;
+    tx.commit().await?;
+    app.wake_workers();
+    get_unchecked(&app.db, current.id).await
+}
+
+/// UPLOADING → AWAITING_UPLOAD after a refused or broken upload.
+async fn release_upload(app: &App, id: Uuid) {
+    let result = async {
+        let tx = WriteTx::begin(app).await?;
+        transition(tx.conn(), id, ContentState::Uploading, ContentState::AwaitingUpload).await?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(err) = result {
+        tracing::error!(content = %id, error = %err, "could not release a failed upload");
+    }
+}
+
+/// Move a content from `from` to `to`, or INVALID_STATE. The update is
+/// conditional on the state still being `from`, so of two racing writers
+/// only one succeeds.
+pub async fn transition(conn: &impl ConnectionTrait, id: Uuid, from: ContentState, to: ContentState) -> Result<()> {
+    if !from.can_become(to) {
+        return Err(Error::InvalidState(format!("content {id}: {from} cannot become {to}")));
+    }
+    let result = content::Entity::update_many()
+        .col_expr(content::Column::State, Expr::value(to.as_str()))
+        .col_expr(content::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(content::Column::Id.eq(id))
+        .filter(content::Column::State.eq(from.as_str()))
+        .exec(conn)
+        .await?;
+    if result.rows_affected != 1 {
+        let actual = find(conn, id).await?.state;
+        return Err(Error::InvalidState(format!("content {id} is {actual}; it cannot become {to}")));
+    }
+    Ok(())
+}
+
+async fn find(conn: &impl ConnectionTrait, id: Uuid) -> Result<content::Model> {
+    content::Entity::find_by_id(id).one(conn).await?.ok_or_else(|| Error::not_found("content", id.to_string()))
+}
+
+async fn get_unchecked(conn: &impl ConnectionTrait, id: Uuid) -> Result<Content> {
+    let model = find(conn, id).await?;
+    let mut with_tags = attach_tags(conn, vec![model]).await?;
+    Ok(with_tags.remove(0))
+}
+
+/// Load the tags of many contents in one query.
+async fn attach_tags(conn: &impl ConnectionTrait, models: Vec<content::Model>) -> Result<Vec<Content>> {
+    let ids: Vec<Uuid> = models.iter().map(|m| m.id).collect();
+    let mut tags: BTreeMap<Uuid, BTreeMap<String, String>> = BTreeMap::new();
+    if !ids.is_empty() {
+        for tag in content_tag::Entity::find().filter(content_tag::Column::ContentId.is_in(ids)).all(conn).await? {
+            tags.entry(tag.content_id).or_default().insert(tag.name, tag.value);
+        }
+    }
+    models
+        .into_iter()
+        .map(|model| {
+            Ok(Content {
+                state: ContentState::parse(&model.state)?,
+                tags: tags.remove(&model.id).unwrap_or_default(),
+                model,
+            })
+        })
+        .collect()
+}
+
+pub async fn get(app: &App, ctx: &Ctx, id: Uuid) -> Result<Content> {
+    ctx.require(Permission::ContentRead)?;
+    get_unchecked(&app.db, id).await
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ContentFilter {
+    pub state: Option<ContentState>,
+    pub kind: Option<String>,
+    pub product_id: Option<String>,
+    pub tag: Option<(String, Option<String>)>,
+}
+
+const CURSOR_KIND: &str = "content";
+
+/// Newest first. Deleted contents only when asked for by state.
+pub async fn list(
+    app: &App,
+    ctx: &Ctx,
+    filter: &ContentFilter,
+    first: Option<i32>,
+    after: Option<&str>,
+) -> Result<Page<Content>> {
+    ctx.require(Permission::ContentRead)?;
+    let page = PageRequest::parse_uuid(CURSOR_KIND, first, after)?;
+    let mut condition = Condition::all();
+    condition = match filter.state {
+        Some(state) => condition.add(content::Column::State.eq(state.as_str())),
+        None => condition.add(content::Column::State.ne(ContentState::Deleted.as_str())),
+    };
+    if let Some(kind) = &filter.kind {
+        condition = condition.add(content::Column::Kind.eq(kind.as_str()));
+    }
+    if let Some(product) = &filter.product_id {
+        condition = condition.add(content::Column::ProductId.eq(product.as_str()));
+    }
+    if let Some((name, value)) = &filter.tag {
+        let mut tag_query = content_tag::Entity::find()
+            .select_only()
+            .column(content_tag::Column::ContentId)
+            .filter(content_tag::Column::Name.eq(name.as_str()));
+        if let Some(value) = value {
+            tag_query = tag_query.filter(content_tag::Column::Value.eq(value.as_str()));
+        }
+        condition = condition.add(content::Column::Id.in_subquery(sea_orm::QueryTrait::into_query(tag_query)));
+    }
+    let total_count = content::Entity::find().filter(condition.clone()).count(&app.db).await?;
+    let mut query = content::Entity::find().filter(condition);
+    if let Some(after) = page.after {
+        query = query.filter(content::Column::Id.lt(after));
+    }
+    let mut rows = query.order_by_desc(content::Column::Id).limit(page.first + 1).all(&app.db).await?;
+    let has_next_page = rows.len() as u64 > page.first;
+    rows.truncate(usize::try_from(page.first).unwrap_or(usize::MAX));
+    let items = attach_tags(&app.db, rows).await?;
+    Ok(Page {
+        items: items.into_iter().map(|c| (cursor(CURSOR_KIND, c.model.id), c)).collect(),
+        has_next_page,
+        total_count,
+    })
+}
+
+fn store_error(err: object_store::Error) -> Error {
+    Error::Unavailable(format!("the staging store failed: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ContentState::*;
+
+    #[test]
+    fn only_a_clean_verdict_leads_to_promoted() {
+        for from in super::ContentState::ALL {
+            assert_eq!(from.can_become(Promoted), from == Clean, "{from}");
+        }
+    }
+
+    #[test]
+    fn promoted_and_deleted_are_final_for_deletion() {
+        assert!(!Promoted.can_become(Deleted));
+        assert!(!Deleted.can_become(Deleted));
+        assert!(Quarantined.can_become(Deleted));
+        assert!(ScanFailed.can_become(Scanning));
+        assert!(!Quarantined.can_become(Scanning));
+        assert!(Uploading.can_become(AwaitingUpload));
+    }
+}
