@@ -104,6 +104,9 @@ pub struct ScannerConfig {
     pub clamd: String,
     #[serde(with = "humantime_serde_compat")]
     pub timeout: Duration,
+    /// Attempts while clamd is unreachable before SCAN_FAILED (backing off
+    /// 5 s, 10 s, 20 s, ...).
+    pub max_attempts: i32,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -197,6 +200,7 @@ impl Default for Config {
                 mode: ScannerMode::Clamd,
                 clamd: "unix:/var/run/clamav/clamd.ctl".into(),
                 timeout: Duration::from_secs(300),
+                max_attempts: 6,
             },
             auth: AuthConfig {
                 jwt_secret: Secret::default(),
@@ -293,6 +297,9 @@ impl Config {
                     .to_string();
             }
             url::Url::parse(value).with_context(|| format!("invalid configuration: {key}: not a URL: {value:?}"))?;
+        }
+        if self.scanner.max_attempts < 1 {
+            bail!("invalid configuration: scanner.max_attempts: must be at least 1");
         }
         if self.scanner.mode == ScannerMode::Clamd {
             self.clamd_address()?;

@@ -27,7 +27,9 @@ impl Runner {
     /// A runner with every built-in handler.
     pub fn new(app: App) -> Self {
         let worker_id = format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple());
-        Self { app, handlers: HashMap::new(), worker_id }.with_handler(super::prune::Prune)
+        Self { app, handlers: HashMap::new(), worker_id }
+            .with_handler(super::prune::Prune)
+            .with_handler(crate::service::scan::ScanJob)
     }
 
     pub fn with_handler(mut self, handler: impl Handler) -> Self {

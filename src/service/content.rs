@@ -392,7 +392,8 @@ async fn finish_upload(app: &App, ctx: &Ctx, current: &content::Model, digests: 
         .filter(content::Column::Id.eq(current.id))
         .exec(tx.conn())
         .await?;
-    crate::jobs::enqueue(tx.conn(), SCAN_JOB, json!({ "content_id": current.id })).await?;
+    let attempts = app.config.scanner.max_attempts;
+    crate::jobs::enqueue_at(tx.conn(), SCAN_JOB, json!({ "content_id": current.id }), Utc::now(), attempts).await?;
     tx.audit(
         ctx,
         "content.upload",

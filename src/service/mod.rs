@@ -9,6 +9,7 @@ pub mod audit;
 pub mod content;
 pub mod pagination;
 pub mod role;
+pub mod scan;
 
 use sea_orm::DatabaseTransaction;
 

@@ -14,5 +14,6 @@ mod graphql_http;
 mod health;
 mod jobs;
 mod roles;
+mod scan;
 mod schema;
 mod support;

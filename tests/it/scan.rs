@@ -1,0 +1,140 @@
+//! Scanning with the real clamd (tests/fixtures/clamav signatures) and
+//! promotion into the content-addressed repository.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::support::TestApp;
+
+const CREATE: &str = "mutation($c: ContentInput) { createContent(content: $c) { id url } }";
+const GET: &str = "query($id: ID!) { content(id: $id) { state scanVerdict scanSignature scanError sha256 } }";
+
+/// The clamd socket `scripts/test` started; `None` (test skipped) when run
+/// outside it, which CI never does.
+fn clamd() -> Option<String> {
+    match std::env::var("OTADEPOT_TEST_CLAMD_SOCKET") {
+        Ok(socket) => Some(socket),
+        Err(_) if std::env::var("CI").is_ok() => panic!("CI runs without clamd: use scripts/test"),
+        Err(_) => {
+            eprintln!("skipped: no OTADEPOT_TEST_CLAMD_SOCKET (run scripts/test)");
+            None
+        }
+    }
+}
+
+/// Built at run time so that this source file itself is not flagged.
+fn eicar() -> Vec<u8> {
+    [r"X5O!P%@AP[4\PZX54(P^)7CC)7}$", "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"].concat().into_bytes()
+}
+
+async fn fast_app(tweak: impl FnOnce(&mut otadepot::config::Config)) -> TestApp {
+    TestApp::start_with(|c| {
+        c.jobs.poll_interval = Duration::from_millis(100);
+        tweak(c);
+    })
+    .await
+}
+
+/// Create, upload, and wait until the content settles; returns (id, content).
+async fn upload(app: &TestApp, data: &[u8]) -> (String, Value) {
+    let op = app.operator("package_admin");
+    let form = op
+        .ok(CREATE, json!({"c": {"name": "f.bin", "content_type": "application/octet-stream", "type": "firmware", "length": data.len()}}))
+        .await["createContent"]
+        .clone();
+    let response = app.client.put(form["url"].as_str().unwrap()).body(data.to_vec()).send().await.unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    let id = form["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let content = app.operator("viewer").ok(GET, json!({"id": id})).await["content"].clone();
+        if ["PROMOTED", "QUARANTINED", "SCAN_FAILED", "CLEAN"].contains(&content["state"].as_str().unwrap()) {
+            return (id, content);
+        }
+        assert!(Instant::now() < deadline, "content stuck in {}", content["state"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn repository_file(app: &TestApp, sha256: &str) -> std::path::PathBuf {
+    app.dir.path().join("repository/sha256").join(&sha256[..2]).join(sha256)
+}
+
+fn files_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_clean_file_is_promoted_into_the_repository() {
+    let Some(socket) = clamd() else { return };
+    let app = fast_app(|c| c.scanner.clamd = format!("unix:{socket}")).await;
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let (id, content) = upload(&app, &data).await;
+    assert_eq!(content["state"], "PROMOTED", "{content}");
+    assert_eq!(content["scanVerdict"], "CLEAN");
+    let sha = hex::encode(Sha256::digest(&data));
+    assert_eq!(content["sha256"], sha);
+    assert_eq!(std::fs::read(repository_file(&app, &sha)).unwrap(), data);
+    assert_eq!(files_under(&app.dir.path().join("staging/staging")), 0, "staged copy removed");
+
+    let events = app
+        .operator("auditor")
+        .ok("query($id: String) { auditEvents(filter: {objectId: $id}) { edges { node { action actor { kind id } } } } }", json!({"id": id}))
+        .await;
+    let actions: Vec<&str> = events["auditEvents"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"]["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["content.promote", "content.scan", "content.upload", "content.create"]);
+
+    // The same bytes again share the repository object.
+    let (_, again) = upload(&app, &data).await;
+    assert_eq!(again["state"], "PROMOTED");
+    assert_eq!(files_under(&app.dir.path().join("repository/sha256").join(&sha[..2])), 1);
+}
+
+#[tokio::test]
+async fn eicar_and_our_own_signature_are_quarantined() {
+    let Some(socket) = clamd() else { return };
+    let app = fast_app(|c| c.scanner.clamd = format!("unix:{socket}")).await;
+    let marker = [b"header ".as_slice(), b"OTADEPOT-TEST-MALWARE-MARKER-7f3a9c", b" trailer"].concat();
+    for (data, signature) in [(eicar(), "Otadepot.Test.EICAR-1"), (marker, "Otadepot.Test.Marker-1")] {
+        let (id, content) = upload(&app, &data).await;
+        assert_eq!(content["state"], "QUARANTINED", "{content}");
+        assert_eq!(content["scanVerdict"], "INFECTED");
+        assert!(content["scanSignature"].as_str().unwrap().starts_with(signature), "{content}");
+        assert!(app.dir.path().join("staging/quarantine").join(&id).exists(), "kept in quarantine");
+        assert!(!app.dir.path().join("staging/staging").join(&id).exists());
+        assert!(!repository_file(&app, &hex::encode(Sha256::digest(&data))).exists(), "never in the repository");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_clamd_ends_in_scan_failed_never_clean() {
+    if clamd().is_none() {
+        return;
+    }
+    let app = fast_app(|c| {
+        c.scanner.clamd = "tcp://127.0.0.1:1".into();
+        c.scanner.max_attempts = 1;
+    })
+    .await;
+    let data = b"harmless bytes".to_vec();
+    let (_, content) = upload(&app, &data).await;
+    assert_eq!(content["state"], "SCAN_FAILED", "{content}");
+    assert_eq!(content["scanVerdict"], "ERROR");
+    assert!(content["scanError"].as_str().unwrap().contains("unreachable"), "{content}");
+    assert!(!repository_file(&app, &hex::encode(Sha256::digest(&data))).exists());
+}
+
+#[tokio::test]
+async fn a_disabled_scanner_is_recorded_as_skipped() {
+    let app = fast_app(|c| c.scanner.mode = otadepot::config::ScannerMode::Disabled).await;
+    let (_, content) = upload(&app, b"unscanned").await;
+    assert_eq!(content["state"], "PROMOTED");
+    assert_eq!(content["scanVerdict"], "SKIPPED");
+}
