@@ -94,7 +94,10 @@ pub struct Tag {
 }
 
 #[derive(SimpleObject)]
+#[graphql(complex)]
 pub struct Content {
+    #[graphql(skip)]
+    inner: service::Content,
     id: ID,
     name: String,
     content_type: String,
@@ -120,8 +123,10 @@ pub struct Content {
 
 impl From<service::Content> for Content {
     fn from(content: service::Content) -> Self {
+        let inner = content.clone();
         let m = content.model;
         Self {
+            inner,
             id: ID(m.id.to_string()),
             name: m.name,
             content_type: m.content_type,
@@ -140,6 +145,16 @@ impl From<service::Content> for Content {
             created_at: m.created_at,
             updated_at: m.updated_at,
         }
+    }
+}
+
+#[async_graphql::ComplexObject]
+impl Content {
+    /// A signed URL that downloads this content without a token, valid for
+    /// `ttlSeconds` (60 s to 7 days, default an hour); null until the
+    /// content is PROMOTED.
+    async fn download_url(&self, ctx: &Context<'_>, ttl_seconds: Option<i64>) -> Result<Option<String>> {
+        Ok(service::download_url(app(ctx), caller(ctx), &self.inner, ttl_seconds.unwrap_or(3600))?)
     }
 }
 

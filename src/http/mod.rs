@@ -6,6 +6,7 @@
 mod graphql;
 mod health;
 mod metrics;
+mod repository;
 mod uploads;
 
 use std::time::Duration;
@@ -53,6 +54,8 @@ pub fn router(app: App, schema: ApiSchema) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
+        .route("/repo/sha256/{sha256}", get(repository::by_hash))
+        .route("/repo/{id}/{name}", get(repository::by_id))
         .route(
             "/uploads/content/{id}",
             axum::routing::post(uploads::post).put(uploads::put).layer(DefaultBodyLimit::disable()),

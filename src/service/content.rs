@@ -559,3 +559,98 @@ mod tests {
         assert!(Uploading.can_become(AwaitingUpload));
     }
 }
+
+const DOWNLOAD_PURPOSE: &str = "content-download";
+const DOWNLOAD_BY_HASH_PURPOSE: &str = "content-download-sha256";
+/// Bounds of `downloadUrl(ttlSeconds)`.
+pub const DOWNLOAD_TTL_SECONDS: std::ops::RangeInclusive<i64> = 60..=7 * 24 * 3600;
+
+/// Who asks for repository bytes.
+#[derive(Clone, Debug)]
+pub enum DownloadAccess {
+    /// An operator (needs CONTENT_READ) or, later, a device.
+    Caller(Ctx),
+    /// A signed, expiring URL.
+    Signed { exp: i64, sig: String },
+}
+
+/// A promoted object, ready to stream from the repository store.
+#[derive(Clone, Debug)]
+pub struct Download {
+    pub key: object_store::path::Path,
+    pub length: u64,
+    pub sha256: String,
+    pub md5: Option<String>,
+}
+
+/// By content id: PROMOTED content only (anything else is NOT_FOUND, for
+/// every caller).
+pub async fn open_download(app: &App, access: &DownloadAccess, id: Uuid) -> Result<Download> {
+    match access {
+        DownloadAccess::Caller(ctx) => {
+            ctx.require(Permission::ContentRead)?;
+        }
+        DownloadAccess::Signed { exp, sig } => app.signer.verify(DOWNLOAD_PURPOSE, &[&id.to_string()], *exp, sig)?,
+    }
+    let model = content::Entity::find_by_id(id)
+        .filter(content::Column::State.eq(ContentState::Promoted.as_str()))
+        .one(&app.db)
+        .await?
+        .ok_or_else(|| Error::not_found("content", id.to_string()))?;
+    download_of(&model)
+}
+
+/// By SHA-256: the object any PROMOTED content with these bytes shares.
+pub async fn open_download_by_hash(app: &App, access: &DownloadAccess, sha256: &str) -> Result<Download> {
+    let sha256 = sha256.to_ascii_lowercase();
+    match access {
+        DownloadAccess::Caller(ctx) => {
+            ctx.require(Permission::ContentRead)?;
+        }
+        DownloadAccess::Signed { exp, sig } => app.signer.verify(DOWNLOAD_BY_HASH_PURPOSE, &[&sha256], *exp, sig)?,
+    }
+    if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(Error::not_found("object", sha256));
+    }
+    let model = content::Entity::find()
+        .filter(content::Column::Sha256.eq(sha256.as_str()))
+        .filter(content::Column::State.eq(ContentState::Promoted.as_str()))
+        .one(&app.db)
+        .await?
+        .ok_or_else(|| Error::not_found("object", sha256))?;
+    download_of(&model)
+}
+
+fn download_of(model: &content::Model) -> Result<Download> {
+    let sha256 = model
+        .sha256
+        .clone()
+        .ok_or_else(|| Error::internal(anyhow::anyhow!("promoted content {} has no sha256", model.id)))?;
+    Ok(Download {
+        key: crate::storage::repository_key(&sha256),
+        length: u64::try_from(model.length).unwrap_or_default(),
+        sha256,
+        md5: model.md5.clone(),
+    })
+}
+
+/// A signed, expiring download URL for a promoted content (None otherwise).
+pub fn download_url(app: &App, ctx: &Ctx, content: &Content, ttl_seconds: i64) -> Result<Option<String>> {
+    ctx.require(Permission::ContentRead)?;
+    if !DOWNLOAD_TTL_SECONDS.contains(&ttl_seconds) {
+        return Err(Error::invalid(
+            "ttlSeconds",
+            format!("between {} and {}", DOWNLOAD_TTL_SECONDS.start(), DOWNLOAD_TTL_SECONDS.end()),
+        ));
+    }
+    if content.state != ContentState::Promoted {
+        return Ok(None);
+    }
+    let id = content.model.id.to_string();
+    let exp = Utc::now() + chrono::TimeDelta::seconds(ttl_seconds);
+    let sig = app.signer.sign(DOWNLOAD_PURPOSE, &[&id], exp);
+    // The name is cosmetic in the path (the id decides), percent-encoded.
+    let name =
+        url::form_urlencoded::byte_serialize(content.model.name.as_bytes()).collect::<String>().replace('+', "%20");
+    Ok(Some(format!("{}/repo/{id}/{name}?exp={}&sig={sig}", app.public_url(), exp.timestamp())))
+}

@@ -13,6 +13,7 @@ mod content;
 mod graphql_http;
 mod health;
 mod jobs;
+mod repository;
 mod roles;
 mod scan;
 mod schema;
