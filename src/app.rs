@@ -19,7 +19,9 @@ use crate::storage::Stores;
 /// Something that happened, published after its transaction committed.
 #[derive(Clone, Debug)]
 pub enum Event {
-    Audit(entity::audit_event::Model),
+    Audit(Box<entity::audit_event::Model>),
+    /// A content changed state.
+    ContentChanged(uuid::Uuid),
 }
 
 #[derive(Clone)]

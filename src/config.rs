@@ -52,6 +52,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub storage: StorageConfig,
     pub scanner: ScannerConfig,
+    pub content: ContentConfig,
     pub auth: AuthConfig,
     pub http: HttpConfig,
     pub graphql: GraphqlConfig,
@@ -107,6 +108,21 @@ pub struct ScannerConfig {
     /// Attempts while clamd is unreachable before SCAN_FAILED (backing off
     /// 5 s, 10 s, 20 s, ...).
     pub max_attempts: i32,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Promotion {
+    /// CLEAN content is promoted at once.
+    Auto,
+    /// CLEAN content waits for `promoteContent` (CONTENT_PROMOTE).
+    Manual,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentConfig {
+    pub promotion: Promotion,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -202,6 +218,7 @@ impl Default for Config {
                 timeout: Duration::from_secs(300),
                 max_attempts: 6,
             },
+            content: ContentConfig { promotion: Promotion::Auto },
             auth: AuthConfig {
                 jwt_secret: Secret::default(),
                 jwt_secret_file: None,

@@ -209,6 +209,42 @@ impl ContentQuery {
     }
 }
 
+#[derive(InputObject)]
+pub struct SetContentTagsInput {
+    id: ID,
+    /// The complete new set of tags.
+    tags: Vec<TagInput>,
+}
+
+#[derive(InputObject)]
+pub struct ContentIdInput {
+    id: ID,
+}
+
+#[derive(SimpleObject)]
+pub struct ContentPayload {
+    content: Content,
+}
+
+impl From<service::Content> for ContentPayload {
+    fn from(content: service::Content) -> Self {
+        Self { content: content.into() }
+    }
+}
+
+#[derive(Default)]
+pub struct ContentSubscription;
+
+#[async_graphql::Subscription]
+impl ContentSubscription {
+    /// The content now, then after each change of its state or tags.
+    async fn content_updated(&self, ctx: &Context<'_>, id: ID) -> Result<impl futures::Stream<Item = Content> + use<>> {
+        use futures::StreamExt;
+        let stream = service::watch(app(ctx), caller(ctx), parse_id(&id)?).await?;
+        Ok(stream.map(Content::from))
+    }
+}
+
 #[derive(Default)]
 pub struct ContentMutation;
 
@@ -244,5 +280,26 @@ impl ContentMutation {
             enctype: form.enctype.into(),
             expires_at: form.expires_at,
         }))
+    }
+
+    /// Replace a content's tags.
+    async fn set_content_tags(&self, ctx: &Context<'_>, input: SetContentTagsInput) -> Result<ContentPayload> {
+        let tags = input.tags.into_iter().map(|t| (t.name, t.value.0)).collect();
+        Ok(service::set_tags(app(ctx), caller(ctx), parse_id(&input.id)?, tags).await?.into())
+    }
+
+    /// Mark a content DELETED (it is never served again).
+    async fn delete_content(&self, ctx: &Context<'_>, input: ContentIdInput) -> Result<ContentPayload> {
+        Ok(service::delete(app(ctx), caller(ctx), parse_id(&input.id)?).await?.into())
+    }
+
+    /// Scan a SCAN_FAILED content again.
+    async fn rescan_content(&self, ctx: &Context<'_>, input: ContentIdInput) -> Result<ContentPayload> {
+        Ok(service::rescan(app(ctx), caller(ctx), parse_id(&input.id)?).await?.into())
+    }
+
+    /// Promote a CLEAN content (with manual promotion).
+    async fn promote_content(&self, ctx: &Context<'_>, input: ContentIdInput) -> Result<ContentPayload> {
+        Ok(service::promote(app(ctx), caller(ctx), parse_id(&input.id)?).await?.into())
     }
 }

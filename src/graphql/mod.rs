@@ -21,7 +21,7 @@ pub struct Query(auth::AuthQuery, role::RoleQuery, audit::AuditQuery, content::C
 pub struct Mutation(role::RoleMutation, content::ContentMutation);
 
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(audit::AuditSubscription);
+pub struct Subscription(audit::AuditSubscription, content::ContentSubscription);
 
 pub type ApiSchema = Schema<Query, Mutation, Subscription>;
 

@@ -264,7 +264,7 @@ pub fn subscribe(app: &App, ctx: &Ctx, filter: AuditFilter) -> Result<impl Strea
         loop {
             match receiver.recv().await {
                 Ok(Event::Audit(event)) if filter.matches(&event) => {
-                    return Some((event, (receiver, filter)));
+                    return Some((*event, (receiver, filter)));
                 }
                 Ok(_) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

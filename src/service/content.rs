@@ -23,7 +23,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::app::App;
+use crate::app::{App, Event};
 use crate::auth::{Ctx, Permission};
 use crate::error::{Error, Result};
 use crate::service::WriteTx;
@@ -245,11 +245,16 @@ fn validate(app: &App, mut input: NewContent) -> Result<NewContent> {
     {
         return Err(Error::invalid("product_id", "1 to 255 characters"));
     }
-    if input.tags.len() > MAX_TAGS {
+    input.tags = validate_tags(input.tags)?;
+    Ok(input)
+}
+
+fn validate_tags(tags: Vec<(String, String)>) -> Result<Vec<(String, String)>> {
+    if tags.len() > MAX_TAGS {
         return Err(Error::invalid("tags", format!("at most {MAX_TAGS} tags")));
     }
     let mut seen = std::collections::BTreeSet::new();
-    for (name, value) in &input.tags {
+    for (name, value) in &tags {
         if name.is_empty() || name.len() > 255 {
             return Err(Error::invalid("tags.name", "1 to 255 characters"));
         }
@@ -260,7 +265,7 @@ fn validate(app: &App, mut input: NewContent) -> Result<NewContent> {
             return Err(Error::invalid("tags.value", format!("{name:?}: at most {MAX_TAG_VALUE} bytes")));
         }
     }
-    Ok(input)
+    Ok(tags)
 }
 
 /// What the uploader proved it may do: the signed URL's parameters.
@@ -309,8 +314,8 @@ where
     // Claim the upload (AWAITING_UPLOAD → UPLOADING): a second concurrent
     // upload of the same content gets INVALID_STATE.
     {
-        let tx = WriteTx::begin(app).await?;
-        transition(tx.conn(), current.id, ContentState::AwaitingUpload, ContentState::Uploading).await?;
+        let mut tx = WriteTx::begin(app).await?;
+        transition(&mut tx, current.id, ContentState::AwaitingUpload, ContentState::Uploading).await?;
         tx.commit().await?;
     }
 
@@ -384,7 +389,7 @@ where
 
 async fn finish_upload(app: &App, ctx: &Ctx, current: &content::Model, digests: &Digests) -> Result<Content> {
     let mut tx = WriteTx::begin(app).await?;
-    transition(tx.conn(), current.id, ContentState::Uploading, ContentState::Staged).await?;
+    transition(&mut tx, current.id, ContentState::Uploading, ContentState::Staged).await?;
     content::Entity::update_many()
         .col_expr(content::Column::Sha256, Expr::value(digests.sha256.clone()))
         .col_expr(content::Column::Md5, Expr::value(digests.md5.clone()))
@@ -410,8 +415,8 @@ async fn finish_upload(app: &App, ctx: &Ctx, current: &content::Model, digests: 
 /// UPLOADING → AWAITING_UPLOAD after a refused or broken upload.
 async fn release_upload(app: &App, id: Uuid) {
     let result = async {
-        let tx = WriteTx::begin(app).await?;
-        transition(tx.conn(), id, ContentState::Uploading, ContentState::AwaitingUpload).await?;
+        let mut tx = WriteTx::begin(app).await?;
+        transition(&mut tx, id, ContentState::Uploading, ContentState::AwaitingUpload).await?;
         tx.commit().await
     }
     .await;
@@ -423,7 +428,8 @@ async fn release_upload(app: &App, id: Uuid) {
 /// Move a content from `from` to `to`, or INVALID_STATE. The update is
 /// conditional on the state still being `from`, so of two racing writers
 /// only one succeeds.
-pub async fn transition(conn: &impl ConnectionTrait, id: Uuid, from: ContentState, to: ContentState) -> Result<()> {
+pub async fn transition(tx: &mut WriteTx, id: Uuid, from: ContentState, to: ContentState) -> Result<()> {
+    let conn = tx.conn();
     if !from.can_become(to) {
         return Err(Error::InvalidState(format!("content {id}: {from} cannot become {to}")));
     }
@@ -438,6 +444,7 @@ pub async fn transition(conn: &impl ConnectionTrait, id: Uuid, from: ContentStat
         let actual = find(conn, id).await?.state;
         return Err(Error::InvalidState(format!("content {id} is {actual}; it cannot become {to}")));
     }
+    tx.notify(Event::ContentChanged(id));
     Ok(())
 }
 
@@ -653,4 +660,148 @@ pub fn download_url(app: &App, ctx: &Ctx, content: &Content, ttl_seconds: i64) -
     let name =
         url::form_urlencoded::byte_serialize(content.model.name.as_bytes()).collect::<String>().replace('+', "%20");
     Ok(Some(format!("{}/repo/{id}/{name}?exp={}&sig={sig}", app.public_url(), exp.timestamp())))
+}
+
+/// Replace a content's tags with `tags` (validated like `createContent`'s).
+pub async fn set_tags(app: &App, ctx: &Ctx, id: Uuid, tags: Vec<(String, String)>) -> Result<Content> {
+    ctx.require(Permission::ContentWrite)?;
+    let tags = validate_tags(tags)?;
+    let mut tx = WriteTx::begin(app).await?;
+    let current = find(tx.conn(), id).await?;
+    if current.state == ContentState::Deleted.as_str() {
+        return Err(Error::InvalidState(format!("content {id} is DELETED")));
+    }
+    let before: Vec<String> = content_tag::Entity::find()
+        .filter(content_tag::Column::ContentId.eq(id))
+        .all(tx.conn())
+        .await?
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    content_tag::Entity::delete_many().filter(content_tag::Column::ContentId.eq(id)).exec(tx.conn()).await?;
+    if !tags.is_empty() {
+        content_tag::Entity::insert_many(tags.iter().map(|(name, value)| content_tag::ActiveModel {
+            content_id: Set(id),
+            name: Set(name.clone()),
+            value: Set(value.clone()),
+        }))
+        .exec(tx.conn())
+        .await?;
+    }
+    tx.audit(
+        ctx,
+        "content.set_tags",
+        "content",
+        &id.to_string(),
+        json!({ "before": before, "after": tags.iter().map(|(n, _)| n).collect::<Vec<_>>() }),
+    )
+    .await?;
+    tx.notify(Event::ContentChanged(id));
+    tx.commit().await?;
+    get_unchecked(&app.db, id).await
+}
+
+/// Mark a content DELETED and drop its staged or quarantined object. A
+/// promoted object in the repository may be shared by identical content,
+/// so it stays (see docs/architecture.md).
+pub async fn delete(app: &App, ctx: &Ctx, id: Uuid) -> Result<Content> {
+    ctx.require(Permission::ContentWrite)?;
+    let mut tx = WriteTx::begin(app).await?;
+    let current = find(tx.conn(), id).await?;
+    let from = ContentState::parse(&current.state)?;
+    if from == ContentState::Uploading {
+        return Err(Error::InvalidState(format!("content {id} is UPLOADING; wait until the upload ends")));
+    }
+    transition_for_delete(&mut tx, id, from).await?;
+    tx.audit(ctx, "content.delete", "content", &id.to_string(), json!({ "state_before": from.as_str() })).await?;
+    tx.commit().await?;
+    for key in [crate::storage::staging_key(id), crate::storage::quarantine_key(id)] {
+        let _ = app.stores.staging.delete(&key).await;
+    }
+    get_unchecked(&app.db, id).await
+}
+
+/// DELETED from any state but DELETED, PROMOTED included: promoted files
+/// nobody uses any more must be removable (packages, when they exist,
+/// make this a CONFLICT while they reference the content).
+async fn transition_for_delete(tx: &mut WriteTx, id: Uuid, from: ContentState) -> Result<()> {
+    if from == ContentState::Deleted {
+        return Err(Error::InvalidState(format!("content {id} is already DELETED")));
+    }
+    let result = content::Entity::update_many()
+        .col_expr(content::Column::State, Expr::value(ContentState::Deleted.as_str()))
+        .col_expr(content::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(content::Column::Id.eq(id))
+        .filter(content::Column::State.eq(from.as_str()))
+        .exec(tx.conn())
+        .await?;
+    if result.rows_affected != 1 {
+        return Err(Error::InvalidState(format!("content {id} changed state meanwhile")));
+    }
+    tx.notify(Event::ContentChanged(id));
+    Ok(())
+}
+
+/// SCAN_FAILED → SCANNING and a fresh scan job.
+pub async fn rescan(app: &App, ctx: &Ctx, id: Uuid) -> Result<Content> {
+    ctx.require(Permission::ContentWrite)?;
+    let mut tx = WriteTx::begin(app).await?;
+    find(tx.conn(), id).await?;
+    transition(&mut tx, id, ContentState::ScanFailed, ContentState::Scanning).await?;
+    let attempts = app.config.scanner.max_attempts;
+    crate::jobs::enqueue_at(tx.conn(), SCAN_JOB, json!({ "content_id": id }), Utc::now(), attempts).await?;
+    tx.audit(ctx, "content.rescan", "content", &id.to_string(), json!({})).await?;
+    tx.commit().await?;
+    app.wake_workers();
+    get_unchecked(&app.db, id).await
+}
+
+/// Promote a CLEAN content (with `content.promotion = "manual"`): queues
+/// the promotion step; the content turns PROMOTED when it has run.
+pub async fn promote(app: &App, ctx: &Ctx, id: Uuid) -> Result<Content> {
+    ctx.require(Permission::ContentPromote)?;
+    let mut tx = WriteTx::begin(app).await?;
+    let current = find(tx.conn(), id).await?;
+    let state = ContentState::parse(&current.state)?;
+    if state != ContentState::Clean {
+        return Err(Error::InvalidState(format!("content {id} is {state}; only CLEAN content can be promoted")));
+    }
+    crate::jobs::enqueue_at(
+        tx.conn(),
+        SCAN_JOB,
+        json!({ "content_id": id, "promote": true }),
+        Utc::now(),
+        app.config.scanner.max_attempts,
+    )
+    .await?;
+    tx.audit(ctx, "content.promote_requested", "content", &id.to_string(), json!({})).await?;
+    tx.commit().await?;
+    app.wake_workers();
+    get_unchecked(&app.db, id).await
+}
+
+/// The content now, then again after every change, while the caller
+/// listens.
+pub async fn watch(app: &App, ctx: &Ctx, id: Uuid) -> Result<impl Stream<Item = Content> + use<>> {
+    ctx.require(Permission::ContentRead)?;
+    let receiver = app.events.subscribe();
+    let first = get_unchecked(&app.db, id).await?;
+    let db = app.db.clone();
+    let updates = futures::stream::unfold(receiver, move |mut receiver| {
+        let db = db.clone();
+        async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(Event::ContentChanged(changed)) if changed == id => {
+                        if let Ok(content) = get_unchecked(&db, id).await {
+                            return Some((content, receiver));
+                        }
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    Ok(futures::stream::once(async move { first }).chain(updates))
 }

@@ -46,8 +46,13 @@ impl WriteTx {
         details: serde_json::Value,
     ) -> Result<entity::audit_event::Model> {
         let event = audit::append(&self.tx, ctx, action, object_kind, object_id, details).await?;
-        self.events.push(Event::Audit(event.clone()));
+        self.events.push(Event::Audit(Box::new(event.clone())));
         Ok(event)
+    }
+
+    /// Publish `event` to this process's subscribers once the transaction commits.
+    pub fn notify(&mut self, event: Event) {
+        self.events.push(event);
     }
 
     pub async fn commit(self) -> Result<()> {

@@ -26,6 +26,7 @@ use uuid::Uuid;
 use super::content::{ContentState, SCAN_JOB, transition};
 use crate::app::App;
 use crate::auth::Ctx;
+use crate::config::Promotion;
 use crate::error::{Error, Result};
 use crate::scan::{ScanError, Verdict};
 use crate::service::WriteTx;
@@ -48,12 +49,14 @@ impl crate::jobs::Handler for ScanJob {
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| anyhow::anyhow!("payload has no content_id"))?;
         let last_attempt = job.attempts >= job.max_attempts;
-        step(app, id, last_attempt).await.map_err(|e| anyhow::anyhow!("{e}"))
+        let promote = job.payload.get("promote").and_then(serde_json::Value::as_bool).unwrap_or(false);
+        step(app, id, last_attempt, promote).await.map_err(|e| anyhow::anyhow!("{e}"))
     }
 }
 
 /// Do every remaining step for one content.
-async fn step(app: &App, id: Uuid, last_attempt: bool) -> Result<()> {
+/// `promote` is an operator's `promoteContent` (needed with manual promotion).
+async fn step(app: &App, id: Uuid, last_attempt: bool, promote: bool) -> Result<()> {
     let ctx = Ctx::system(SCANNER);
     let mut first = true;
     loop {
@@ -62,18 +65,21 @@ async fn step(app: &App, id: Uuid, last_attempt: bool) -> Result<()> {
             // A (re)scan starts here; a SCAN_FAILED reached during this run
             // is final until someone asks for a rescan.
             from @ (ContentState::Staged | ContentState::ScanFailed) if first => {
-                let tx = WriteTx::begin(app).await?;
-                transition(tx.conn(), id, from, ContentState::Scanning).await?;
+                let mut tx = WriteTx::begin(app).await?;
+                transition(&mut tx, id, from, ContentState::Scanning).await?;
                 tx.commit().await?;
             }
             ContentState::Scanning => scan(app, &ctx, &current, last_attempt).await?,
-            ContentState::Clean => promote(app, &ctx, &current).await?,
+            ContentState::Clean if promote || app.config.content.promotion == Promotion::Auto => {
+                promote_clean(app, &ctx, &current).await?;
+            }
             ContentState::Promoted => {
                 // A crash between promotion and cleanup left the staged copy.
                 let _ = app.stores.staging.delete(&crate::storage::staging_key(id)).await;
                 return Ok(());
             }
-            // Nothing (more) to do: not uploaded, failed, quarantined, deleted.
+            // Nothing (more) to do: not uploaded, failed, quarantined,
+            // deleted, or CLEAN waiting for manual promotion.
             _ => return Ok(()),
         }
         first = false;
@@ -123,7 +129,7 @@ async fn record_verdict(
     error: Option<String>,
 ) -> Result<()> {
     let mut tx = WriteTx::begin(app).await?;
-    transition(tx.conn(), current.id, ContentState::Scanning, to).await?;
+    transition(&mut tx, current.id, ContentState::Scanning, to).await?;
     content::Entity::update_many()
         .col_expr(content::Column::ScanVerdict, Expr::value(verdict))
         .col_expr(content::Column::ScanSignature, Expr::value(signature.map(str::to_owned)))
@@ -143,7 +149,7 @@ async fn quarantine(app: &App, ctx: &Ctx, current: &content::Model, signature: &
     let to = crate::storage::quarantine_key(current.id);
     app.stores.staging.copy(&from, &to).await.map_err(|e| Error::Unavailable(format!("quarantining: {e}")))?;
     let mut tx = WriteTx::begin(app).await?;
-    transition(tx.conn(), current.id, ContentState::Scanning, ContentState::Quarantined).await?;
+    transition(&mut tx, current.id, ContentState::Scanning, ContentState::Quarantined).await?;
     content::Entity::update_many()
         .col_expr(content::Column::ScanVerdict, Expr::value("INFECTED"))
         .col_expr(content::Column::ScanSignature, Expr::value(signature))
@@ -161,7 +167,7 @@ async fn quarantine(app: &App, ctx: &Ctx, current: &content::Model, signature: &
 /// CLEAN → PROMOTED: copy into the content-addressed repository (checking
 /// the bytes still hash to what was scanned), commit, then drop the staged
 /// object.
-async fn promote(app: &App, ctx: &Ctx, current: &content::Model) -> Result<()> {
+async fn promote_clean(app: &App, ctx: &Ctx, current: &content::Model) -> Result<()> {
     let sha256 = current
         .sha256
         .clone()
@@ -176,7 +182,7 @@ async fn promote(app: &App, ctx: &Ctx, current: &content::Model) -> Result<()> {
         copy_verified(app, current, &sha256, &target).await?;
     }
     let mut tx = WriteTx::begin(app).await?;
-    transition(tx.conn(), current.id, ContentState::Clean, ContentState::Promoted).await?;
+    transition(&mut tx, current.id, ContentState::Clean, ContentState::Promoted).await?;
     content::Entity::update_many()
         .col_expr(content::Column::RepositoryKey, Expr::value(target.to_string()))
         .col_expr(content::Column::StagingKey, Expr::value(Option::<String>::None))

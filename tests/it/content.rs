@@ -329,3 +329,41 @@ async fn curl_can_upload_with_the_form() {
     assert!(stdout.ends_with("201"), "{stdout}");
     assert!(stdout.contains(&sha256_hex(&data)));
 }
+
+const SET_TAGS: &str = "mutation($id: ID!, $tags: [TagInput!]!) { setContentTags(input: {id: $id, tags: $tags}) { content { tags { name value } } } }";
+const DELETE: &str = "mutation($id: ID!) { deleteContent(input: {id: $id}) { content { state } } }";
+
+#[tokio::test]
+async fn tags_are_replaced_and_deleted_content_is_gone() {
+    let app = TestApp::start_with(|c| c.jobs.in_process = false).await;
+    let data = bytes(1000);
+    let form = create(&app, data.len(), None).await;
+    let id = form["id"].as_str().unwrap();
+    let op = app.operator("package_admin");
+    let data_tags = op
+        .ok(SET_TAGS, json!({"id": id, "tags": [{"name": "channel", "value": "beta"}, {"name": "build", "value": 42}]}))
+        .await;
+    assert_eq!(
+        data_tags["setContentTags"]["content"]["tags"],
+        json!([{"name": "build", "value": "42"}, {"name": "channel", "value": "beta"}])
+    );
+    let body =
+        op.gql(SET_TAGS, json!({"id": id, "tags": [{"name": "a", "value": "1"}, {"name": "a", "value": "2"}]})).await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT");
+
+    post_form(&app, &form, data).await;
+    assert_eq!(staged_files(&app), 1);
+    let deleted = op.ok(DELETE, json!({"id": id})).await;
+    assert_eq!(deleted["deleteContent"]["content"]["state"], "DELETED");
+    assert_eq!(staged_files(&app), 0, "the staged object goes with it");
+    assert_eq!(error_code(&op.gql(DELETE, json!({"id": id})).await), "INVALID_STATE");
+    assert_eq!(error_code(&op.gql(SET_TAGS, json!({"id": id, "tags": []})).await), "INVALID_STATE");
+    let list = app.operator("viewer").ok("{ contents { totalCount } }", json!({})).await;
+    assert_eq!(list["contents"]["totalCount"], 0, "deleted content is not listed by default");
+    let list = app.operator("viewer").ok("{ contents(filter: {state: DELETED}) { totalCount } }", json!({})).await;
+    assert_eq!(list["contents"]["totalCount"], 1);
+    let missing = op.gql(DELETE, json!({"id": uuid::Uuid::now_v7().to_string()})).await;
+    assert_eq!(error_code(&missing), "NOT_FOUND");
+    let bad = op.gql(DELETE, json!({"id": "not-a-uuid"})).await;
+    assert_eq!(error_code(&bad), "BAD_USER_INPUT");
+}

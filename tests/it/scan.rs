@@ -39,6 +39,11 @@ async fn fast_app(tweak: impl FnOnce(&mut otadepot::config::Config)) -> TestApp 
 
 /// Create, upload, and wait until the content settles; returns (id, content).
 async fn upload(app: &TestApp, data: &[u8]) -> (String, Value) {
+    upload_until(app, data, &["PROMOTED", "QUARANTINED", "SCAN_FAILED"]).await
+}
+
+/// Like [`upload`], waiting for one of `settled`.
+async fn upload_until(app: &TestApp, data: &[u8], settled: &[&str]) -> (String, Value) {
     let op = app.operator("package_admin");
     let form = op
         .ok(CREATE, json!({"c": {"name": "f.bin", "content_type": "application/octet-stream", "type": "firmware", "length": data.len()}}))
@@ -50,7 +55,7 @@ async fn upload(app: &TestApp, data: &[u8]) -> (String, Value) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let content = app.operator("viewer").ok(GET, json!({"id": id})).await["content"].clone();
-        if ["PROMOTED", "QUARANTINED", "SCAN_FAILED", "CLEAN"].contains(&content["state"].as_str().unwrap()) {
+        if settled.contains(&content["state"].as_str().unwrap()) {
             return (id, content);
         }
         assert!(Instant::now() < deadline, "content stuck in {}", content["state"]);
@@ -137,4 +142,178 @@ async fn a_disabled_scanner_is_recorded_as_skipped() {
     let (_, content) = upload(&app, b"unscanned").await;
     assert_eq!(content["state"], "PROMOTED");
     assert_eq!(content["scanVerdict"], "SKIPPED");
+}
+
+/// A clamd of this test's own, to stop and start at will.
+struct PrivateClamd {
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateClamd {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("clamd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "LocalSocket {}\nDatabaseDirectory {}/tests/fixtures/clamav\nTemporaryDirectory {}\nForeground yes\nAlertExceedsMax yes\nLogFile {}\n",
+                dir.path().join("clamd.sock").display(),
+                env!("CARGO_MANIFEST_DIR"),
+                dir.path().display(),
+                dir.path().join("clamd.log").display(),
+            ),
+        )
+        .unwrap();
+        let mut clamd = Self { dir, child: None };
+        clamd.restart().await;
+        clamd
+    }
+
+    fn socket(&self) -> String {
+        self.dir.path().join("clamd.sock").display().to_string()
+    }
+
+    async fn restart(&mut self) {
+        let child = std::process::Command::new("clamd")
+            .arg("-c")
+            .arg(self.dir.path().join("clamd.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("clamd is installed");
+        self.child = Some(child);
+        let client = otadepot::scan::Clamd::new(
+            otadepot::config::ClamdAddress::Unix(self.socket().into()),
+            Duration::from_secs(5),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.version(Duration::from_secs(1)).await.is_err() {
+            assert!(Instant::now() < deadline, "private clamd did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(self.socket());
+    }
+}
+
+impl Drop for PrivateClamd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test]
+async fn clamd_down_gives_scan_failed_and_a_rescan_after_restart_promotes() {
+    if clamd().is_none() {
+        return;
+    }
+    let mut private = PrivateClamd::start().await;
+    let socket = private.socket();
+    let app = fast_app(|c| {
+        c.scanner.clamd = format!("unix:{socket}");
+        c.scanner.max_attempts = 1;
+    })
+    .await;
+    private.stop();
+    let data = b"firmware that deserves a real scan".to_vec();
+    let (id, content) = upload(&app, &data).await;
+    assert_eq!(content["state"], "SCAN_FAILED", "{content}");
+
+    private.restart().await;
+    let op = app.operator("package_admin");
+    let rescanned =
+        op.ok("mutation($id: ID!) { rescanContent(input: {id: $id}) { content { state } } }", json!({"id": id})).await;
+    assert_eq!(rescanned["rescanContent"]["content"]["state"], "SCANNING");
+    let again =
+        op.gql("mutation($id: ID!) { rescanContent(input: {id: $id}) { content { state } } }", json!({"id": id})).await;
+    assert_eq!(crate::support::error_code(&again), "INVALID_STATE", "one rescan at a time");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let content = app.operator("viewer").ok(GET, json!({"id": id})).await["content"].clone();
+        if content["state"] == "PROMOTED" {
+            assert_eq!(content["scanVerdict"], "CLEAN");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not promoted after rescan: {content}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(std::fs::read(repository_file(&app, &hex::encode(Sha256::digest(&data)))).unwrap(), data);
+}
+
+#[tokio::test]
+async fn manual_promotion_waits_for_promote_content() {
+    let app = fast_app(|c| {
+        c.scanner.mode = otadepot::config::ScannerMode::Disabled;
+        c.content.promotion = otadepot::config::Promotion::Manual;
+    })
+    .await;
+    let (id, content) = upload_until(&app, b"needs a human", &["CLEAN", "PROMOTED"]).await;
+    assert_eq!(content["state"], "CLEAN");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let still = app.operator("viewer").ok(GET, json!({"id": id})).await;
+    assert_eq!(still["content"]["state"], "CLEAN", "no automatic promotion");
+
+    const PROMOTE: &str = "mutation($id: ID!) { promoteContent(input: {id: $id}) { content { state } } }";
+    let denied = app.operator("device_admin").gql(PROMOTE, json!({"id": id})).await;
+    assert_eq!(crate::support::error_code(&denied), "FORBIDDEN");
+    app.operator("package_admin").ok(PROMOTE, json!({"id": id})).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.operator("viewer").ok(GET, json!({"id": id})).await["content"]["state"] != "PROMOTED" {
+        assert!(Instant::now() < deadline, "not promoted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let twice = app.operator("package_admin").gql(PROMOTE, json!({"id": id})).await;
+    assert_eq!(crate::support::error_code(&twice), "INVALID_STATE");
+}
+
+#[tokio::test]
+async fn content_updated_pushes_each_state_change() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let app = fast_app(|c| c.scanner.mode = otadepot::config::ScannerMode::Disabled).await;
+    let data = b"watch me".to_vec();
+    let form = app
+        .operator("package_admin")
+        .ok(CREATE, json!({"c": {"name": "w", "content_type": "x", "type": "firmware", "length": data.len()}}))
+        .await["createContent"]
+        .clone();
+    let mut request = format!("ws://{}/graphql/ws", app.server().addr).into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let token = app.token_for("watcher", &["viewer"]);
+    socket
+        .send(Message::text(
+            json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}}).to_string(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(crate::audit::next_json(&mut socket).await["type"], "connection_ack");
+    let query = format!("subscription {{ contentUpdated(id: \"{}\") {{ state }} }}", form["id"].as_str().unwrap());
+    socket
+        .send(Message::text(json!({"id": "1", "type": "subscribe", "payload": {"query": query}}).to_string()))
+        .await
+        .unwrap();
+    let first = crate::audit::next_json(&mut socket).await;
+    assert_eq!(first["payload"]["data"]["contentUpdated"]["state"], "AWAITING_UPLOAD", "{first}");
+
+    app.client.put(form["url"].as_str().unwrap()).body(data).send().await.unwrap();
+    let mut states = Vec::new();
+    while states.last().map(String::as_str) != Some("PROMOTED") {
+        let message = crate::audit::next_json(&mut socket).await;
+        states.push(message["payload"]["data"]["contentUpdated"]["state"].as_str().unwrap().to_owned());
+    }
+    // Each push reads the content as it is then, so fast steps may merge.
+    assert!(states.len() >= 2, "{states:?}");
+    let order = ["UPLOADING", "STAGED", "SCANNING", "CLEAN", "PROMOTED"];
+    let positions: Vec<usize> = states.iter().map(|s| order.iter().position(|o| o == s).unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] <= w[1]), "in order: {states:?}");
 }
