@@ -152,12 +152,17 @@ struct PrivateClamd {
 
 impl PrivateClamd {
     async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// With extra clamd.conf lines.
+    async fn start_with(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("clamd.conf");
         std::fs::write(
             &conf,
             format!(
-                "LocalSocket {}\nDatabaseDirectory {}/tests/fixtures/clamav\nTemporaryDirectory {}\nForeground yes\nAlertExceedsMax yes\nLogFile {}\n",
+                "LocalSocket {}\nDatabaseDirectory {}/tests/fixtures/clamav\nTemporaryDirectory {}\nForeground yes\nAlertExceedsMax yes\nLogFile {}\n{extra}",
                 dir.path().join("clamd.sock").display(),
                 env!("CARGO_MANIFEST_DIR"),
                 dir.path().display(),
@@ -316,4 +321,20 @@ async fn content_updated_pushes_each_state_change() {
     let order = ["UPLOADING", "STAGED", "SCANNING", "CLEAN", "PROMOTED"];
     let positions: Vec<usize> = states.iter().map(|s| order.iter().position(|o| o == s).unwrap()).collect();
     assert!(positions.windows(2).all(|w| w[0] <= w[1]), "in order: {states:?}");
+}
+
+#[tokio::test]
+async fn an_object_over_clamds_stream_limit_is_scan_failed_never_clean() {
+    if clamd().is_none() {
+        return;
+    }
+    let private = PrivateClamd::start_with("StreamMaxLength 1M\n").await;
+    let socket = private.socket();
+    let app = fast_app(|c| c.scanner.clamd = format!("unix:{socket}")).await;
+    let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let (_, content) = upload(&app, &data).await;
+    assert_eq!(content["state"], "SCAN_FAILED", "{content}");
+    let reason = content["scanError"].as_str().unwrap();
+    assert!(reason.contains("StreamMaxLength") || reason.contains("limit"), "{reason}");
+    assert!(!repository_file(&app, &hex::encode(Sha256::digest(&data))).exists());
 }
