@@ -308,14 +308,27 @@ async fn contents_list_filters_and_pages() {
     assert_eq!(data["contents"]["totalCount"], 0);
 }
 
-/// A plain multipart client: curl, with the form exactly as returned.
+/// A plain multipart client: curl, with the form the seed's exact request
+/// returns (its content is 205 bytes).
 #[tokio::test]
-async fn curl_can_upload_with_the_form() {
+async fn curl_can_upload_with_the_form_of_the_seed_request() {
     let app = TestApp::start_with(|c| c.jobs.in_process = false).await;
-    let data = bytes(123_456);
-    let file = app.dir.path().join("firmware_updatev101.txt");
+    let body: Value = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(app.token_for("user@example.com", &["package_admin"]))
+        .header("content-type", "application/json")
+        .body(SEED_REQUEST)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let form = body[0]["data"]["createContent"].clone();
+    let data = bytes(205);
+    let file = app.dir.path().join("package_oem_firmware_update_1.0.1.json");
     std::fs::write(&file, &data).unwrap();
-    let form = create(&app, data.len(), None).await;
     let mut command = std::process::Command::new("curl");
     command.args(["-sS", "-w", "\n%{http_code}"]);
     for (k, v) in form["inputs"].as_object().unwrap() {
