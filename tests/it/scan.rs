@@ -338,3 +338,120 @@ async fn an_object_over_clamds_stream_limit_is_scan_failed_never_clean() {
     assert!(reason.contains("StreamMaxLength") || reason.contains("limit"), "{reason}");
     assert!(!repository_file(&app, &hex::encode(Sha256::digest(&data))).exists());
 }
+
+/// Crashes and store failures around promotion: every rerun of the job
+/// repairs, and nothing reaches PROMOTED unless its bytes are the ones
+/// that were scanned.
+mod faults {
+    use super::*;
+    use sea_orm::ConnectionTrait;
+
+    const PROMOTE: &str = "mutation($id: ID!) { promoteContent(input: {id: $id}) { content { state } } }";
+
+    async fn clean_waiting(app: &TestApp, data: &[u8]) -> String {
+        let (id, content) = upload_until(app, data, &["CLEAN"]).await;
+        assert_eq!(content["state"], "CLEAN");
+        id
+    }
+
+    async fn manual_app() -> TestApp {
+        fast_app(|c| {
+            c.scanner.mode = otadepot::config::ScannerMode::Disabled;
+            c.content.promotion = otadepot::config::Promotion::Manual;
+        })
+        .await
+    }
+
+    async fn state_of(app: &TestApp, id: &str) -> String {
+        app.operator("viewer").ok(GET, json!({"id": id})).await["content"]["state"].as_str().unwrap().to_owned()
+    }
+
+    async fn wait_for(app: &TestApp, id: &str, state: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while state_of(app, id).await != state {
+            assert!(Instant::now() < deadline, "never reached {state}");
+            // Failed attempts back off; make retries due at once.
+            app.db().execute_unprepared("UPDATE job SET run_at = created_at WHERE state = 'queued'").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crash_after_the_copy_is_repaired_without_copying_again() {
+        let app = manual_app().await;
+        let data = b"copied before the crash".to_vec();
+        let id = clean_waiting(&app, &data).await;
+        // The copy landed, then the process died before committing PROMOTED.
+        let sha = hex::encode(Sha256::digest(&data));
+        let target = repository_file(&app, &sha);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(&target, &data).unwrap();
+
+        app.operator("package_admin").ok(PROMOTE, json!({"id": id})).await;
+        wait_for(&app, &id, "PROMOTED").await;
+        assert!(!app.dir.path().join("staging/staging").join(&id).exists(), "staged copy cleaned up");
+        let events = app
+            .operator("auditor")
+            .ok("{ auditEvents(filter: {action: \"content.promote\"}) { edges { node { details } } } }", json!({}))
+            .await;
+        assert_eq!(events["auditEvents"]["edges"][0]["node"]["details"]["deduplicated"], true);
+    }
+
+    #[tokio::test]
+    async fn a_crash_after_the_commit_leaves_a_staged_copy_that_the_rerun_removes() {
+        let app = fast_app(|c| c.scanner.mode = otadepot::config::ScannerMode::Disabled).await;
+        let data = b"promoted, then the process died".to_vec();
+        let (id, content) = upload(&app, &data).await;
+        assert_eq!(content["state"], "PROMOTED");
+        // The staged object survived the crash, and the job will run again.
+        let staged = app.dir.path().join("staging/staging").join(&id);
+        std::fs::write(&staged, &data).unwrap();
+        otadepot::jobs::enqueue(app.db(), "content.scan", json!({"content_id": id})).await.unwrap();
+        app.server().app.wake_workers();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while staged.exists() {
+            assert!(Instant::now() < deadline, "leftover staged object not removed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(state_of(&app, &id).await, "PROMOTED");
+    }
+
+    #[tokio::test]
+    async fn a_failing_repository_store_keeps_the_content_clean_until_it_recovers() {
+        let app = manual_app().await;
+        let data = b"the repository is down".to_vec();
+        let id = clean_waiting(&app, &data).await;
+        let sha = hex::encode(Sha256::digest(&data));
+        // The prefix directory of this object is a file: the copy fails.
+        let blocker = app.dir.path().join("repository/sha256").join(&sha[..2]);
+        std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+        std::fs::write(&blocker, b"in the way").unwrap();
+
+        app.operator("package_admin").ok(PROMOTE, json!({"id": id})).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let failed = "SELECT COUNT(*) AS n FROM job WHERE kind = 'content.scan' AND last_error IS NOT NULL";
+        while crate::support::query_i64(app.db(), failed).await == 0 {
+            assert!(Instant::now() < deadline, "the promotion attempt never failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(state_of(&app, &id).await, "CLEAN", "no PROMOTED without the object in place");
+
+        std::fs::remove_file(&blocker).unwrap();
+        wait_for(&app, &id, "PROMOTED").await;
+        assert_eq!(std::fs::read(repository_file(&app, &sha)).unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn bytes_changed_after_the_scan_are_never_promoted() {
+        let app = manual_app().await;
+        let data = b"scanned bytes".to_vec();
+        let id = clean_waiting(&app, &data).await;
+        // Someone swaps the staged object after the verdict.
+        std::fs::write(app.dir.path().join("staging/staging").join(&id), b"SWAPPED bytes").unwrap();
+        app.operator("package_admin").ok(PROMOTE, json!({"id": id})).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(state_of(&app, &id).await, "CLEAN");
+        assert!(!repository_file(&app, &hex::encode(Sha256::digest(b"SWAPPED bytes"))).exists());
+        assert!(!repository_file(&app, &hex::encode(Sha256::digest(&data))).exists());
+    }
+}

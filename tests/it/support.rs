@@ -226,13 +226,15 @@ pub fn binary() -> PathBuf {
 
 /// Count rows of a table (to prove that nothing changed).
 pub async fn count_rows(db: &DatabaseConnection, table: &str) -> i64 {
+    query_i64(db, &format!("SELECT COUNT(*) AS n FROM {table}")).await
+}
+
+/// The integer column `n` of a one-row query.
+pub async fn query_i64(db: &DatabaseConnection, sql: &str) -> i64 {
     let row = db
-        .query_one_raw(sea_orm::Statement::from_string(
-            db.get_database_backend(),
-            format!("SELECT COUNT(*) AS n FROM {table}"),
-        ))
+        .query_one_raw(sea_orm::Statement::from_string(db.get_database_backend(), sql.to_owned()))
         .await
-        .expect("count")
+        .expect("query")
         .expect("one row");
     row.try_get("", "n").expect("n")
 }
