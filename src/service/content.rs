@@ -319,7 +319,10 @@ where
         tx.commit().await?;
     }
 
-    match receive(app, &current, body).await {
+    // If this future is dropped halfway (the client went away and the
+    // server cancelled the request), the guard still releases the upload.
+    let mut guard = UploadGuard { app: app.clone(), id: current.id, armed: true };
+    let result = match receive(app, &current, body).await {
         Ok(digests) => match finish_upload(app, ctx, &current, &digests).await {
             Ok(content) => Ok(content),
             Err(err) => {
@@ -331,6 +334,23 @@ where
         Err(err) => {
             release_upload(app, current.id).await;
             Err(err)
+        }
+    };
+    guard.armed = false;
+    result
+}
+
+struct UploadGuard {
+    app: App,
+    id: Uuid,
+    armed: bool,
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let (app, id) = (self.app.clone(), self.id);
+            tokio::spawn(async move { release_upload(&app, id).await });
         }
     }
 }

@@ -380,3 +380,44 @@ async fn tags_are_replaced_and_deleted_content_is_gone() {
     let bad = op.gql(DELETE, json!({"id": "not-a-uuid"})).await;
     assert_eq!(error_code(&bad), "BAD_USER_INPUT");
 }
+
+/// A client that goes away halfway leaves nothing staged and the content
+/// uploadable again.
+#[tokio::test]
+async fn a_dropped_connection_releases_the_upload() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::start_with(|c| c.jobs.in_process = false).await;
+    let data = bytes(200_000);
+    let form = create(&app, data.len(), None).await;
+    let url = reqwest::Url::parse(form["url"].as_str().unwrap()).unwrap();
+    let mut stream = tokio::net::TcpStream::connect(app.server().addr).await.unwrap();
+    let head = format!(
+        "PUT {}?{} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+        url.path(),
+        url.query().unwrap(),
+        app.server().addr,
+        data.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&data[..50_000]).await.unwrap();
+    stream.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    drop(stream);
+
+    let id = form["id"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let content = app.operator("viewer").ok(GET, json!({"id": id})).await;
+        if content["content"]["state"] == "AWAITING_UPLOAD" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "upload not released: {content}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(staged_files(&app), 0);
+    assert_eq!(
+        app.client.put(form["url"].as_str().unwrap()).body(data).send().await.unwrap().status(),
+        StatusCode::CREATED
+    );
+}
