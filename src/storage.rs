@@ -92,3 +92,19 @@ pub fn quarantine_key(content_id: uuid::Uuid) -> object_store::path::Path {
 pub fn repository_key(sha256: &str) -> object_store::path::Path {
     object_store::path::Path::from(format!("sha256/{}/{sha256}", &sha256[..2]))
 }
+
+/// Prefix of a resumable (tus) upload's received pieces, in the staging store.
+pub fn tus_prefix(content_id: uuid::Uuid) -> object_store::path::Path {
+    object_store::path::Path::from(format!("tus/{content_id}"))
+}
+
+/// One received piece of a tus upload, named by its offset so that a
+/// listing in key order is the upload in byte order.
+pub fn tus_piece_key(content_id: uuid::Uuid, offset: u64) -> object_store::path::Path {
+    object_store::path::Path::from(format!("tus/{content_id}/{offset:020}"))
+}
+
+/// Marks a content as being uploaded through tus (not a one-shot upload).
+pub fn tus_marker_key(content_id: uuid::Uuid) -> object_store::path::Path {
+    object_store::path::Path::from(format!("tus/{content_id}/created"))
+}

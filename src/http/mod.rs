@@ -3,10 +3,12 @@
 //! Rule: a route parses its input, calls one service function and shapes
 //! the answer; no permission check or business rule lives here.
 
+mod cors;
 mod graphql;
 mod health;
 mod metrics;
 mod repository;
+mod tus;
 mod uploads;
 
 use std::time::Duration;
@@ -57,6 +59,21 @@ pub fn router(app: App, schema: ApiSchema) -> Router {
         .route("/repo/sha256/{sha256}", get(repository::by_hash))
         .route("/repo/{id}/{name}", get(repository::by_id))
         .route(
+            "/uploads/tus/",
+            axum::routing::post(tus::create)
+                .options(tus::options)
+                .layer(middleware::map_response(tus::tus_resumable)),
+        )
+        .route(
+            "/uploads/tus/{id}",
+            axum::routing::head(tus::head)
+                .patch(tus::patch)
+                .delete(tus::delete)
+                .options(tus::options)
+                .layer(DefaultBodyLimit::disable())
+                .layer(middleware::map_response(tus::tus_resumable)),
+        )
+        .route(
             "/uploads/content/{id}",
             axum::routing::post(uploads::post).put(uploads::put).layer(DefaultBodyLimit::disable()),
         )
@@ -74,7 +91,7 @@ pub fn router(app: App, schema: ApiSchema) -> Router {
                 .on_response(DefaultOnResponse::new().level(Level::INFO)))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(CatchPanicLayer::custom(panic_response))
-                .layer(cors),
+                .layer(cors::PreflightOnlyCorsLayer(cors)),
         )
 }
 

@@ -32,7 +32,7 @@ use crate::service::pagination::{Page, PageRequest, cursor};
 /// Job kind that scans a staged content.
 pub const SCAN_JOB: &str = "content.scan";
 
-const UPLOAD_PURPOSE: &str = "content-upload";
+pub(super) const UPLOAD_PURPOSE: &str = "content-upload";
 const MAX_TAGS: usize = 200;
 const MAX_TAG_VALUE: usize = 64 * 1024;
 /// Bytes buffered per multipart part on their way to the store.
@@ -355,14 +355,14 @@ impl Drop for UploadGuard {
     }
 }
 
-struct Digests {
+pub(super) struct Digests {
     sha256: String,
     md5: String,
 }
 
 /// Stream the body into `staging/<id>`; aborts the multipart write (so no
 /// object appears) on any mismatch or error.
-async fn receive<S>(app: &App, current: &content::Model, body: S) -> Result<Digests>
+pub(super) async fn receive<S>(app: &App, current: &content::Model, body: S) -> Result<Digests>
 where
     S: Stream<Item = std::io::Result<Bytes>> + Send,
 {
@@ -407,7 +407,12 @@ where
     Ok(Digests { sha256, md5: hex::encode(md5.finalize()) })
 }
 
-async fn finish_upload(app: &App, ctx: &Ctx, current: &content::Model, digests: &Digests) -> Result<Content> {
+pub(super) async fn finish_upload(
+    app: &App,
+    ctx: &Ctx,
+    current: &content::Model,
+    digests: &Digests,
+) -> Result<Content> {
     let mut tx = WriteTx::begin(app).await?;
     transition(&mut tx, current.id, ContentState::Uploading, ContentState::Staged).await?;
     content::Entity::update_many()
@@ -433,7 +438,7 @@ async fn finish_upload(app: &App, ctx: &Ctx, current: &content::Model, digests: 
 }
 
 /// UPLOADING → AWAITING_UPLOAD after a refused or broken upload.
-async fn release_upload(app: &App, id: Uuid) {
+pub(super) async fn release_upload(app: &App, id: Uuid) {
     let result = async {
         let mut tx = WriteTx::begin(app).await?;
         transition(&mut tx, id, ContentState::Uploading, ContentState::AwaitingUpload).await?;
@@ -468,7 +473,7 @@ pub async fn transition(tx: &mut WriteTx, id: Uuid, from: ContentState, to: Cont
     Ok(())
 }
 
-async fn find(conn: &impl ConnectionTrait, id: Uuid) -> Result<content::Model> {
+pub(super) async fn find(conn: &impl ConnectionTrait, id: Uuid) -> Result<content::Model> {
     content::Entity::find_by_id(id).one(conn).await?.ok_or_else(|| Error::not_found("content", id.to_string()))
 }
 

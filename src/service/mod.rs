@@ -10,6 +10,7 @@ pub mod content;
 pub mod pagination;
 pub mod role;
 pub mod scan;
+pub mod tus;
 
 use sea_orm::DatabaseTransaction;
 

@@ -18,3 +18,4 @@ mod roles;
 mod scan;
 mod schema;
 mod support;
+mod tus;

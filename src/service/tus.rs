@@ -1,0 +1,190 @@
+//! Resumable uploads (tus 1.0: core, creation, termination) of a content
+//! created with `createContent`.
+//!
+//! The upload URL's signature authorizes the tus resource as well. Each
+//! PATCH is stored as a piece `tus/<id>/<offset>` in the staging store
+//! (a PATCH cut off keeps the bytes that arrived, so the client resumes
+//! from there); the offset is the sum of the pieces. When the last byte
+//! arrives, the pieces are streamed, in order, through the same checks as
+//! a one-shot upload (length, SHA-256) into `staging/<id>`.
+//!
+//! Rule: the content is UPLOADING from creation until completion or
+//! termination; the pieces never leave the staging store.
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use object_store::{ObjectStoreExt, WriteMultipart};
+use uuid::Uuid;
+
+use super::content::{self, Content, ContentState, UPLOAD_PURPOSE, UploadGrant, find, transition};
+use crate::app::App;
+use crate::auth::Ctx;
+use crate::error::{Error, Result};
+use crate::service::WriteTx;
+
+/// Where a resumable upload stands.
+#[derive(Clone, Debug)]
+pub struct TusUpload {
+    pub content_id: Uuid,
+    pub offset: u64,
+    pub length: u64,
+    /// Set once the last byte arrived and the content is STAGED.
+    pub finished: Option<Content>,
+}
+
+fn unavailable(e: object_store::Error) -> Error {
+    Error::Unavailable(format!("the staging store failed: {e}"))
+}
+
+async fn authorized(app: &App, grant: &UploadGrant) -> Result<entity::content::Model> {
+    let current = find(&app.db, grant.content_id).await?;
+    app.signer.verify(
+        UPLOAD_PURPOSE,
+        &[&current.id.to_string(), &current.length.to_string()],
+        grant.exp,
+        &grant.sig,
+    )?;
+    Ok(current)
+}
+
+fn marker(id: Uuid) -> object_store::path::Path {
+    crate::storage::tus_marker_key(id)
+}
+
+/// Creation: claim the content (AWAITING_UPLOAD → UPLOADING) for a tus upload.
+pub async fn create(app: &App, grant: &UploadGrant, upload_length: u64) -> Result<TusUpload> {
+    let current = authorized(app, grant).await?;
+    let length = u64::try_from(current.length).unwrap_or_default();
+    if upload_length != length {
+        return Err(Error::invalid("Upload-Length", format!("{upload_length}; the content is {length} bytes")));
+    }
+    let mut tx = WriteTx::begin(app).await?;
+    transition(&mut tx, current.id, ContentState::AwaitingUpload, ContentState::Uploading).await?;
+    tx.commit().await?;
+    if let Err(err) = app.stores.staging.put(&marker(current.id), object_store::PutPayload::new()).await {
+        content::release_upload(app, current.id).await;
+        return Err(unavailable(err));
+    }
+    Ok(TusUpload { content_id: current.id, offset: 0, length, finished: None })
+}
+
+/// The offset: bytes received so far (HEAD).
+pub async fn status(app: &App, grant: &UploadGrant) -> Result<TusUpload> {
+    let current = authorized(app, grant).await?;
+    let length = u64::try_from(current.length).unwrap_or_default();
+    if ContentState::parse(&current.state)? != ContentState::Uploading || !is_tus(app, current.id).await? {
+        return Err(Error::not_found("tus upload", current.id.to_string()));
+    }
+    Ok(TusUpload { content_id: current.id, offset: received(app, current.id).await?, length, finished: None })
+}
+
+async fn is_tus(app: &App, id: Uuid) -> Result<bool> {
+    match app.stores.staging.head(&marker(id)).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(err) => Err(unavailable(err)),
+    }
+}
+
+/// Sum of the received pieces.
+async fn received(app: &App, id: Uuid) -> Result<u64> {
+    let pieces = app
+        .stores
+        .staging
+        .list(Some(&crate::storage::tus_prefix(id)))
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(unavailable)?;
+    Ok(pieces.iter().filter(|m| m.location != marker(id)).map(|m| m.size).sum())
+}
+
+/// PATCH: append the body at `offset` (which must be the current offset).
+pub async fn append<S>(app: &App, ctx: &Ctx, grant: &UploadGrant, offset: u64, body: S) -> Result<TusUpload>
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Send,
+{
+    let mut upload = status(app, grant).await?;
+    if offset != upload.offset {
+        return Err(Error::Conflict(format!("Upload-Offset is {offset}; the upload is at {}", upload.offset)));
+    }
+    let remaining = upload.length - upload.offset;
+    let key = crate::storage::tus_piece_key(upload.content_id, offset);
+    let writer = app.stores.staging.put_multipart(&key).await.map_err(unavailable)?;
+    let mut writer = WriteMultipart::new_with_chunk_size(writer, 5 * 1024 * 1024);
+    let mut got: u64 = 0;
+    let mut body = std::pin::pin!(body);
+    let mut too_long = false;
+    while let Some(chunk) = body.next().await {
+        // A cut-off request keeps what arrived: the client resumes from there.
+        let Ok(chunk) = chunk else { break };
+        if got + chunk.len() as u64 > remaining {
+            too_long = true;
+            break;
+        }
+        got += chunk.len() as u64;
+        writer.wait_for_capacity(2).await.map_err(unavailable)?;
+        writer.write(&chunk);
+    }
+    if too_long || got == 0 {
+        let _ = writer.abort().await;
+        if too_long {
+            return Err(Error::invalid("body", format!("more than the {remaining} bytes left to upload")));
+        }
+        return Ok(upload);
+    }
+    writer.finish().await.map_err(unavailable)?;
+    upload.offset += got;
+    if upload.offset == upload.length {
+        upload.finished = Some(assemble(app, ctx, upload.content_id).await?);
+    }
+    Ok(upload)
+}
+
+/// All bytes are in: stream the pieces through the one-shot checks.
+async fn assemble(app: &App, ctx: &Ctx, id: Uuid) -> Result<Content> {
+    let current = find(&app.db, id).await?;
+    let mut pieces: Vec<object_store::ObjectMeta> =
+        app.stores.staging.list(Some(&crate::storage::tus_prefix(id))).try_collect().await.map_err(unavailable)?;
+    pieces.retain(|m| m.location != marker(id));
+    pieces.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
+    let store = app.stores.staging.clone();
+    // Boxed as 'static: the stream must not borrow across the handler's awaits.
+    let stream: futures::stream::BoxStream<'static, std::io::Result<Bytes>> = futures::stream::iter(pieces)
+        .then(move |meta| {
+            let store = store.clone();
+            async move { store.get(&meta.location).await.map(object_store::GetResult::into_stream) }
+        })
+        .try_flatten()
+        .map_err(std::io::Error::other)
+        .boxed();
+    let result = match content::receive(app, &current, stream).await {
+        Ok(digests) => content::finish_upload(app, ctx, &current, &digests).await,
+        Err(err) => Err(err),
+    };
+    discard_pieces(app, id).await;
+    if result.is_err() {
+        content::release_upload(app, id).await;
+    }
+    result
+}
+
+/// DELETE: drop what was received and make the content uploadable again.
+pub async fn terminate(app: &App, grant: &UploadGrant) -> Result<()> {
+    let upload = status(app, grant).await?;
+    discard_pieces(app, upload.content_id).await;
+    content::release_upload(app, upload.content_id).await;
+    Ok(())
+}
+
+async fn discard_pieces(app: &App, id: Uuid) {
+    let pieces: Vec<_> = match app.stores.staging.list(Some(&crate::storage::tus_prefix(id))).try_collect().await {
+        Ok(pieces) => pieces,
+        Err(err) => {
+            tracing::warn!(content = %id, error = %err, "listing tus pieces to delete failed");
+            return;
+        }
+    };
+    for piece in pieces {
+        let _ = app.stores.staging.delete(&piece.location).await;
+    }
+}

@@ -1,0 +1,208 @@
+//! Resumable uploads with the tus 1.0 protocol: creation, offset, a
+//! PATCH cut off and resumed, termination, and the protocol's errors.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::support::TestApp;
+
+const CREATE: &str = "mutation($c: ContentInput) { createContent(content: $c) { id url } }";
+const GET: &str = "query($id: ID!) { content(id: $id) { state sha256 } }";
+
+fn bytes(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 13 % 256) as u8).collect()
+}
+
+async fn app() -> TestApp {
+    TestApp::start_with(|c| c.jobs.in_process = false).await
+}
+
+/// A content and the tus creation URL made from its upload URL.
+async fn content(app: &TestApp, length: usize) -> (String, String) {
+    let form = app
+        .operator("package_admin")
+        .ok(CREATE, json!({"c": {"name": "big.bin", "content_type": "x", "type": "firmware", "length": length}}))
+        .await["createContent"]
+        .clone();
+    let url = reqwest::Url::parse(form["url"].as_str().unwrap()).unwrap();
+    let id = form["id"].as_str().unwrap().to_owned();
+    let creation = app.url(&format!("/uploads/tus/?content_id={id}&{}", url.query().unwrap()));
+    (id, creation)
+}
+
+async fn create(app: &TestApp, creation: &str, length: usize) -> String {
+    let response = app
+        .client
+        .post(creation)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", length.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.headers()["tus-resumable"], "1.0.0");
+    response.headers()["location"].to_str().unwrap().to_owned()
+}
+
+async fn offset(app: &TestApp, location: &str) -> u64 {
+    let response = app.client.head(location).header("tus-resumable", "1.0.0").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    response.headers()["upload-offset"].to_str().unwrap().parse().unwrap()
+}
+
+async fn patch(app: &TestApp, location: &str, offset: u64, data: &[u8]) -> reqwest::Response {
+    app.client
+        .patch(location)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", offset.to_string())
+        .header("content-type", "application/offset+octet-stream")
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn options_announce_the_protocol() {
+    let app = app().await;
+    let response = app.client.request(reqwest::Method::OPTIONS, app.url("/uploads/tus/")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(response.headers()["tus-version"], "1.0.0");
+    assert_eq!(response.headers()["tus-extension"], "creation,termination");
+    assert_eq!(response.headers()["tus-resumable"], "1.0.0");
+    assert!(response.headers().contains_key("tus-max-size"));
+}
+
+#[tokio::test]
+async fn a_cut_off_upload_resumes_and_ends_byte_identical() {
+    let app = app().await;
+    let data = bytes(300_000);
+    let (id, creation) = content(&app, data.len()).await;
+    let location = create(&app, &creation, data.len()).await;
+    assert_eq!(offset(&app, &location).await, 0);
+
+    let response = patch(&app, &location, 0, &data[..100_000]).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(response.headers()["upload-offset"], "100000");
+
+    // The link drops in the middle of the next PATCH.
+    let url = reqwest::Url::parse(&location).unwrap();
+    let mut stream = tokio::net::TcpStream::connect(app.server().addr).await.unwrap();
+    let head = format!(
+        "PATCH {}?{} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 100000\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: 200000\r\n\r\n",
+        url.path(),
+        url.query().unwrap()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&data[100_000..140_000]).await.unwrap();
+    stream.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(stream);
+
+    // The client asks where to go on, and sends the rest.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let resume_at = loop {
+        let at = offset(&app, &location).await;
+        if at > 100_000 || std::time::Instant::now() > deadline {
+            break at;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(resume_at, 140_000, "what arrived before the cut is kept");
+    let response = patch(&app, &location, resume_at, &data[resume_at as usize..]).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(response.headers()["upload-offset"], data.len().to_string());
+
+    let content = app.operator("viewer").ok(GET, json!({"id": id})).await;
+    assert_eq!(content["content"]["state"], "STAGED");
+    assert_eq!(content["content"]["sha256"], hex::encode(Sha256::digest(&data)));
+    let staged = std::fs::read(app.dir.path().join("staging/staging").join(&id)).unwrap();
+    assert_eq!(staged, data);
+    assert!(
+        !app.dir.path().join("staging/tus").join(&id).exists()
+            || std::fs::read_dir(app.dir.path().join("staging/tus").join(&id)).unwrap().count() == 0,
+        "pieces removed"
+    );
+}
+
+#[tokio::test]
+async fn protocol_errors_are_refused() {
+    let app = app().await;
+    let data = bytes(1000);
+    let (_, creation) = content(&app, data.len()).await;
+
+    let response = app.client.post(&creation).header("upload-length", "1000").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::PRECONDITION_FAILED, "no Tus-Resumable");
+    assert_eq!(response.headers()["tus-version"], "1.0.0");
+    let response = app
+        .client
+        .post(&creation)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST, "length differs from the content's");
+    let tampered = creation.replace("sig=", "sig=x");
+    let response = app
+        .client
+        .post(&tampered)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "1000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+
+    let location = create(&app, &creation, data.len()).await;
+    assert_eq!(patch(&app, &location, 10, &data).await.status(), StatusCode::CONFLICT, "wrong offset");
+    let wrong_type = app
+        .client
+        .patch(&location)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", "0")
+        .header("content-type", "application/octet-stream")
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_type.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(patch(&app, &location, 0, &bytes(1001)).await.status(), StatusCode::BAD_REQUEST, "too long");
+    assert_eq!(offset(&app, &location).await, 0);
+    // A second creation while the first is open is refused.
+    let again = app
+        .client
+        .post(&creation)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "1000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "INVALID_STATE");
+}
+
+#[tokio::test]
+async fn termination_frees_the_content_for_another_upload() {
+    let app = app().await;
+    let data = bytes(5000);
+    let (id, creation) = content(&app, data.len()).await;
+    let location = create(&app, &creation, data.len()).await;
+    patch(&app, &location, 0, &data[..1000]).await;
+    let response = app.client.delete(&location).header("tus-resumable", "1.0.0").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let head = app.client.head(&location).header("tus-resumable", "1.0.0").send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::NOT_FOUND);
+    let content = app.operator("viewer").ok(GET, json!({"id": id})).await;
+    assert_eq!(content["content"]["state"], "AWAITING_UPLOAD");
+
+    // Start over, all in one PATCH this time.
+    let location = create(&app, &creation, data.len()).await;
+    assert_eq!(patch(&app, &location, 0, &data).await.status(), StatusCode::NO_CONTENT);
+    let content = app.operator("viewer").ok(GET, json!({"id": id})).await;
+    assert_eq!(content["content"]["state"], "STAGED");
+}
