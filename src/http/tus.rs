@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use serde::Deserialize;
-use uuid::Uuid;
 
+use super::uploads::Signature;
 use super::{HttpState, request_id};
 use crate::auth::{Actor, Ctx};
 use crate::error::{Error, Result};
@@ -26,21 +26,10 @@ pub struct CreateQuery {
     sig: String,
 }
 
-#[derive(Deserialize)]
-pub struct Signature {
-    exp: i64,
-    sig: String,
-}
-
 /// Every tus answer says which protocol version it speaks.
 pub async fn tus_resumable(mut response: Response) -> Response {
     response.headers_mut().insert("tus-resumable", HeaderValue::from_static(VERSION));
     response
-}
-
-fn grant(id: &str, exp: i64, sig: String) -> Result<UploadGrant> {
-    let content_id = id.parse::<Uuid>().map_err(|_| Error::not_found("content", id))?;
-    Ok(UploadGrant { content_id, exp, sig })
 }
 
 /// 412 unless the client speaks tus 1.0.0.
@@ -84,7 +73,7 @@ pub async fn create(
         return Err(Error::invalid("Upload-Defer-Length", "not supported: the length is known from createContent"));
     }
     let length = number(&headers, "upload-length")?;
-    let grant = grant(&query.content_id, query.exp, query.sig.clone())?;
+    let grant = UploadGrant::parse(&query.content_id, query.exp, query.sig.clone())?;
     let upload = tus::create(&state.app, &grant, length).await?;
     let location =
         format!("{}/uploads/tus/{}?exp={}&sig={}", state.app.public_url(), upload.content_id, query.exp, query.sig);
@@ -100,7 +89,7 @@ pub async fn head(
     if let Some(refused) = check_version(&headers) {
         return Ok(refused);
     }
-    let upload = tus::status(&state.app, &grant(&id, signature.exp, signature.sig)?).await?;
+    let upload = tus::status(&state.app, &UploadGrant::parse(&id, signature.exp, signature.sig)?).await?;
     Ok((
         StatusCode::OK,
         [
@@ -130,7 +119,8 @@ pub async fn patch(
     let offset = number(&headers, "upload-offset")?;
     let ctx = Ctx::new(Actor::System("signed-upload-url".into()), request_id(&headers));
     let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let upload = tus::append(&state.app, &ctx, &grant(&id, signature.exp, signature.sig)?, offset, stream).await?;
+    let upload =
+        tus::append(&state.app, &ctx, &UploadGrant::parse(&id, signature.exp, signature.sig)?, offset, stream).await?;
     Ok((StatusCode::NO_CONTENT, [("upload-offset", upload.offset.to_string())]).into_response())
 }
 
@@ -143,6 +133,6 @@ pub async fn delete(
     if let Some(refused) = check_version(&headers) {
         return Ok(refused);
     }
-    tus::terminate(&state.app, &grant(&id, signature.exp, signature.sig)?).await?;
+    tus::terminate(&state.app, &UploadGrant::parse(&id, signature.exp, signature.sig)?).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use uuid::Uuid;
 
 use super::{HttpState, request_id};
 use crate::auth::Ctx;
@@ -22,15 +21,11 @@ use crate::service::content::{self, Content, UPLOAD_FIELD, UploadGrant};
 /// Largest non-file field of an upload form.
 const MAX_FORM_FIELD: usize = 64 * 1024;
 
+/// `?exp=…&sig=…` of an upload URL.
 #[derive(Deserialize)]
 pub struct Signature {
-    exp: i64,
-    sig: String,
-}
-
-fn grant(id: &str, signature: Signature) -> Result<UploadGrant> {
-    let content_id = id.parse::<Uuid>().map_err(|_| Error::not_found("content", id))?;
-    Ok(UploadGrant { content_id, exp: signature.exp, sig: signature.sig })
+    pub exp: i64,
+    pub sig: String,
 }
 
 fn ctx(headers: &HeaderMap) -> Ctx {
@@ -56,7 +51,7 @@ pub async fn put(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let grant = grant(&id, signature)?;
+    let grant = UploadGrant::parse(&id, signature.exp, signature.sig)?;
     let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let content = content::upload(&state.app, &ctx(&headers), &grant, length, stream).await?;
@@ -70,7 +65,7 @@ pub async fn post(
     headers: HeaderMap,
     mut form: Multipart,
 ) -> Result<Response> {
-    let grant = grant(&id, signature)?;
+    let grant = UploadGrant::parse(&id, signature.exp, signature.sig)?;
     let bad = |e: axum::extract::multipart::MultipartError| {
         Error::invalid("body", format!("not a valid multipart form: {e}"))
     };

@@ -276,6 +276,14 @@ pub struct UploadGrant {
     pub sig: String,
 }
 
+impl UploadGrant {
+    /// From the URL's path id and query; an id that is no UUID is NOT_FOUND.
+    pub fn parse(id: &str, exp: i64, sig: String) -> Result<Self> {
+        let content_id = id.parse::<Uuid>().map_err(|_| Error::not_found("content", id))?;
+        Ok(Self { content_id, exp, sig })
+    }
+}
+
 /// Receive the bytes of a content through its signed upload URL: stream
 /// them into the staging store while hashing, check length and SHA-256,
 /// then mark the content STAGED and queue its scan, in one transaction.
