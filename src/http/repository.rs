@@ -10,7 +10,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use futures::TryStreamExt;
 use object_store::{GetOptions, GetRange};
 use serde::Deserialize;
 
@@ -132,7 +131,7 @@ async fn serve(state: &HttpState, method: &Method, headers: &HeaderMap, download
                 }
                 other => Error::Unavailable(format!("repository store: {other}")),
             })?;
-        Body::from_stream(object.into_stream().map_err(std::io::Error::other))
+        Body::from_stream(crate::storage::object_stream(object, crate::storage::DOWNLOAD_CHUNK))
     };
     Ok((status, common, body).into_response())
 }

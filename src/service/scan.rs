@@ -15,7 +15,7 @@
 use bytes::Bytes;
 use chrono::Utc;
 use entity::content;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use object_store::{ObjectStoreExt, WriteMultipart};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
@@ -104,7 +104,7 @@ async fn scan(app: &App, ctx: &Ctx, current: &content::Model, last_attempt: bool
         }
         Err(err) => return Err(Error::Unavailable(format!("reading the staged object: {err}"))),
     };
-    let stream = object.into_stream().map_err(std::io::Error::other);
+    let stream = crate::storage::object_stream(object, crate::storage::BULK_CHUNK);
     match clamd.scan(stream).await {
         Ok(Verdict::Clean) => record_verdict(app, ctx, current, ContentState::Clean, "CLEAN", None, None).await,
         Ok(Verdict::Infected(signature)) => quarantine(app, ctx, current, &signature).await,
@@ -218,10 +218,10 @@ async fn copy_verified(
     let upload = app.stores.repository.put_multipart(target).await.map_err(|e| unavailable("repository store", e))?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, 8 * 1024 * 1024);
     let mut hasher = Sha256::new();
-    let mut stream = source.into_stream();
+    let mut stream = crate::storage::object_stream(source, crate::storage::BULK_CHUNK);
     let copied: Result<()> = async {
         while let Some(chunk) = stream.next().await {
-            let chunk: Bytes = chunk.map_err(|e| unavailable("reading the staged object", e))?;
+            let chunk: Bytes = chunk.map_err(|e| Error::Unavailable(format!("reading the staged object: {e}")))?;
             hasher.update(&chunk);
             writer.wait_for_capacity(2).await.map_err(|e| unavailable("repository store", e))?;
             writer.write(&chunk);

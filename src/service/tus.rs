@@ -152,10 +152,15 @@ async fn assemble(app: &App, ctx: &Ctx, id: Uuid) -> Result<Content> {
     let stream: futures::stream::BoxStream<'static, std::io::Result<Bytes>> = futures::stream::iter(pieces)
         .then(move |meta| {
             let store = store.clone();
-            async move { store.get(&meta.location).await.map(object_store::GetResult::into_stream) }
+            async move {
+                store
+                    .get(&meta.location)
+                    .await
+                    .map(|o| crate::storage::object_stream(o, crate::storage::BULK_CHUNK))
+                    .map_err(std::io::Error::other)
+            }
         })
         .try_flatten()
-        .map_err(std::io::Error::other)
         .boxed();
     let result = match content::receive(app, &current, stream).await {
         Ok(digests) => content::finish_upload(app, ctx, &current, &digests).await,

@@ -1,7 +1,5 @@
 //! Repository downloads: streamed bytes, Range, ETag, digests, access.
 
-use std::time::{Duration, Instant};
-
 use base64::Engine;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, ETAG};
@@ -13,33 +11,12 @@ use crate::support::TestApp;
 const CREATE: &str = "mutation($c: ContentInput) { createContent(content: $c) { id url } }";
 const GET: &str = "query($id: ID!, $ttl: Int) { content(id: $id) { state downloadUrl(ttlSeconds: $ttl) } }";
 
-/// Promotion without scanning, so these tests do not depend on clamd;
-/// tests/it/scan.rs covers the scanned path.
 async fn app() -> TestApp {
-    TestApp::start_with(|c| {
-        c.scanner.mode = otadepot::config::ScannerMode::Disabled;
-        c.jobs.poll_interval = Duration::from_millis(100);
-    })
-    .await
+    TestApp::start_unscanned().await
 }
 
 async fn promoted(app: &TestApp, data: &[u8]) -> (String, Value) {
-    let op = app.operator("package_admin");
-    let form = op
-        .ok(CREATE, json!({"c": {"name": "fw v1.bin", "content_type": "x", "type": "firmware", "length": data.len()}}))
-        .await["createContent"]
-        .clone();
-    app.client.put(form["url"].as_str().unwrap()).body(data.to_vec()).send().await.unwrap();
-    let id = form["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let content = op.ok(GET, json!({"id": id})).await["content"].clone();
-        if content["state"] == "PROMOTED" {
-            return (id, content);
-        }
-        assert!(Instant::now() < deadline, "not promoted: {content}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.promoted("fw v1.bin", data).await
 }
 
 fn data() -> Vec<u8> {

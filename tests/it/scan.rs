@@ -252,6 +252,75 @@ async fn clamd_down_gives_scan_failed_and_a_rescan_after_restart_promotes() {
     assert_eq!(std::fs::read(repository_file(&app, &hex::encode(Sha256::digest(&data)))).unwrap(), data);
 }
 
+async fn content_of(app: &TestApp, id: &str) -> Value {
+    app.operator("viewer").ok(GET, json!({"id": id})).await["content"].clone()
+}
+
+#[tokio::test]
+async fn clamd_killed_mid_scan_is_retried_with_a_full_scan_never_clean_meanwhile() {
+    if clamd().is_none() {
+        return;
+    }
+    let mut private = PrivateClamd::start_with("StreamMaxLength 200M\nMaxFileSize 200M\nMaxScanSize 200M\n").await;
+    let socket = private.socket();
+    let app = fast_app(|c| {
+        c.scanner.clamd = format!("unix:{socket}");
+        c.scanner.max_attempts = 3;
+    })
+    .await;
+    // Big enough that its scan takes a while.
+    let data: Vec<u8> = (0..64u32 * 1024 * 1024).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let op = app.operator("package_admin");
+    let form = op
+        .ok(CREATE, json!({"c": {"name": "big.bin", "content_type": "x", "type": "firmware", "length": data.len()}}))
+        .await["createContent"]
+        .clone();
+    let response = app.client.put(form["url"].as_str().unwrap()).body(data.clone()).send().await.unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    let id = form["id"].as_str().unwrap().to_owned();
+
+    // Kill clamd as soon as the scan runs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while content_of(&app, &id).await["state"] != "SCANNING" {
+        assert!(Instant::now() < deadline, "never SCANNING");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    private.stop();
+    // With clamd dead, the content stays SCANNING (retrying), never CLEAN.
+    for _ in 0..10 {
+        let content = content_of(&app, &id).await;
+        assert_eq!(content["state"], "SCANNING", "{content}");
+        assert_eq!(content["scanVerdict"], Value::Null);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        crate::support::query_i64(
+            app.db(),
+            "SELECT CAST(MAX(attempts) AS BIGINT) AS n FROM job WHERE kind = 'content.scan'"
+        )
+        .await
+            >= 1,
+        "the broken attempt is counted"
+    );
+    let sha = hex::encode(Sha256::digest(&data));
+    assert!(!repository_file(&app, &sha).exists());
+
+    // Back up: the retry scans everything again and promotes.
+    private.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let content = content_of(&app, &id).await;
+        if content["state"] == "PROMOTED" {
+            assert_eq!(content["scanVerdict"], "CLEAN");
+            break;
+        }
+        assert!(matches!(content["state"].as_str(), Some("SCANNING" | "CLEAN")), "{content}");
+        assert!(Instant::now() < deadline, "not promoted after clamd came back: {content}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(std::fs::read(repository_file(&app, &sha)).unwrap(), data);
+}
+
 #[tokio::test]
 async fn manual_promotion_waits_for_promote_content() {
     let app = fast_app(|c| {

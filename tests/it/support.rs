@@ -140,6 +140,41 @@ impl TestApp {
         Self { server: Some(server), base, client: reqwest::Client::new(), dir }
     }
 
+    /// Promotion without scanning (`scanner.mode = "disabled"`), for tests
+    /// that need repository content but not clamd; tests/it/scan.rs covers
+    /// the scanned path.
+    pub async fn start_unscanned() -> Self {
+        Self::start_with(|c| {
+            c.scanner.mode = otadepot::config::ScannerMode::Disabled;
+            c.jobs.poll_interval = Duration::from_millis(100);
+        })
+        .await
+    }
+
+    /// Upload `data` as a content named `name` and wait until it is
+    /// PROMOTED (needs [`TestApp::start_unscanned`] or a clamd); returns its
+    /// id and `{state downloadUrl}`.
+    pub async fn promoted(&self, name: &str, data: &[u8]) -> (String, Value) {
+        const CREATE: &str = "mutation($c: ContentInput) { createContent(content: $c) { id url } }";
+        const GET: &str = "query($id: ID!, $ttl: Int) { content(id: $id) { state downloadUrl(ttlSeconds: $ttl) } }";
+        let op = self.operator("package_admin");
+        let form = op
+            .ok(CREATE, json!({"c": {"name": name, "content_type": "x", "type": "firmware", "length": data.len()}}))
+            .await["createContent"]
+            .clone();
+        self.client.put(form["url"].as_str().unwrap()).body(data.to_vec()).send().await.unwrap();
+        let id = form["id"].as_str().unwrap().to_owned();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let content = op.ok(GET, json!({"id": id})).await["content"].clone();
+            if content["state"] == "PROMOTED" {
+                return (id, content);
+            }
+            assert!(std::time::Instant::now() < deadline, "not promoted: {content}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn server(&self) -> &Server {
         self.server.as_ref().expect("server running")
     }
