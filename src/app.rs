@@ -14,6 +14,7 @@ use crate::auth::jwt::JwtAuth;
 use crate::auth::signed_url::{self, UrlSigner};
 use crate::config::Config;
 use crate::scan::Clamd;
+use crate::signing::ManifestSigner;
 use crate::storage::Stores;
 
 /// Something that happened, published after its transaction committed.
@@ -33,6 +34,8 @@ pub struct Inner {
     pub jwt: JwtAuth,
     /// Signs and checks upload and download URLs.
     pub signer: UrlSigner,
+    /// Signs device manifests; publishes the keys that verify them.
+    pub manifest_signer: ManifestSigner,
     /// Base URL for links handed to clients (set once the server is bound).
     pub public_url: std::sync::OnceLock<String>,
     pub stores: Stores,
@@ -64,6 +67,8 @@ impl App {
         } else {
             config.auth.url_secret.expose().as_bytes().to_vec()
         });
+        let manifest_signer = ManifestSigner::from_config(&config.packages, &config.data_dir)
+            .context("loading the manifest signing key")?;
         let public_url = std::sync::OnceLock::new();
         if !config.http.public_url.is_empty() {
             let _ = public_url.set(config.http.public_url.clone());
@@ -84,6 +89,7 @@ impl App {
             db,
             jwt,
             signer,
+            manifest_signer,
             public_url,
             stores,
             clamd,

@@ -52,4 +52,12 @@ mod tests {
         let value = json!({"b": 1, "a": {"d": [true, null, "x"], "c": "é\n"}});
         assert_eq!(super::to_string(&value), r#"{"a":{"c":"é\n","d":[true,null,"x"]},"b":1}"#);
     }
+
+    #[test]
+    fn escapes_like_pythons_json_dumps() {
+        // docs/manifests.md promises the bytes of Python's
+        // json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False).
+        let value = json!({"s": "\u{1}\u{1f}\u{7f}\"\\/\t\u{2028}ü"});
+        assert_eq!(super::to_string(&value), "{\"s\":\"\\u0001\\u001f\u{7f}\\\"\\\\/\\t\u{2028}ü\"}");
+    }
 }

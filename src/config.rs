@@ -53,6 +53,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub scanner: ScannerConfig,
     pub content: ContentConfig,
+    pub packages: PackagesConfig,
     pub auth: AuthConfig,
     pub http: HttpConfig,
     pub graphql: GraphqlConfig,
@@ -123,6 +124,18 @@ pub enum Promotion {
 #[serde(deny_unknown_fields)]
 pub struct ContentConfig {
     pub promotion: Promotion,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackagesConfig {
+    /// Ed25519 key that signs device manifests (PKCS#8 PEM, as `openssl
+    /// genpkey -algorithm ed25519` writes it). None means one is generated
+    /// into `<data_dir>/manifest-signing-key.pem`. Replicas must share it.
+    pub signing_key_file: Option<PathBuf>,
+    /// Further public keys (PEM) published beside the signing key, for key
+    /// rotation: the next key before it signs, the previous one after.
+    pub published_key_files: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -219,6 +232,7 @@ impl Default for Config {
                 max_attempts: 6,
             },
             content: ContentConfig { promotion: Promotion::Auto },
+            packages: PackagesConfig::default(),
             auth: AuthConfig {
                 jwt_secret: Secret::default(),
                 jwt_secret_file: None,

@@ -18,5 +18,6 @@ pub mod jobs;
 pub mod scan;
 pub mod server;
 pub mod service;
+pub mod signing;
 pub mod storage;
 pub mod telemetry;

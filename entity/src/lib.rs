@@ -4,5 +4,9 @@
 pub mod audit_event;
 pub mod content;
 pub mod content_tag;
+pub mod device_model;
 pub mod job;
+pub mod package;
+pub mod package_file;
+pub mod package_model;
 pub mod role;

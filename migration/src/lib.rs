@@ -12,6 +12,8 @@ mod m20261122_000001_create_role;
 mod m20261122_000002_create_audit_event;
 mod m20261122_000003_create_job;
 mod m20261122_000004_create_content;
+mod m20261130_000005_create_device_model;
+mod m20261130_000006_create_package;
 
 pub struct Migrator;
 
@@ -22,6 +24,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_create_audit_event::Migration),
             Box::new(m20261122_000003_create_job::Migration),
             Box::new(m20261122_000004_create_content::Migration),
+            Box::new(m20261130_000005_create_device_model::Migration),
+            Box::new(m20261130_000006_create_package::Migration),
         ]
     }
 }

@@ -28,7 +28,7 @@ pub fn load_or_generate(data_dir: &Path, file: &str, config_key: &str) -> anyhow
 
 /// Create a file readable by its owner only; fails if it exists (no races
 /// between two starting processes overwriting each other's secret).
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;

@@ -46,6 +46,18 @@ pub enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Software packages.
+    Packages {
+        #[command(subcommand)]
+        action: PackagesAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PackagesAction {
+    /// Rebuild the package index (`package`, `package_model`,
+    /// `package_file`) from the manifests stored in content tags.
+    Reindex,
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,8 +109,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { action: TokenAction::Issue { subject, roles, ttl } } => {
             issue_token(config, &subject, &roles, ttl).await
         }
+        Command::Packages { action: PackagesAction::Reindex } => reindex_packages(config).await,
         Command::Schema => Ok(()),
     }
+}
+
+async fn reindex_packages(config: Config) -> anyhow::Result<()> {
+    let app = crate::app::App::build(config).await?;
+    if app.config.database.migrate_on_start {
+        crate::db::migrate_up(&app.db).await?;
+    }
+    let ctx = crate::auth::Ctx::system("cli:packages-reindex");
+    let count = crate::service::package::reindex(&app, &ctx).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "indexed {count} package(s)")?;
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -6,6 +6,8 @@ pub mod audit;
 pub mod auth;
 pub mod connection;
 pub mod content;
+pub mod device_model;
+pub mod package;
 pub mod role;
 
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema, SchemaBuilder};
@@ -15,10 +17,22 @@ use crate::auth::Ctx;
 use crate::config::GraphqlConfig;
 
 #[derive(MergedObject, Default)]
-pub struct Query(auth::AuthQuery, role::RoleQuery, audit::AuditQuery, content::ContentQuery);
+pub struct Query(
+    auth::AuthQuery,
+    role::RoleQuery,
+    audit::AuditQuery,
+    content::ContentQuery,
+    device_model::DeviceModelQuery,
+    package::PackageQuery,
+);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(role::RoleMutation, content::ContentMutation);
+pub struct Mutation(
+    role::RoleMutation,
+    content::ContentMutation,
+    device_model::DeviceModelMutation,
+    package::PackageMutation,
+);
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(audit::AuditSubscription, content::ContentSubscription);

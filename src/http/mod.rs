@@ -6,6 +6,7 @@
 mod cors;
 mod graphql;
 mod health;
+mod keys;
 mod metrics;
 mod repository;
 mod tus;
@@ -56,6 +57,7 @@ pub fn router(app: App, schema: ApiSchema) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
+        .route("/.well-known/otadepot/keys", get(keys::get))
         .route("/repo/sha256/{sha256}", get(repository::by_hash))
         .route("/repo/{id}/{name}", get(repository::by_id))
         .route(

@@ -34,6 +34,17 @@ const CHAIN_LOCK_KEY: i64 = 0x6f74_6164_6570_6f74; // "otadepot"
 /// Keys whose values never enter an audit event.
 const SECRET_KEYS: &[&str] = &["secret", "password", "token", "credential", "private"];
 
+/// Wait until no other write transaction holds the chain, and hold it
+/// until `tx` ends (a no-op on SQLite, whose write transactions are
+/// serialized already). Every write appends an audit event, so taking this
+/// early makes a check-then-insert in `tx` race-free on PostgreSQL too.
+pub async fn serialize_writes(tx: &DatabaseTransaction) -> Result<()> {
+    if tx.get_database_backend() == DbBackend::Postgres {
+        tx.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY})")).await?;
+    }
+    Ok(())
+}
+
 /// Append one event to the chain inside `tx` (use [`super::WriteTx::audit`]).
 pub async fn append(
     tx: &DatabaseTransaction,
@@ -43,9 +54,7 @@ pub async fn append(
     object_id: &str,
     details: Value,
 ) -> Result<audit_event::Model> {
-    if tx.get_database_backend() == DbBackend::Postgres {
-        tx.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY})")).await?;
-    }
+    serialize_writes(tx).await?;
     let head = audit_event::Entity::find().order_by_desc(Column::Seq).one(tx).await?;
     let (seq, prev_hash) = match head {
         Some(head) => (head.seq + 1, head.hash),

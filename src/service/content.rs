@@ -26,8 +26,8 @@ use uuid::Uuid;
 use crate::app::{App, Event};
 use crate::auth::{Ctx, Permission};
 use crate::error::{Error, Result};
-use crate::service::WriteTx;
 use crate::service::pagination::{Page, PageRequest, cursor};
+use crate::service::{WriteTx, package};
 
 /// Job kind that scans a staged content.
 pub const SCAN_JOB: &str = "content.scan";
@@ -141,14 +141,94 @@ pub struct UploadForm {
 /// The multipart field that carries the file.
 pub const UPLOAD_FIELD: &str = "file";
 
+/// Create a content awaiting its bytes. With an `otau_info` tag (the
+/// ExoSense way to create a software package) it also creates the package,
+/// in the same transaction, and needs PACKAGE_WRITE too; a holder of length
+/// 0 is PROMOTED at once, a longer one awaits its upload like any content.
 pub async fn create(app: &App, ctx: &Ctx, input: NewContent) -> Result<(Content, UploadForm)> {
     ctx.require(Permission::ContentWrite)?;
-    let input = validate(app, input)?;
+    let mut input = validate(app, input)?;
+    let is_package = input.tags.iter().any(|(name, _)| name == package::OTAU_INFO_TAG);
+    if is_package {
+        ctx.require(Permission::PackageWrite)?;
+    } else if let Some((name, _)) = input.tags.iter().find(|(name, _)| package::RESERVED_TAGS.contains(&name.as_str()))
+    {
+        return Err(Error::invalid(
+            "tags.name",
+            format!("{name:?} belongs to a package's otau_info; give otau_info too"),
+        ));
+    }
     let (_, created_by) = ctx.actor.audit_identity();
     let now = Utc::now();
     let id = Uuid::now_v7();
+    let state = if is_package && input.length == 0 { ContentState::Promoted } else { ContentState::AwaitingUpload };
 
     let mut tx = WriteTx::begin(app).await?;
+    if is_package {
+        package::bind_exosense_files(tx.conn(), input.product_id.as_deref(), &mut input.tags).await?;
+    }
+    let model = insert_row(&mut tx, id, &input, state, created_by, now).await?;
+    tx.audit(
+        ctx,
+        "content.create",
+        "content",
+        &id.to_string(),
+        json!({
+            "name": input.name, "type": input.kind, "length": input.length,
+            "product_id": input.product_id, "tags": input.tags.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        }),
+    )
+    .await?;
+    let tags: BTreeMap<String, String> = input.tags.into_iter().collect();
+    if is_package {
+        package::index(&mut tx, ctx, &model, &tags).await?;
+    }
+    tx.commit().await?;
+
+    let form = upload_form(app, &model);
+    Ok((Content { state, tags, model }, form))
+}
+
+/// Insert the empty, PROMOTED content whose tags hold a package's manifest
+/// (`createSoftwarePackage`); the caller indexes the package.
+pub(crate) async fn insert_manifest_holder(
+    tx: &mut WriteTx,
+    ctx: &Ctx,
+    name: &str,
+    tags: &[(String, String)],
+) -> Result<content::Model> {
+    let (_, created_by) = ctx.actor.audit_identity();
+    let id = Uuid::now_v7();
+    let input = NewContent {
+        name: name.to_owned(),
+        content_type: "application/json".to_owned(),
+        kind: "manifest".to_owned(),
+        length: 0,
+        tags: tags.to_vec(),
+        product_id: None,
+        sha256: None,
+    };
+    let model = insert_row(tx, id, &input, ContentState::Promoted, created_by, Utc::now()).await?;
+    tx.audit(
+        ctx,
+        "content.create",
+        "content",
+        &id.to_string(),
+        json!({ "name": name, "type": "manifest", "length": 0, "tags": tags.iter().map(|(n, _)| n).collect::<Vec<_>>() }),
+    )
+    .await?;
+    Ok(model)
+}
+
+/// Insert a content row and its tags.
+async fn insert_row(
+    tx: &mut WriteTx,
+    id: Uuid,
+    input: &NewContent,
+    state: ContentState,
+    created_by: String,
+    now: DateTime<Utc>,
+) -> Result<content::Model> {
     let model = content::ActiveModel {
         id: Set(id),
         name: Set(input.name.clone()),
@@ -159,7 +239,7 @@ pub async fn create(app: &App, ctx: &Ctx, input: NewContent) -> Result<(Content,
         sha256: Set(None),
         md5: Set(None),
         product_id: Set(input.product_id.clone()),
-        state: Set(ContentState::AwaitingUpload.as_str().to_owned()),
+        state: Set(state.as_str().to_owned()),
         staging_key: Set(None),
         repository_key: Set(None),
         scan_verdict: Set(None),
@@ -181,22 +261,7 @@ pub async fn create(app: &App, ctx: &Ctx, input: NewContent) -> Result<(Content,
         .exec(tx.conn())
         .await?;
     }
-    tx.audit(
-        ctx,
-        "content.create",
-        "content",
-        &id.to_string(),
-        json!({
-            "name": input.name, "type": input.kind, "length": input.length,
-            "product_id": input.product_id, "tags": input.tags.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-        }),
-    )
-    .await?;
-    tx.commit().await?;
-
-    let form = upload_form(app, &model);
-    let content = Content { state: ContentState::AwaitingUpload, tags: input.tags.into_iter().collect(), model };
-    Ok((content, form))
+    Ok(model)
 }
 
 fn upload_form(app: &App, model: &content::Model) -> UploadForm {
@@ -662,10 +727,8 @@ pub async fn open_download_by_hash(app: &App, access: &DownloadAccess, sha256: &
 }
 
 fn download_of(model: &content::Model) -> Result<Download> {
-    let sha256 = model
-        .sha256
-        .clone()
-        .ok_or_else(|| Error::internal(anyhow::anyhow!("promoted content {} has no sha256", model.id)))?;
+    // A package's manifest holder is PROMOTED without any bytes.
+    let sha256 = model.sha256.clone().ok_or_else(|| Error::not_found("content", model.id.to_string()))?;
     Ok(Download {
         key: crate::storage::repository_key(&sha256),
         length: u64::try_from(model.length).unwrap_or_default(),
@@ -683,7 +746,7 @@ pub fn download_url(app: &App, ctx: &Ctx, content: &Content, ttl_seconds: i64) -
             format!("between {} and {}", DOWNLOAD_TTL_SECONDS.start(), DOWNLOAD_TTL_SECONDS.end()),
         ));
     }
-    if content.state != ContentState::Promoted {
+    if content.state != ContentState::Promoted || content.model.sha256.is_none() {
         return Ok(None);
     }
     let id = content.model.id.to_string();
@@ -704,13 +767,25 @@ pub async fn set_tags(app: &App, ctx: &Ctx, id: Uuid, tags: Vec<(String, String)
     if current.state == ContentState::Deleted.as_str() {
         return Err(Error::InvalidState(format!("content {id} is DELETED")));
     }
-    let before: Vec<String> = content_tag::Entity::find()
+    let existing: BTreeMap<String, String> = content_tag::Entity::find()
         .filter(content_tag::Column::ContentId.eq(id))
         .all(tx.conn())
         .await?
         .into_iter()
-        .map(|t| t.name)
+        .map(|t| (t.name, t.value))
         .collect();
+    // A package's manifest tags change only through the package mutations:
+    // devices verify signatures over the manifest, so it never changes.
+    for reserved in package::RESERVED_TAGS {
+        let now = tags.iter().find(|(n, _)| n == reserved).map(|(_, v)| v);
+        if now != existing.get(reserved) {
+            return Err(Error::invalid(
+                "tags.name",
+                format!("{reserved:?} cannot be set, changed or removed here (it belongs to a package's manifest)"),
+            ));
+        }
+    }
+    let before: Vec<String> = existing.into_keys().collect();
     content_tag::Entity::delete_many().filter(content_tag::Column::ContentId.eq(id)).exec(tx.conn()).await?;
     if !tags.is_empty() {
         content_tag::Entity::insert_many(tags.iter().map(|(name, value)| content_tag::ActiveModel {
@@ -745,6 +820,17 @@ pub async fn delete(app: &App, ctx: &Ctx, id: Uuid) -> Result<Content> {
     if from == ContentState::Uploading {
         return Err(Error::InvalidState(format!("content {id} is UPLOADING; wait until the upload ends")));
     }
+    if let Some(holder_of) = package::by_holder(tx.conn(), id).await? {
+        return Err(Error::Conflict(format!(
+            "content {id} holds the manifest of package {}; delete the package (deletePackage) instead",
+            holder_of.id
+        )));
+    }
+    let users = package::using_file(tx.conn(), id).await?;
+    if !users.is_empty() {
+        let names: Vec<String> = users.iter().map(|p| format!("{} {} ({})", p.product, p.version, p.id)).collect();
+        return Err(Error::Conflict(format!("content {id} is a file of package(s) {}", names.join(", "))));
+    }
     transition_for_delete(&mut tx, id, from).await?;
     tx.audit(ctx, "content.delete", "content", &id.to_string(), json!({ "state_before": from.as_str() })).await?;
     tx.commit().await?;
@@ -754,9 +840,19 @@ pub async fn delete(app: &App, ctx: &Ctx, id: Uuid) -> Result<Content> {
     get_unchecked(&app.db, id).await
 }
 
+/// A package holder's content becomes DELETED with its package.
+pub(crate) async fn mark_deleted(tx: &mut WriteTx, id: Uuid) -> Result<()> {
+    let current = find(tx.conn(), id).await?;
+    let from = ContentState::parse(&current.state)?;
+    if from == ContentState::Deleted {
+        return Ok(());
+    }
+    transition_for_delete(tx, id, from).await
+}
+
 /// DELETED from any state but DELETED, PROMOTED included: promoted files
-/// nobody uses any more must be removable (packages, when they exist,
-/// make this a CONFLICT while they reference the content).
+/// nobody uses any more must be removable (packages make this a CONFLICT
+/// while they reference the content).
 async fn transition_for_delete(tx: &mut WriteTx, id: Uuid, from: ContentState) -> Result<()> {
     if from == ContentState::Deleted {
         return Err(Error::InvalidState(format!("content {id} is already DELETED")));

@@ -7,6 +7,8 @@
 
 pub mod audit;
 pub mod content;
+pub mod device_model;
+pub mod package;
 pub mod pagination;
 pub mod role;
 pub mod scan;

@@ -60,6 +60,21 @@ impl PageRequest<uuid::Uuid> {
     }
 }
 
+impl PageRequest<String> {
+    /// Parse `first` and a cursor keyed by any text (a name, a sort key).
+    pub fn parse_string(kind: &str, first: Option<i32>, after: Option<&str>) -> Result<Self> {
+        let first = parse_first(first)?;
+        let after = after
+            .map(|cursor| {
+                decode(cursor)
+                    .and_then(|text| text.strip_prefix(&format!("{kind}:")).map(str::to_owned))
+                    .ok_or_else(|| Error::invalid("after", "not a cursor of this list"))
+            })
+            .transpose()?;
+        Ok(Self { first, after })
+    }
+}
+
 fn parse_first(first: Option<i32>) -> Result<u64> {
     match first {
         None => Ok(DEFAULT_PAGE),

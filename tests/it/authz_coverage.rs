@@ -35,6 +35,9 @@ struct Entry {
     variables: fn() -> Value,
 }
 
+/// An id that names nothing: the authorized call answers NOT_FOUND.
+const ZERO: &str = "00000000-0000-7000-8000-000000000000";
+
 fn table() -> Vec<Entry> {
     use Needs::*;
     use Root::*;
@@ -139,6 +142,97 @@ fn table() -> Vec<Entry> {
             variables: || json!({}),
         },
         Entry {
+            root: Query,
+            field: "deviceModel",
+            needs: Permission("DEVICE_READ"),
+            operation: "query($id: ID!) { deviceModel(id: $id) { id } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Query,
+            field: "deviceModels",
+            needs: Permission("DEVICE_READ"),
+            operation: "{ deviceModels { totalCount } }",
+            variables: || json!({}),
+        },
+        Entry {
+            root: Mutation,
+            field: "createDeviceModel",
+            needs: Permission("DEVICE_WRITE"),
+            operation: "mutation { createDeviceModel(input: {name: \"fresh-model\"}) { deviceModel { id } } }",
+            variables: || json!({}),
+        },
+        Entry {
+            root: Mutation,
+            field: "updateDeviceModel",
+            needs: Permission("DEVICE_WRITE"),
+            operation: "mutation($id: ID!) { updateDeviceModel(input: {id: $id, name: \"renamed\"}) { deviceModel { id } } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Mutation,
+            field: "deleteDeviceModel",
+            needs: Permission("DEVICE_WRITE"),
+            operation: "mutation($id: ID!) { deleteDeviceModel(input: {id: $id}) { deviceModel { id } } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Query,
+            field: "package",
+            needs: Permission("PACKAGE_READ"),
+            operation: "query($id: ID!) { package(id: $id) { id } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Query,
+            field: "packages",
+            needs: Permission("PACKAGE_READ"),
+            operation: "{ packages { totalCount } }",
+            variables: || json!({}),
+        },
+        Entry {
+            root: Query,
+            field: "packageManifest",
+            needs: Permission("PACKAGE_READ"),
+            operation: "query($id: ID!) { packageManifest(id: $id) }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Query,
+            field: "signingKeys",
+            needs: Permission("PACKAGE_READ"),
+            operation: "{ signingKeys { kid } }",
+            variables: || json!({}),
+        },
+        Entry {
+            root: Mutation,
+            field: "createSoftwarePackage",
+            needs: Permission("PACKAGE_WRITE"),
+            operation: "mutation { createSoftwarePackage(input: {name: \"fw\", version: \"9.9.9\", type: \"URL_LIST\", models: [\"M1\"], links: [\"https://example.com/fw\"]}) { package { id } } }",
+            variables: || json!({}),
+        },
+        Entry {
+            root: Mutation,
+            field: "deprecatePackage",
+            needs: Permission("PACKAGE_WRITE"),
+            operation: "mutation($id: ID!) { deprecatePackage(input: {id: $id}) { package { id } } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Mutation,
+            field: "setPackageModels",
+            needs: Permission("PACKAGE_WRITE"),
+            operation: "mutation($id: ID!) { setPackageModels(input: {id: $id, models: [\"M1\"]}) { package { id } } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Mutation,
+            field: "deletePackage",
+            needs: Permission("PACKAGE_WRITE"),
+            operation: "mutation($id: ID!) { deletePackage(input: {id: $id}) { package { id } } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
             root: Subscription,
             field: "auditEventAdded",
             needs: Permission("AUDIT_READ"),
@@ -166,7 +260,17 @@ async fn schema_fields(app: &TestApp) -> BTreeSet<String> {
 }
 
 /// Tables a denied call must leave alone; add new ones here.
-const TABLES: &[&str] = &["role", "audit_event", "job", "content", "content_tag"];
+const TABLES: &[&str] = &[
+    "role",
+    "audit_event",
+    "job",
+    "content",
+    "content_tag",
+    "device_model",
+    "package",
+    "package_model",
+    "package_file",
+];
 
 async fn snapshot(app: &TestApp) -> (Vec<i64>, Value) {
     let roles = app.operator("admin").ok("{ roles { name permissions description } }", json!({})).await;
@@ -205,6 +309,8 @@ async fn every_field_requires_its_permission() {
             json!({}),
         )
         .await;
+    // What the package rows refer to.
+    admin.ok("mutation { createDeviceModel(input: {name: \"M1\"}) { deviceModel { id } } }", json!({})).await;
     for permission in &all {
         let others: Vec<&String> = all.iter().filter(|p| *p != permission).collect();
         admin

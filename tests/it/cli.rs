@@ -30,6 +30,7 @@ async fn help_is_there_for_every_command() {
         &["migrate", "--help"],
         &["schema", "--help"],
         &["token", "issue", "--help"],
+        &["packages", "reindex", "--help"],
     ] {
         let output = Command::new(binary()).args(args).output().unwrap();
         assert!(output.status.success(), "{args:?}");

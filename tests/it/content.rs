@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::support::{TestApp, count_rows, error_code};
 
 /// The seed's request, byte for byte (ExoSense OTA guide).
-const SEED_REQUEST: &str = r#"[
+pub const SEED_REQUEST: &str = r#"[
   {
     "operationName": "CreateContentGQL",
     "variables": {
@@ -84,7 +84,9 @@ async fn post_form(app: &TestApp, form: &Value, data: Vec<u8>) -> reqwest::Respo
 
 #[tokio::test]
 async fn the_seed_request_creates_content_with_its_tags_and_an_upload_form() {
-    let app = TestApp::start().await;
+    let app = TestApp::start_unscanned().await;
+    // The package it describes names this file, uploaded first.
+    app.promoted("firmware_updatev101.txt", b"firmware v1.0.1").await;
     let response = app
         .client
         .post(app.url("/graphql"))
@@ -115,7 +117,9 @@ async fn the_seed_request_creates_content_with_its_tags_and_an_upload_form() {
         .iter()
         .map(|t| (t["name"].as_str().unwrap().to_owned(), t["value"].as_str().unwrap().to_owned()))
         .collect();
-    assert_eq!(tags.len(), 6);
+    // The six of the request, and the binding of the payload's file name.
+    assert_eq!(tags.len(), 7, "{tags:?}");
+    assert!(tags.iter().any(|(n, _)| n == "otadepot.files"));
     assert!(tags.contains(&("total-devices".into(), "3".into())), "numbers are kept as text");
     assert!(tags.iter().any(|(n, v)| n == "otau_info" && v.contains("\"config_otau\"")));
 }
@@ -312,7 +316,8 @@ async fn contents_list_filters_and_pages() {
 /// returns (its content is 205 bytes).
 #[tokio::test]
 async fn curl_can_upload_with_the_form_of_the_seed_request() {
-    let app = TestApp::start_with(|c| c.jobs.in_process = false).await;
+    let app = TestApp::start_unscanned().await;
+    app.promoted("firmware_updatev101.txt", b"firmware v1.0.1").await;
     let body: Value = app
         .client
         .post(app.url("/graphql"))
