@@ -32,6 +32,10 @@ pub enum Error {
     InvalidInput { field: String, reason: String },
     #[error("{0}")]
     Conflict(String),
+    /// A batch refused as a whole (nothing written), naming every bad row.
+    /// CONFLICT when every row is a duplicate, BAD_USER_INPUT otherwise.
+    #[error("{} row(s) refused, nothing was written; first: {}", rows.len(), rows.first().map(RowError::to_string).unwrap_or_default())]
+    Rows { rows: Vec<RowError> },
     #[error("{0}")]
     InvalidState(String),
     #[error("payload larger than the limit of {limit} bytes")]
@@ -40,6 +44,24 @@ pub enum Error {
     Unavailable(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+}
+
+/// What is wrong with one row of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowError {
+    /// 0-based position in the batch.
+    pub row: usize,
+    /// The row's own key (an endpoint id), to find it by.
+    pub key: String,
+    pub field: String,
+    pub message: String,
+    pub duplicate: bool,
+}
+
+impl std::fmt::Display for RowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "row {} ({}): {}: {}", self.row, self.key, self.field, self.message)
+    }
 }
 
 impl Error {
@@ -63,6 +85,8 @@ impl Error {
             Self::NotFound { .. } => "NOT_FOUND",
             Self::InvalidInput { .. } => "BAD_USER_INPUT",
             Self::Conflict(_) => "CONFLICT",
+            Self::Rows { rows } if rows.iter().all(|r| r.duplicate) => "CONFLICT",
+            Self::Rows { .. } => "BAD_USER_INPUT",
             Self::InvalidState(_) => "INVALID_STATE",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::Unavailable(_) => "UNAVAILABLE",
@@ -77,6 +101,8 @@ impl Error {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::InvalidInput { .. } => StatusCode::BAD_REQUEST,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Rows { rows } if rows.iter().all(|r| r.duplicate) => StatusCode::CONFLICT,
+            Self::Rows { .. } => StatusCode::BAD_REQUEST,
             Self::InvalidState(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -101,6 +127,23 @@ impl Error {
             match &self {
                 Self::InvalidInput { field, .. } => ext.set("field", field.as_str()),
                 Self::Forbidden { permission } => ext.set("permission", *permission),
+                Self::Rows { rows } => {
+                    let rows: Vec<async_graphql::Value> = rows
+                        .iter()
+                        .map(|r| {
+                            let mut map = async_graphql::indexmap::IndexMap::new();
+                            map.insert(async_graphql::Name::new("row"), async_graphql::Value::from(r.row as u64));
+                            map.insert(async_graphql::Name::new("key"), async_graphql::Value::from(r.key.as_str()));
+                            map.insert(async_graphql::Name::new("field"), async_graphql::Value::from(r.field.as_str()));
+                            map.insert(
+                                async_graphql::Name::new("message"),
+                                async_graphql::Value::from(r.message.as_str()),
+                            );
+                            async_graphql::Value::Object(map)
+                        })
+                        .collect();
+                    ext.set("rows", async_graphql::Value::List(rows));
+                }
                 _ => {}
             }
         });

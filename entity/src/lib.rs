@@ -4,6 +4,11 @@
 pub mod audit_event;
 pub mod content;
 pub mod content_tag;
+pub mod device;
+pub mod device_attribute;
+pub mod device_group;
+pub mod device_group_member;
+pub mod device_installed;
 pub mod device_model;
 pub mod job;
 pub mod package;

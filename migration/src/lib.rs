@@ -14,6 +14,8 @@ mod m20261122_000003_create_job;
 mod m20261122_000004_create_content;
 mod m20261130_000005_create_device_model;
 mod m20261130_000006_create_package;
+mod m20261130_000007_create_device;
+mod m20261130_000008_create_device_group;
 
 pub struct Migrator;
 
@@ -26,6 +28,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000004_create_content::Migration),
             Box::new(m20261130_000005_create_device_model::Migration),
             Box::new(m20261130_000006_create_package::Migration),
+            Box::new(m20261130_000007_create_device::Migration),
+            Box::new(m20261130_000008_create_device_group::Migration),
         ]
     }
 }

@@ -27,10 +27,21 @@ pub struct User {
     pub permissions: BTreeSet<Permission>,
 }
 
+/// An authenticated device (by its own secret, or through its gateway).
+#[derive(Clone, Debug)]
+pub struct DeviceActor {
+    pub id: uuid::Uuid,
+    pub endpoint_id: String,
+    pub model_id: uuid::Uuid,
+    /// False while the device awaits an operator's approval.
+    pub approved: bool,
+}
+
 #[derive(Clone, Debug)]
 pub enum Actor {
     Anonymous,
     User(User),
+    Device(DeviceActor),
     /// Background work and the CLI acting with the server's own authority.
     System(String),
 }
@@ -41,6 +52,7 @@ impl Actor {
         match self {
             Actor::Anonymous => ("anonymous", String::new()),
             Actor::User(user) => ("user", user.subject.clone()),
+            Actor::Device(device) => ("device", device.id.to_string()),
             Actor::System(name) => ("system", name.clone()),
         }
     }
@@ -69,6 +81,18 @@ impl Ctx {
             Actor::User(user) if user.permissions.contains(&permission) => Ok(&self.actor),
             Actor::User(_) => Err(Error::Forbidden { permission: permission.as_str() }),
             Actor::System(_) => Ok(&self.actor),
+            // Device credentials work only on device endpoints.
+            Actor::Device(_) => Err(Error::Unauthenticated("an operator token is required".into())),
+        }
+    }
+
+    /// The calling device, approved (a PENDING device is FORBIDDEN);
+    /// anyone else is UNAUTHENTICATED.
+    pub fn require_device(&self) -> Result<&DeviceActor> {
+        match &self.actor {
+            Actor::Device(device) if device.approved => Ok(device),
+            Actor::Device(_) => Err(Error::Forbidden { permission: "an operator's approval of this device" }),
+            _ => Err(Error::Unauthenticated("a device credential is required".into())),
         }
     }
 

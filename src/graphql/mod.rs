@@ -6,7 +6,9 @@ pub mod audit;
 pub mod auth;
 pub mod connection;
 pub mod content;
+pub mod device;
 pub mod device_model;
+pub mod group;
 pub mod package;
 pub mod role;
 
@@ -23,6 +25,8 @@ pub struct Query(
     audit::AuditQuery,
     content::ContentQuery,
     device_model::DeviceModelQuery,
+    device::DeviceQuery,
+    group::GroupQuery,
     package::PackageQuery,
 );
 
@@ -31,6 +35,8 @@ pub struct Mutation(
     role::RoleMutation,
     content::ContentMutation,
     device_model::DeviceModelMutation,
+    device::DeviceMutation,
+    group::GroupMutation,
     package::PackageMutation,
 );
 

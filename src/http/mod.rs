@@ -4,6 +4,7 @@
 //! the answer; no permission check or business rule lives here.
 
 mod cors;
+mod device;
 mod graphql;
 mod health;
 mod keys;
@@ -58,6 +59,8 @@ pub fn router(app: App, schema: ApiSchema) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
         .route("/.well-known/otadepot/keys", get(keys::get))
+        .route("/device/v1/device", get(device::me))
+        .route("/device/v1/inventory", axum::routing::post(device::inventory))
         .route("/repo/sha256/{sha256}", get(repository::by_hash))
         .route("/repo/{id}/{name}", get(repository::by_id))
         .route(

@@ -673,7 +673,8 @@ pub const DOWNLOAD_TTL_SECONDS: std::ops::RangeInclusive<i64> = 60..=7 * 24 * 36
 /// Who asks for repository bytes.
 #[derive(Clone, Debug)]
 pub enum DownloadAccess {
-    /// An operator (needs CONTENT_READ) or, later, a device.
+    /// An operator (needs CONTENT_READ) or a device (the files of packages
+    /// for its model; with deployments, of its own updates).
     Caller(Ctx),
     /// A signed, expiring URL.
     Signed { exp: i64, sig: String },
@@ -691,39 +692,61 @@ pub struct Download {
 /// By content id: PROMOTED content only (anything else is NOT_FOUND, for
 /// every caller).
 pub async fn open_download(app: &App, access: &DownloadAccess, id: Uuid) -> Result<Download> {
-    match access {
-        DownloadAccess::Caller(ctx) => {
-            ctx.require(Permission::ContentRead)?;
+    let device_model = match access {
+        DownloadAccess::Caller(ctx) => authorize_download(ctx)?,
+        DownloadAccess::Signed { exp, sig } => {
+            app.signer.verify(DOWNLOAD_PURPOSE, &[&id.to_string()], *exp, sig)?;
+            None
         }
-        DownloadAccess::Signed { exp, sig } => app.signer.verify(DOWNLOAD_PURPOSE, &[&id.to_string()], *exp, sig)?,
-    }
+    };
     let model = content::Entity::find_by_id(id)
         .filter(content::Column::State.eq(ContentState::Promoted.as_str()))
         .one(&app.db)
         .await?
         .ok_or_else(|| Error::not_found("content", id.to_string()))?;
+    if let Some(device_model) = device_model
+        && !package::files_for_model(&app.db, device_model, &[model.id]).await?
+    {
+        return Err(Error::not_found("content", id.to_string()));
+    }
     download_of(&model)
 }
 
 /// By SHA-256: the object any PROMOTED content with these bytes shares.
 pub async fn open_download_by_hash(app: &App, access: &DownloadAccess, sha256: &str) -> Result<Download> {
     let sha256 = sha256.to_ascii_lowercase();
-    match access {
-        DownloadAccess::Caller(ctx) => {
-            ctx.require(Permission::ContentRead)?;
+    let device_model = match access {
+        DownloadAccess::Caller(ctx) => authorize_download(ctx)?,
+        DownloadAccess::Signed { exp, sig } => {
+            app.signer.verify(DOWNLOAD_BY_HASH_PURPOSE, &[&sha256], *exp, sig)?;
+            None
         }
-        DownloadAccess::Signed { exp, sig } => app.signer.verify(DOWNLOAD_BY_HASH_PURPOSE, &[&sha256], *exp, sig)?,
-    }
+    };
     if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(Error::not_found("object", sha256));
     }
-    let model = content::Entity::find()
+    let same = content::Entity::find()
         .filter(content::Column::Sha256.eq(sha256.as_str()))
         .filter(content::Column::State.eq(ContentState::Promoted.as_str()))
-        .one(&app.db)
-        .await?
-        .ok_or_else(|| Error::not_found("object", sha256))?;
-    download_of(&model)
+        .all(&app.db)
+        .await?;
+    let Some(model) = same.first() else { return Err(Error::not_found("object", sha256)) };
+    if let Some(device_model) = device_model
+        && !package::files_for_model(&app.db, device_model, &same.iter().map(|c| c.id).collect::<Vec<_>>()).await?
+    {
+        return Err(Error::not_found("object", sha256));
+    }
+    download_of(model)
+}
+
+/// An operator needs CONTENT_READ; a device may download the files of the
+/// packages for its model (`Some(model)`: checked once the content is known).
+fn authorize_download(ctx: &Ctx) -> Result<Option<Uuid>> {
+    if let crate::auth::Actor::Device(_) = &ctx.actor {
+        return Ok(Some(ctx.require_device()?.model_id));
+    }
+    ctx.require(Permission::ContentRead)?;
+    Ok(None)
 }
 
 fn download_of(model: &content::Model) -> Result<Download> {

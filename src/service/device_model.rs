@@ -137,8 +137,8 @@ pub async fn update(app: &App, ctx: &Ctx, input: DeviceModelChanges) -> Result<D
     Ok(model)
 }
 
-/// Refused (CONFLICT) while a package (or, later, a device or group) refers
-/// to the model.
+/// Refused (CONFLICT) while a package, a device or a group refers to the
+/// model.
 pub async fn delete(app: &App, ctx: &Ctx, id: Uuid) -> Result<DeviceModel> {
     ctx.require(Permission::DeviceWrite)?;
     let mut tx = WriteTx::begin(app).await?;
@@ -147,9 +147,15 @@ pub async fn delete(app: &App, ctx: &Ctx, id: Uuid) -> Result<DeviceModel> {
         .filter(entity::package_model::Column::DeviceModelId.eq(id))
         .count(tx.conn())
         .await?;
-    if packages > 0 {
+    let devices =
+        entity::device::Entity::find().filter(entity::device::Column::ModelId.eq(id)).count(tx.conn()).await?;
+    let groups = entity::device_group::Entity::find()
+        .filter(entity::device_group::Column::ModelId.eq(id))
+        .count(tx.conn())
+        .await?;
+    if packages + devices + groups > 0 {
         return Err(Error::Conflict(format!(
-            "device model {:?} is used by {packages} package(s); remove it from them first",
+            "device model {:?} is used by {packages} package(s), {devices} device(s) and {groups} group(s)",
             current.name
         )));
     }

@@ -7,7 +7,9 @@
 
 pub mod audit;
 pub mod content;
+pub mod device;
 pub mod device_model;
+pub mod group;
 pub mod package;
 pub mod pagination;
 pub mod role;

@@ -723,6 +723,32 @@ pub(crate) async fn using_file(conn: &impl ConnectionTrait, content_id: Uuid) ->
         .await?)
 }
 
+/// Whether any of `contents` is a file of a live package compatible with
+/// `device_model` (what a device may download).
+pub(crate) async fn files_for_model(
+    conn: &impl ConnectionTrait,
+    device_model: Uuid,
+    contents: &[Uuid],
+) -> Result<bool> {
+    let for_model = package_model::Entity::find()
+        .select_only()
+        .column(package_model::Column::PackageId)
+        .filter(package_model::Column::DeviceModelId.eq(device_model))
+        .into_query();
+    let live = package::Entity::find()
+        .select_only()
+        .column(package::Column::Id)
+        .filter(package::Column::DeletedAt.is_null())
+        .into_query();
+    let count = package_file::Entity::find()
+        .filter(package_file::Column::ContentId.is_in(contents.iter().copied()))
+        .filter(package_file::Column::PackageId.in_subquery(for_model))
+        .filter(package_file::Column::PackageId.in_subquery(live))
+        .count(conn)
+        .await?;
+    Ok(count > 0)
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct PackageFilter {
     pub model: Option<Uuid>,

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::support::{TestApp, count_rows, error_code};
 
 /// The seed's request, byte for byte (ExoSense OTA guide).
-pub const SEED_REQUEST: &str = r#"[
+const SEED_REQUEST: &str = r#"[
   {
     "operationName": "CreateContentGQL",
     "variables": {
@@ -50,6 +50,22 @@ pub const SEED_REQUEST: &str = r#"[
   }
 ]"#;
 
+/// POST [`SEED_REQUEST`] as it is, as ExoSense's `user@example.com`
+/// (package_admin); returns the (batched) response body.
+pub async fn send_seed_request(app: &TestApp) -> Value {
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(app.token_for("user@example.com", &["package_admin"]))
+        .header("content-type", "application/json")
+        .body(SEED_REQUEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
 const CREATE: &str = "mutation($c: ContentInput) { createContent(content: $c) { id url inputs method field enctype } }";
 const GET: &str = "query($id: ID!) { content(id: $id) { id name type length state sha256 md5 productId tags { name value } createdBy } }";
 
@@ -87,17 +103,7 @@ async fn the_seed_request_creates_content_with_its_tags_and_an_upload_form() {
     let app = TestApp::start_unscanned().await;
     // The package it describes names this file, uploaded first.
     app.promoted("firmware_updatev101.txt", b"firmware v1.0.1").await;
-    let response = app
-        .client
-        .post(app.url("/graphql"))
-        .bearer_auth(app.token_for("user@example.com", &["package_admin"]))
-        .header("content-type", "application/json")
-        .body(SEED_REQUEST)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
+    let body = send_seed_request(&app).await;
     let form = &body[0]["data"]["createContent"];
     assert_eq!(form["__typename"], "ContentUpload", "{body}");
     assert_eq!(form["method"], "POST");
@@ -318,18 +324,7 @@ async fn contents_list_filters_and_pages() {
 async fn curl_can_upload_with_the_form_of_the_seed_request() {
     let app = TestApp::start_unscanned().await;
     app.promoted("firmware_updatev101.txt", b"firmware v1.0.1").await;
-    let body: Value = app
-        .client
-        .post(app.url("/graphql"))
-        .bearer_auth(app.token_for("user@example.com", &["package_admin"]))
-        .header("content-type", "application/json")
-        .body(SEED_REQUEST)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = send_seed_request(&app).await;
     let form = body[0]["data"]["createContent"].clone();
     let data = bytes(205);
     let file = app.dir.path().join("package_oem_firmware_update_1.0.1.json");

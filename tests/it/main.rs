@@ -11,6 +11,7 @@ mod authz_coverage;
 mod cli;
 mod content;
 mod device_models;
+mod devices;
 mod graphql_http;
 mod health;
 mod jobs;

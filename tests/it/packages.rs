@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::content::SEED_REQUEST;
+use crate::content::send_seed_request;
 use crate::support::{TestApp, count_rows, error_code};
 
 const CREATE_PACKAGE: &str = "mutation($i: CreateSoftwarePackageInput!) { createSoftwarePackage(input: $i) {
@@ -49,17 +49,7 @@ fn tags(content: &Value) -> BTreeMap<String, String> {
 async fn the_seed_request_creates_the_package_from_its_otau_info_tag() {
     let app = TestApp::start_unscanned().await;
     let (file_id, _) = app.promoted("firmware_updatev101.txt", b"firmware v1.0.1").await;
-    let response = app
-        .client
-        .post(app.url("/graphql"))
-        .bearer_auth(app.token_for("user@example.com", &["package_admin"]))
-        .header("content-type", "application/json")
-        .body(SEED_REQUEST)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
+    let body = send_seed_request(&app).await;
     assert!(body[0].get("errors").is_none(), "{body}");
     let holder = body[0]["data"]["createContent"]["id"].as_str().unwrap().to_owned();
 

@@ -270,21 +270,8 @@ async fn clamd_killed_mid_scan_is_retried_with_a_full_scan_never_clean_meanwhile
     .await;
     // Big enough that its scan takes a while.
     let data: Vec<u8> = (0..64u32 * 1024 * 1024).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    let op = app.operator("package_admin");
-    let form = op
-        .ok(CREATE, json!({"c": {"name": "big.bin", "content_type": "x", "type": "firmware", "length": data.len()}}))
-        .await["createContent"]
-        .clone();
-    let response = app.client.put(form["url"].as_str().unwrap()).body(data.clone()).send().await.unwrap();
-    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
-    let id = form["id"].as_str().unwrap().to_owned();
-
     // Kill clamd as soon as the scan runs.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while content_of(&app, &id).await["state"] != "SCANNING" {
-        assert!(Instant::now() < deadline, "never SCANNING");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (id, _) = upload_until(&app, &data, &["SCANNING"]).await;
     private.stop();
     // With clamd dead, the content stays SCANNING (retrying), never CLEAN.
     for _ in 0..10 {

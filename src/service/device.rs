@@ -1,0 +1,887 @@
+//! Devices: registration (one, or up to 10,000 in one all-or-nothing
+//! call), credentials, decommissioning, inventory, and the fleet queries.
+//!
+//! Rules:
+//! - A device secret is shown once, at registration or rotation. It reads
+//!   `otd_<device id, 32 hex>_<43 base64url characters>`; only its SHA-256
+//!   is stored, compared in constant time.
+//! - Attributes and installed versions are rows (`device_attribute`,
+//!   `device_installed`), so filters are indexed SQL on both backends.
+//! - `last_seen_at` is written at most once a minute per device: the
+//!   update is conditional on the stored value being older.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, TimeDelta, Utc};
+use entity::{device, device_attribute, device_installed};
+use rand::RngCore;
+use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, Set,
+};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::auth::{Actor, Ctx, DeviceActor, Permission};
+use crate::error::{Error, Result, RowError};
+use crate::service::WriteTx;
+use crate::service::device_model::{self, DeviceModel};
+use crate::service::pagination::{Page, PageRequest, cursor};
+
+/// Most devices one `registerDevices` call takes.
+pub const MAX_BATCH: usize = 10_000;
+const MAX_ATTRIBUTES: usize = 64;
+/// Firmware plus up to 8 applications (TCUP's agent).
+const MAX_COMPONENTS: usize = 9;
+const SECRET_PREFIX: &str = "otd_";
+/// How stale `last_seen_at` may get before a request writes it again.
+const LAST_SEEN_GRANULARITY: TimeDelta = TimeDelta::seconds(60);
+/// Rows per INSERT: under SQLite's 32,766 bound parameters.
+const INSERT_CHUNK: usize = 1_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DeviceStatus {
+    /// Enrolled itself; waits for an operator's approval.
+    Pending,
+    /// Registered by an operator; not heard from yet.
+    Registered,
+    /// Has called in.
+    Active,
+    Decommissioned,
+    /// Its enrollment was refused.
+    Rejected,
+}
+
+impl DeviceStatus {
+    pub const ALL: [DeviceStatus; 5] =
+        [Self::Pending, Self::Registered, Self::Active, Self::Decommissioned, Self::Rejected];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Registered => "REGISTERED",
+            Self::Active => "ACTIVE",
+            Self::Decommissioned => "DECOMMISSIONED",
+            Self::Rejected => "REJECTED",
+        }
+    }
+
+    pub fn parse(value: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == value)
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("unknown device status {value:?} in the database")))
+    }
+}
+
+/// An installed component version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Installed {
+    pub version: String,
+    pub reported_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Device {
+    pub row: device::Model,
+    pub status: DeviceStatus,
+    pub model: DeviceModel,
+    pub attributes: BTreeMap<String, String>,
+    pub installed: BTreeMap<String, Installed>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct NewDevice {
+    pub endpoint_id: String,
+    pub serial: Option<String>,
+    /// A device model id or name.
+    pub model: String,
+    pub attributes: Vec<(String, String)>,
+    /// The gateway's device id or endpoint id (registered earlier, or
+    /// earlier in the same batch).
+    pub gateway: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Secrets.
+
+/// A fresh secret for device `id` and the hash that is stored.
+fn new_secret(id: Uuid) -> (String, String) {
+    let mut random = [0u8; 32];
+    rand::rng().fill_bytes(&mut random);
+    let secret = format!("{SECRET_PREFIX}{}_{}", id.simple(), URL_SAFE_NO_PAD.encode(random));
+    let hash = hash_secret(&secret);
+    (secret, hash)
+}
+
+fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Whether a bearer token looks like a device secret (as opposed to an
+/// operator's JWT).
+pub fn is_device_secret(token: &str) -> bool {
+    token.starts_with(SECRET_PREFIX)
+}
+
+/// Verify a device secret: the device it names, with a matching hash, not
+/// decommissioned or rejected. Every failure is the same UNAUTHENTICATED.
+pub async fn authenticate(app: &App, secret: &str, request_id: Option<String>) -> Result<Ctx> {
+    let unauthenticated = || Error::Unauthenticated("invalid device credential".into());
+    let id = secret
+        .strip_prefix(SECRET_PREFIX)
+        .and_then(|rest| rest.split_once('_'))
+        .and_then(|(id, _)| Uuid::try_parse(id).ok())
+        .ok_or_else(unauthenticated)?;
+    let row = device::Entity::find_by_id(id).one(&app.db).await?.ok_or_else(unauthenticated)?;
+    let presented = hash_secret(secret);
+    if !bool::from(presented.as_bytes().ct_eq(row.credential_hash.as_bytes())) {
+        return Err(unauthenticated());
+    }
+    let status = DeviceStatus::parse(&row.status)?;
+    if matches!(status, DeviceStatus::Decommissioned | DeviceStatus::Rejected) {
+        return Err(Error::Unauthenticated(format!("device {} is {}", row.endpoint_id, status.as_str())));
+    }
+    let actor = DeviceActor {
+        id: row.id,
+        endpoint_id: row.endpoint_id.clone(),
+        model_id: row.model_id,
+        approved: status != DeviceStatus::Pending,
+    };
+    let ctx = Ctx::new(Actor::Device(actor), request_id);
+    touch(app, &ctx, &row, status).await;
+    Ok(ctx)
+}
+
+/// Record that the device called in: `last_seen_at` at most once a minute,
+/// and REGISTERED → ACTIVE on its first call (audited). Failures are
+/// logged, never the caller's problem.
+async fn touch(app: &App, ctx: &Ctx, row: &device::Model, status: DeviceStatus) {
+    let now = Utc::now();
+    if row.last_seen_at.is_some_and(|seen| now - seen < LAST_SEEN_GRANULARITY) && status != DeviceStatus::Registered {
+        return;
+    }
+    let result: Result<()> = async {
+        if status == DeviceStatus::Registered {
+            let mut tx = WriteTx::begin(app).await?;
+            let updated = device::Entity::update_many()
+                .col_expr(device::Column::Status, Expr::value(DeviceStatus::Active.as_str()))
+                .col_expr(device::Column::LastSeenAt, Expr::value(now))
+                .filter(device::Column::Id.eq(row.id))
+                .filter(device::Column::Status.eq(DeviceStatus::Registered.as_str()))
+                .exec(tx.conn())
+                .await?;
+            if updated.rows_affected == 1 {
+                tx.audit(
+                    ctx,
+                    "device.activate",
+                    "device",
+                    &row.id.to_string(),
+                    json!({ "endpoint_id": row.endpoint_id }),
+                )
+                .await?;
+            }
+            return tx.commit().await;
+        }
+        // Conditional: of many concurrent requests (or replicas), one writes.
+        device::Entity::update_many()
+            .col_expr(device::Column::LastSeenAt, Expr::value(now))
+            .filter(device::Column::Id.eq(row.id))
+            .filter(
+                Condition::any()
+                    .add(device::Column::LastSeenAt.is_null())
+                    .add(device::Column::LastSeenAt.lt(now - LAST_SEEN_GRANULARITY)),
+            )
+            .exec(&app.db)
+            .await?;
+        Ok(())
+    }
+    .await;
+    if let Err(err) = result {
+        tracing::warn!(device = %row.id, error = %err, "could not record that the device was seen");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validation.
+
+fn validate_endpoint_id(value: &str) -> std::result::Result<String, String> {
+    let value = value.trim();
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok { Ok(value.to_owned()) } else { Err("1 to 128 characters: letters, digits, '-', '_', '.' or ':'".into()) }
+}
+
+fn validate_key(value: &str) -> std::result::Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok { Ok(()) } else { Err(format!("{value:?}: 1 to 64 characters: letters, digits, '-', '_' or '.'")) }
+}
+
+fn validate_value(value: &str, max: usize) -> std::result::Result<(), String> {
+    if value.chars().count() > max || value.chars().any(char::is_control) {
+        return Err(format!("at most {max} characters, no control characters"));
+    }
+    Ok(())
+}
+
+/// A checked row: (field, message) on failure.
+struct CheckedDevice {
+    endpoint_id: String,
+    serial: Option<String>,
+    attributes: Vec<(String, String)>,
+}
+
+fn check(input: &NewDevice) -> std::result::Result<CheckedDevice, (String, String)> {
+    let endpoint_id = validate_endpoint_id(&input.endpoint_id).map_err(|m| ("endpointId".to_owned(), m))?;
+    let serial = match input.serial.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(serial) => {
+            validate_value(serial, 128).map_err(|m| ("serial".to_owned(), m))?;
+            Some(serial.to_owned())
+        }
+    };
+    if input.attributes.len() > MAX_ATTRIBUTES {
+        return Err(("attributes".into(), format!("at most {MAX_ATTRIBUTES}")));
+    }
+    let mut seen = BTreeSet::new();
+    for (key, value) in &input.attributes {
+        validate_key(key).map_err(|m| ("attributes.key".to_owned(), m))?;
+        validate_value(value, 256).map_err(|m| ("attributes.value".to_owned(), format!("{key}: {m}")))?;
+        if !seen.insert(key) {
+            return Err(("attributes.key".into(), format!("{key:?} appears twice")));
+        }
+    }
+    Ok(CheckedDevice { endpoint_id, serial, attributes: input.attributes.clone() })
+}
+
+// ---------------------------------------------------------------------------
+// Registration.
+
+/// A registered device and its secret (shown this once).
+#[derive(Clone, Debug)]
+pub struct Registered {
+    pub device: Device,
+    pub secret: String,
+}
+
+pub async fn register(app: &App, ctx: &Ctx, input: NewDevice) -> Result<Registered> {
+    match register_many(app, ctx, vec![input]).await {
+        Ok(mut registered) => Ok(registered.remove(0)),
+        // One row: its error as a plain one.
+        Err(Error::Rows { rows }) => {
+            let row = rows.into_iter().next().unwrap_or_else(|| RowError {
+                row: 0,
+                key: String::new(),
+                field: "input".into(),
+                message: "refused".into(),
+                duplicate: false,
+            });
+            Err(if row.duplicate { Error::Conflict(row.message) } else { Error::invalid(row.field, row.message) })
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// Register up to [`MAX_BATCH`] devices in one transaction: all of them, or
+/// none with every bad row named (`Error::Rows`).
+pub async fn register_many(app: &App, ctx: &Ctx, inputs: Vec<NewDevice>) -> Result<Vec<Registered>> {
+    ctx.require(Permission::DeviceWrite)?;
+    if inputs.is_empty() {
+        return Err(Error::invalid("devices", "at least one device"));
+    }
+    if inputs.len() > MAX_BATCH {
+        return Err(Error::invalid("devices", format!("at most {MAX_BATCH} per call")));
+    }
+    let mut errors: Vec<RowError> = Vec::new();
+    let mut push = |row: usize, key: &str, field: &str, message: String, duplicate: bool| {
+        errors.push(RowError { row, key: key.to_owned(), field: field.to_owned(), message, duplicate });
+    };
+
+    let mut tx = WriteTx::begin(app).await?;
+    let conn = tx.conn();
+    // Models: each distinct reference looked up once.
+    let mut models: HashMap<String, Option<DeviceModel>> = HashMap::new();
+    for input in &inputs {
+        if !models.contains_key(&input.model) {
+            let found = device_model::resolve(conn, "model", std::slice::from_ref(&input.model)).await.ok();
+            models.insert(input.model.clone(), found.and_then(|mut m| m.pop()));
+        }
+    }
+    // Rows, checked one by one; duplicates within the batch.
+    let mut checked: Vec<Option<CheckedDevice>> = Vec::with_capacity(inputs.len());
+    let mut in_batch: HashMap<String, usize> = HashMap::new();
+    for (i, input) in inputs.iter().enumerate() {
+        match check(input) {
+            Ok(row) => {
+                if let Some(first) = in_batch.insert(row.endpoint_id.clone(), i) {
+                    push(
+                        i,
+                        &row.endpoint_id,
+                        "endpointId",
+                        format!("endpoint id {} is also row {first}", row.endpoint_id),
+                        true,
+                    );
+                }
+                if models.get(&input.model).is_none_or(Option::is_none) {
+                    push(i, &row.endpoint_id, "model", format!("no device model {}", input.model), false);
+                }
+                checked.push(Some(row));
+            }
+            Err((field, message)) => {
+                push(i, input.endpoint_id.trim(), &field, message, false);
+                checked.push(None);
+            }
+        }
+    }
+    // Duplicates against the fleet, a chunk of ids per query.
+    let ids: Vec<&str> = checked.iter().flatten().map(|c| c.endpoint_id.as_str()).collect();
+    let mut taken: HashSet<String> = HashSet::new();
+    for chunk in ids.chunks(INSERT_CHUNK) {
+        let found: Vec<String> = device::Entity::find()
+            .select_only()
+            .column(device::Column::EndpointId)
+            .filter(device::Column::EndpointId.is_in(chunk.iter().copied()))
+            .into_tuple()
+            .all(conn)
+            .await?;
+        taken.extend(found);
+    }
+    let new_ids: Vec<Uuid> = inputs.iter().map(|_| Uuid::now_v7()).collect();
+    // Gateways: a device of the fleet, or an earlier row of this batch.
+    let mut gateways: Vec<Option<Uuid>> = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.iter().enumerate() {
+        let key = checked[i].as_ref().map_or(input.endpoint_id.trim(), |c| c.endpoint_id.as_str());
+        if let Some(c) = &checked[i]
+            && taken.contains(&c.endpoint_id)
+        {
+            push(i, key, "endpointId", format!("device {} already exists", c.endpoint_id), true);
+        }
+        let Some(reference) = input.gateway.as_deref().map(str::trim).filter(|g| !g.is_empty()) else {
+            gateways.push(None);
+            continue;
+        };
+        let gateway = match in_batch.get(reference) {
+            Some(&row) if row < i => Some(new_ids[row]),
+            _ => find_by_ref(conn, reference).await?.map(|g| g.id),
+        };
+        if gateway.is_none() {
+            push(i, key, "gateway", format!("no device {reference} (registered, or earlier in this batch)"), false);
+        }
+        gateways.push(gateway);
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| e.row);
+        return Err(Error::Rows { rows: errors });
+    }
+
+    let (_, created_by) = ctx.actor.audit_identity();
+    let now = Utc::now();
+    let mut registered = Vec::with_capacity(inputs.len());
+    let mut rows = Vec::with_capacity(inputs.len());
+    let mut attribute_rows = Vec::new();
+    for (i, (input, row)) in inputs.iter().zip(checked).enumerate() {
+        let row = row.ok_or_else(|| Error::internal(anyhow::anyhow!("unchecked row {i}")))?;
+        let id = new_ids[i];
+        let (secret, hash) = new_secret(id);
+        let model = models
+            .get(&input.model)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("unresolved model of row {i}")))?;
+        let model_row = device::Model {
+            id,
+            endpoint_id: row.endpoint_id.clone(),
+            serial: row.serial.clone(),
+            model_id: model.id,
+            status: DeviceStatus::Registered.as_str().to_owned(),
+            credential_hash: hash,
+            credential_rotated_at: now,
+            gateway_id: gateways[i],
+            last_seen_at: None,
+            created_by: created_by.clone(),
+            created_at: now,
+            updated_at: now,
+        };
+        attribute_rows.extend(row.attributes.iter().map(|(k, v)| device_attribute::ActiveModel {
+            device_id: Set(id),
+            key: Set(k.clone()),
+            value: Set(v.clone()),
+        }));
+        rows.push(device::ActiveModel::from(model_row.clone()));
+        registered.push(Registered {
+            device: Device {
+                row: model_row,
+                status: DeviceStatus::Registered,
+                model,
+                attributes: row.attributes.into_iter().collect(),
+                installed: BTreeMap::new(),
+            },
+            secret,
+        });
+    }
+    let conn = tx.conn();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<device::ActiveModel> = rows.by_ref().take(INSERT_CHUNK).collect();
+        device::Entity::insert_many(chunk).exec(conn).await?;
+    }
+    let mut attribute_rows = attribute_rows.into_iter().peekable();
+    while attribute_rows.peek().is_some() {
+        let chunk: Vec<device_attribute::ActiveModel> = attribute_rows.by_ref().take(INSERT_CHUNK * 3).collect();
+        device_attribute::Entity::insert_many(chunk).exec(conn).await?;
+    }
+    let endpoint_ids: Vec<&str> = registered.iter().map(|r| r.device.row.endpoint_id.as_str()).collect();
+    let (action, object_id) = if registered.len() == 1 {
+        ("device.register", registered[0].device.row.id.to_string())
+    } else {
+        ("device.register_batch", String::new())
+    };
+    tx.audit(ctx, action, "device", &object_id, json!({ "count": endpoint_ids.len(), "endpoint_ids": endpoint_ids }))
+        .await?;
+    tx.commit().await?;
+    Ok(registered)
+}
+
+/// A device by id or endpoint id.
+async fn find_by_ref(conn: &impl ConnectionTrait, reference: &str) -> Result<Option<device::Model>> {
+    if let Ok(id) = reference.parse::<Uuid>()
+        && let Some(found) = device::Entity::find_by_id(id).one(conn).await?
+    {
+        return Ok(Some(found));
+    }
+    Ok(device::Entity::find().filter(device::Column::EndpointId.eq(reference)).one(conn).await?)
+}
+
+// ---------------------------------------------------------------------------
+// Credentials and lifecycle.
+
+/// A new secret; the old one stops working at once.
+pub async fn rotate_credential(app: &App, ctx: &Ctx, id: Uuid) -> Result<Registered> {
+    ctx.require(Permission::DeviceWrite)?;
+    let mut tx = WriteTx::begin(app).await?;
+    let current = find(tx.conn(), id).await?;
+    if matches!(DeviceStatus::parse(&current.status)?, DeviceStatus::Decommissioned | DeviceStatus::Rejected) {
+        return Err(Error::InvalidState(format!("device {} is {}", current.endpoint_id, current.status)));
+    }
+    let (secret, hash) = new_secret(id);
+    let now = Utc::now();
+    device::Entity::update_many()
+        .col_expr(device::Column::CredentialHash, Expr::value(hash))
+        .col_expr(device::Column::CredentialRotatedAt, Expr::value(now))
+        .col_expr(device::Column::UpdatedAt, Expr::value(now))
+        .filter(device::Column::Id.eq(id))
+        .exec(tx.conn())
+        .await?;
+    tx.audit(ctx, "device.rotate_credential", "device", &id.to_string(), json!({ "endpoint_id": current.endpoint_id }))
+        .await?;
+    tx.commit().await?;
+    Ok(Registered { device: get_unchecked(&app.db, id).await?, secret })
+}
+
+/// For good: its credential stops working, it leaves every group.
+pub async fn decommission(app: &App, ctx: &Ctx, id: Uuid) -> Result<Device> {
+    ctx.require(Permission::DeviceWrite)?;
+    let mut tx = WriteTx::begin(app).await?;
+    let current = find(tx.conn(), id).await?;
+    let status = DeviceStatus::parse(&current.status)?;
+    if status == DeviceStatus::Decommissioned {
+        return Err(Error::InvalidState(format!("device {} is already DECOMMISSIONED", current.endpoint_id)));
+    }
+    let now = Utc::now();
+    device::Entity::update_many()
+        .col_expr(device::Column::Status, Expr::value(DeviceStatus::Decommissioned.as_str()))
+        .col_expr(device::Column::UpdatedAt, Expr::value(now))
+        .filter(device::Column::Id.eq(id))
+        .exec(tx.conn())
+        .await?;
+    tx.audit(
+        ctx,
+        "device.decommission",
+        "device",
+        &id.to_string(),
+        json!({ "endpoint_id": current.endpoint_id, "status_before": status.as_str() }),
+    )
+    .await?;
+    tx.commit().await?;
+    get_unchecked(&app.db, id).await
+}
+
+// ---------------------------------------------------------------------------
+// Inventory (the device API).
+
+/// What a device reports: a value of `None` removes that component or
+/// attribute; what it does not name stays as it was.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    pub installed: Vec<(String, Option<String>)>,
+    pub attributes: Vec<(String, Option<String>)>,
+}
+
+/// Apply a device's inventory report; writes (and audits) only what changed.
+pub async fn report_inventory(app: &App, ctx: &Ctx, report: Inventory) -> Result<Device> {
+    let device = ctx.require_device()?.clone();
+    let mut names = BTreeSet::new();
+    for (component, version) in &report.installed {
+        validate_key(component).map_err(|m| Error::invalid("installed", m))?;
+        if let Some(version) = version {
+            validate_value(version, 64).map_err(|m| Error::invalid("installed", format!("{component}: {m}")))?;
+            if version.trim().is_empty() {
+                return Err(Error::invalid("installed", format!("{component}: an empty version")));
+            }
+        }
+        if !names.insert(component.as_str()) {
+            return Err(Error::invalid("installed", format!("{component:?} appears twice")));
+        }
+    }
+    let mut keys = BTreeSet::new();
+    for (key, value) in &report.attributes {
+        validate_key(key).map_err(|m| Error::invalid("attributes", m))?;
+        if let Some(value) = value {
+            validate_value(value, 256).map_err(|m| Error::invalid("attributes", format!("{key}: {m}")))?;
+        }
+        if !keys.insert(key.as_str()) {
+            return Err(Error::invalid("attributes", format!("{key:?} appears twice")));
+        }
+    }
+
+    let current = get_unchecked(&app.db, device.id).await?;
+    let mut installed = current.installed.clone();
+    let mut changed_components = BTreeMap::new();
+    for (component, version) in &report.installed {
+        let before = installed.get(component).map(|i| i.version.clone());
+        if before.as_ref() != version.as_ref() {
+            changed_components.insert(component.clone(), json!({ "from": before, "to": version }));
+            match version {
+                Some(v) => {
+                    installed.insert(component.clone(), Installed { version: v.clone(), reported_at: Utc::now() })
+                }
+                None => installed.remove(component),
+            };
+        }
+    }
+    if installed.len() > MAX_COMPONENTS {
+        return Err(Error::invalid(
+            "installed",
+            format!("at most {MAX_COMPONENTS} components (firmware and 8 applications)"),
+        ));
+    }
+    let mut attributes = current.attributes.clone();
+    let mut changed_attributes = Vec::new();
+    for (key, value) in &report.attributes {
+        if attributes.get(key) != value.as_ref() {
+            changed_attributes.push(key.clone());
+            match value {
+                Some(v) => attributes.insert(key.clone(), v.clone()),
+                None => attributes.remove(key),
+            };
+        }
+    }
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Err(Error::invalid("attributes", format!("at most {MAX_ATTRIBUTES}")));
+    }
+    if changed_components.is_empty() && changed_attributes.is_empty() {
+        return Ok(current);
+    }
+
+    let mut tx = WriteTx::begin(app).await?;
+    let conn = tx.conn();
+    let now = Utc::now();
+    for component in changed_components.keys() {
+        device_installed::Entity::delete_many()
+            .filter(device_installed::Column::DeviceId.eq(device.id))
+            .filter(device_installed::Column::Component.eq(component.as_str()))
+            .exec(conn)
+            .await?;
+        if let Some(i) = installed.get(component) {
+            device_installed::Entity::insert(device_installed::ActiveModel {
+                device_id: Set(device.id),
+                component: Set(component.clone()),
+                version: Set(i.version.clone()),
+                reported_at: Set(now),
+            })
+            .exec(conn)
+            .await?;
+        }
+    }
+    for key in &changed_attributes {
+        device_attribute::Entity::delete_many()
+            .filter(device_attribute::Column::DeviceId.eq(device.id))
+            .filter(device_attribute::Column::Key.eq(key.as_str()))
+            .exec(conn)
+            .await?;
+        if let Some(value) = attributes.get(key) {
+            device_attribute::Entity::insert(device_attribute::ActiveModel {
+                device_id: Set(device.id),
+                key: Set(key.clone()),
+                value: Set(value.clone()),
+            })
+            .exec(conn)
+            .await?;
+        }
+    }
+    device::Entity::update_many()
+        .col_expr(device::Column::UpdatedAt, Expr::value(now))
+        .filter(device::Column::Id.eq(device.id))
+        .exec(conn)
+        .await?;
+    tx.audit(
+        ctx,
+        "device.inventory",
+        "device",
+        &device.id.to_string(),
+        json!({ "installed": changed_components, "attributes": changed_attributes }),
+    )
+    .await?;
+    tx.commit().await?;
+    get_unchecked(&app.db, device.id).await
+}
+
+// ---------------------------------------------------------------------------
+// Reading.
+
+pub(crate) async fn find(conn: &impl ConnectionTrait, id: Uuid) -> Result<device::Model> {
+    device::Entity::find_by_id(id).one(conn).await?.ok_or_else(|| Error::not_found("device", id.to_string()))
+}
+
+/// Models, attributes and installed versions of many devices, in a fixed
+/// number of queries (three, whatever the page size).
+async fn attach(conn: &impl ConnectionTrait, rows: Vec<device::Model>) -> Result<Vec<Device>> {
+    let ids: Vec<Uuid> = rows.iter().map(|d| d.id).collect();
+    let mut attributes: HashMap<Uuid, BTreeMap<String, String>> = HashMap::new();
+    let mut installed: HashMap<Uuid, BTreeMap<String, Installed>> = HashMap::new();
+    let mut models: HashMap<Uuid, DeviceModel> = HashMap::new();
+    if !ids.is_empty() {
+        for a in device_attribute::Entity::find()
+            .filter(device_attribute::Column::DeviceId.is_in(ids.iter().copied()))
+            .all(conn)
+            .await?
+        {
+            attributes.entry(a.device_id).or_default().insert(a.key, a.value);
+        }
+        for i in device_installed::Entity::find()
+            .filter(device_installed::Column::DeviceId.is_in(ids.iter().copied()))
+            .all(conn)
+            .await?
+        {
+            installed
+                .entry(i.device_id)
+                .or_default()
+                .insert(i.component, Installed { version: i.version, reported_at: i.reported_at });
+        }
+        let model_ids: BTreeSet<Uuid> = rows.iter().map(|d| d.model_id).collect();
+        for m in entity::device_model::Entity::find()
+            .filter(entity::device_model::Column::Id.is_in(model_ids))
+            .all(conn)
+            .await?
+        {
+            models.insert(m.id, m);
+        }
+    }
+    rows.into_iter()
+        .map(|row| {
+            Ok(Device {
+                status: DeviceStatus::parse(&row.status)?,
+                model: models
+                    .get(&row.model_id)
+                    .cloned()
+                    .ok_or_else(|| Error::internal(anyhow::anyhow!("device {} has no model", row.id)))?,
+                attributes: attributes.remove(&row.id).unwrap_or_default(),
+                installed: installed.remove(&row.id).unwrap_or_default(),
+                row,
+            })
+        })
+        .collect()
+}
+
+/// The calling device itself (the device API).
+pub async fn me(app: &App, ctx: &Ctx) -> Result<Device> {
+    let device = ctx.require_device()?;
+    get_unchecked(&app.db, device.id).await
+}
+
+pub(crate) async fn get_unchecked(conn: &impl ConnectionTrait, id: Uuid) -> Result<Device> {
+    let row = find(conn, id).await?;
+    Ok(attach(conn, vec![row]).await?.remove(0))
+}
+
+pub async fn get(app: &App, ctx: &Ctx, id: Uuid) -> Result<Device> {
+    ctx.require(Permission::DeviceRead)?;
+    get_unchecked(&app.db, id).await
+}
+
+pub async fn get_by_endpoint_id(app: &App, ctx: &Ctx, endpoint_id: &str) -> Result<Device> {
+    ctx.require(Permission::DeviceRead)?;
+    let row = device::Entity::find()
+        .filter(device::Column::EndpointId.eq(endpoint_id))
+        .one(&app.db)
+        .await?
+        .ok_or_else(|| Error::not_found("device", endpoint_id))?;
+    Ok(attach(&app.db, vec![row]).await?.remove(0))
+}
+
+/// How a filter compares a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterOp {
+    Equals,
+    In,
+    Exists,
+    Prefix,
+}
+
+#[derive(Clone, Debug)]
+pub struct ValueFilter {
+    /// The attribute key, or the component.
+    pub name: String,
+    pub op: FilterOp,
+    /// For EQUALS and PREFIX.
+    pub value: Option<String>,
+    /// For IN.
+    pub values: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DeviceFilter {
+    pub model: Option<Uuid>,
+    pub status: Option<DeviceStatus>,
+    pub attributes: Vec<ValueFilter>,
+    pub installed: Vec<ValueFilter>,
+    pub last_seen_before: Option<DateTime<Utc>>,
+    pub last_seen_after: Option<DateTime<Utc>>,
+    /// Part of the endpoint id or serial, any case.
+    pub search: Option<String>,
+    /// Members of this group.
+    pub group: Option<Uuid>,
+    /// Only devices in this set (a group's members), as a subquery.
+    pub within: Option<sea_orm::sea_query::SelectStatement>,
+}
+
+fn like_escape(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}
+
+/// One value filter as an `id IN (subquery)` condition.
+fn value_condition(filter: &ValueFilter, attributes: bool) -> Result<sea_orm::sea_query::SimpleExpr> {
+    let field = if attributes { "attribute" } else { "installedVersion" };
+    let need =
+        |v: &Option<String>| v.clone().ok_or_else(|| Error::invalid(field, format!("{:?} needs a value", filter.op)));
+    macro_rules! subquery {
+        ($entity:ident, $name:ident, $value:ident) => {{
+            let mut q = $entity::Entity::find()
+                .select_only()
+                .column($entity::Column::DeviceId)
+                .filter($entity::Column::$name.eq(filter.name.as_str()));
+            q = match filter.op {
+                FilterOp::Equals => q.filter($entity::Column::$value.eq(need(&filter.value)?)),
+                FilterOp::In => {
+                    if filter.values.is_empty() {
+                        return Err(Error::invalid(field, "IN needs values"));
+                    }
+                    q.filter($entity::Column::$value.is_in(filter.values.clone()))
+                }
+                FilterOp::Exists => q,
+                FilterOp::Prefix => q.filter(
+                    Expr::col($entity::Column::$value)
+                        .like(LikeExpr::new(format!("{}%", like_escape(&need(&filter.value)?))).escape('\\')),
+                ),
+            };
+            device::Column::Id.in_subquery(q.into_query())
+        }};
+    }
+    Ok(if attributes {
+        subquery!(device_attribute, Key, Value)
+    } else {
+        subquery!(device_installed, Component, Version)
+    })
+}
+
+/// The SQL condition of a filter (shared with dynamic groups).
+pub(crate) fn condition(filter: &DeviceFilter) -> Result<Condition> {
+    let mut condition = Condition::all();
+    if let Some(model) = filter.model {
+        condition = condition.add(device::Column::ModelId.eq(model));
+    }
+    if let Some(status) = filter.status {
+        condition = condition.add(device::Column::Status.eq(status.as_str()));
+    }
+    for f in &filter.attributes {
+        condition = condition.add(value_condition(f, true)?);
+    }
+    for f in &filter.installed {
+        condition = condition.add(value_condition(f, false)?);
+    }
+    if let Some(before) = filter.last_seen_before {
+        condition = condition.add(device::Column::LastSeenAt.lt(before));
+    }
+    if let Some(after) = filter.last_seen_after {
+        condition = condition.add(device::Column::LastSeenAt.gte(after));
+    }
+    if let Some(search) = filter.search.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        let pattern = format!("%{}%", like_escape(&search.to_lowercase()));
+        condition = condition.add(
+            Condition::any()
+                .add(
+                    Func::lower(Expr::col(device::Column::EndpointId))
+                        .like(LikeExpr::new(pattern.clone()).escape('\\')),
+                )
+                .add(Func::lower(Expr::col(device::Column::Serial)).like(LikeExpr::new(pattern).escape('\\'))),
+        );
+    }
+    if let Some(within) = &filter.within {
+        condition = condition.add(device::Column::Id.in_subquery(within.clone()));
+    }
+    Ok(condition)
+}
+
+const CURSOR_KIND: &str = "device";
+
+/// Newest first; a fixed number of queries per page.
+pub async fn list(
+    app: &App,
+    ctx: &Ctx,
+    filter: &DeviceFilter,
+    first: Option<i32>,
+    after: Option<&str>,
+) -> Result<Page<Device>> {
+    ctx.require(Permission::DeviceRead)?;
+    match filter.group {
+        Some(group) => {
+            let within = crate::service::group::members_of(&app.db, group).await?;
+            let filter = DeviceFilter { within: Some(within), group: None, ..filter.clone() };
+            list_unchecked(&app.db, &filter, first, after).await
+        }
+        None => list_unchecked(&app.db, filter, first, after).await,
+    }
+}
+
+pub(crate) async fn list_unchecked(
+    conn: &impl ConnectionTrait,
+    filter: &DeviceFilter,
+    first: Option<i32>,
+    after: Option<&str>,
+) -> Result<Page<Device>> {
+    let page = PageRequest::parse_uuid(CURSOR_KIND, first, after)?;
+    let condition = condition(filter)?;
+    let total_count = device::Entity::find().filter(condition.clone()).count(conn).await?;
+    let mut query = device::Entity::find().filter(condition);
+    if let Some(after) = page.after {
+        query = query.filter(device::Column::Id.lt(after));
+    }
+    let mut rows = query.order_by_desc(device::Column::Id).limit(page.first + 1).all(conn).await?;
+    let has_next_page = rows.len() as u64 > page.first;
+    rows.truncate(usize::try_from(page.first).unwrap_or(usize::MAX));
+    let items = attach(conn, rows).await?;
+    Ok(Page {
+        items: items.into_iter().map(|d| (cursor(CURSOR_KIND, d.row.id), d)).collect(),
+        has_next_page,
+        total_count,
+    })
+}
