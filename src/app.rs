@@ -31,6 +31,8 @@ pub struct App(Arc<Inner>);
 pub struct Inner {
     pub config: Config,
     pub db: DatabaseConnection,
+    /// Statements run on `db` (tests count a request's queries with it).
+    pub db_queries: crate::db::QueryCounter,
     pub jwt: JwtAuth,
     /// Signs and checks upload and download URLs.
     pub signer: UrlSigner,
@@ -56,7 +58,7 @@ impl std::ops::Deref for App {
 impl App {
     /// Connect to everything the config names. Does not run migrations.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let db = crate::db::connect(&config).await?;
+        let (db, db_queries) = crate::db::connect_counted(&config).await?;
         let jwt = JwtAuth::from_config(&config.auth, &config.data_dir)?;
         let signer = UrlSigner::new(if config.auth.url_secret.is_empty() {
             crate::auth::secret::load_or_generate(
@@ -87,6 +89,7 @@ impl App {
         Ok(Self(Arc::new(Inner {
             config,
             db,
+            db_queries,
             jwt,
             signer,
             manifest_signer,

@@ -5,6 +5,8 @@
 //! reads and concurrent writers queue on the busy timeout instead of failing
 //! with SQLITE_BUSY halfway; on PostgreSQL it is a plain transaction.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -18,6 +20,11 @@ use sea_orm::{
 use crate::config::Config;
 
 pub async fn connect(config: &Config) -> anyhow::Result<DatabaseConnection> {
+    Ok(connect_counted(config).await?.0)
+}
+
+/// Connect, counting every statement.
+pub async fn connect_counted(config: &Config) -> anyhow::Result<(DatabaseConnection, QueryCounter)> {
     if config.is_sqlite() {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
@@ -37,9 +44,30 @@ pub async fn connect(config: &Config) -> anyhow::Result<DatabaseConnection> {
                 .busy_timeout(busy_timeout)
                 .create_if_missing(true)
         });
-    let db =
+    let mut db =
         Database::connect(options).await.with_context(|| "connecting to the database (database.url)".to_string())?;
-    Ok(db)
+    let counter = QueryCounter::default();
+    let count = counter.0.clone();
+    db.set_metric_callback(move |info| {
+        count.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("db_queries_total").increment(1);
+        if info.failed {
+            metrics::counter!("db_query_errors_total").increment(1);
+        }
+        metrics::histogram!("db_query_duration_seconds").record(info.elapsed.as_secs_f64());
+    });
+    Ok((db, counter))
+}
+
+/// Statements run on one connection pool since it was opened (also
+/// exported as `db_queries_total`): tests count the queries of a request.
+#[derive(Clone, Debug, Default)]
+pub struct QueryCounter(Arc<AtomicU64>);
+
+impl QueryCounter {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 pub async fn migrate_up(db: &DatabaseConnection) -> anyhow::Result<()> {

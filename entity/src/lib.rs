@@ -10,6 +10,7 @@ pub mod device_group;
 pub mod device_group_member;
 pub mod device_installed;
 pub mod device_model;
+pub mod enrollment_token;
 pub mod job;
 pub mod package;
 pub mod package_file;

@@ -16,6 +16,7 @@ mod m20261130_000005_create_device_model;
 mod m20261130_000006_create_package;
 mod m20261130_000007_create_device;
 mod m20261130_000008_create_device_group;
+mod m20261130_000009_create_enrollment_token;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000006_create_package::Migration),
             Box::new(m20261130_000007_create_device::Migration),
             Box::new(m20261130_000008_create_device_group::Migration),
+            Box::new(m20261130_000009_create_enrollment_token::Migration),
         ]
     }
 }

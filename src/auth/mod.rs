@@ -35,6 +35,8 @@ pub struct DeviceActor {
     pub model_id: uuid::Uuid,
     /// False while the device awaits an operator's approval.
     pub approved: bool,
+    /// The gateway whose credential acts for this device, if one does.
+    pub via_gateway: Option<uuid::Uuid>,
 }
 
 #[derive(Clone, Debug)]

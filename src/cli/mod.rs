@@ -13,6 +13,8 @@ use migration::{Migrator, MigratorTrait};
 
 use crate::config::{Config, LogFormat};
 
+mod devices;
+
 #[derive(Parser, Debug)]
 #[command(name = "otadepot", version, about = "Over-the-air update server for IoT device fleets")]
 pub struct Cli {
@@ -50,6 +52,29 @@ pub enum Command {
     Packages {
         #[command(subcommand)]
         action: PackagesAction,
+    },
+    /// Devices.
+    Devices {
+        #[command(subcommand)]
+        action: DevicesAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DevicesAction {
+    /// Register devices from a CSV file with the columns endpoint_id, model
+    /// (both required), serial, gateway and attr.<key>; batches of up to
+    /// 10,000 rows, each all or nothing.
+    Import {
+        /// The CSV file (a header row first).
+        file: PathBuf,
+        /// Where the devices' secrets go (endpoint_id,device_id,secret); must
+        /// not exist yet. They are shown this once.
+        #[arg(long)]
+        secrets_out: PathBuf,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
     },
 }
 
@@ -110,6 +135,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             issue_token(config, &subject, &roles, ttl).await
         }
         Command::Packages { action: PackagesAction::Reindex } => reindex_packages(config).await,
+        Command::Devices { action: DevicesAction::Import { file, secrets_out, batch } } => {
+            let app = crate::app::App::build(config).await?;
+            if app.config.database.migrate_on_start {
+                crate::db::migrate_up(&app.db).await?;
+            }
+            let count = devices::import(&app, &file, &secrets_out, batch).await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "imported {count} device(s); secrets in {}", secrets_out.display())?;
+            Ok(())
+        }
         Command::Schema => Ok(()),
     }
 }

@@ -272,6 +272,78 @@ impl DeviceFilter {
     }
 }
 
+#[derive(SimpleObject)]
+pub struct EnrollmentToken {
+    id: ID,
+    name: String,
+    /// Only devices of this model may enroll with it (any, when null).
+    model: Option<DeviceModel>,
+    expires_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+    created_by: String,
+    created_at: DateTime<Utc>,
+}
+
+impl From<crate::service::enrollment::EnrollmentToken> for EnrollmentToken {
+    fn from(t: crate::service::enrollment::EnrollmentToken) -> Self {
+        let r = t.row;
+        Self {
+            id: ID(r.id.to_string()),
+            name: r.name,
+            model: t.model.map(Into::into),
+            expires_at: r.expires_at,
+            revoked_at: r.revoked_at,
+            created_by: r.created_by,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(InputObject)]
+pub struct CreateEnrollmentTokenInput {
+    name: String,
+    /// Limit it to devices of this model (id or name).
+    model: Option<ID>,
+    /// Lifetime (60 s to a year); without one it lasts until revoked.
+    expires_in_seconds: Option<i64>,
+}
+
+/// The token, shown this once: devices enroll at `POST /device/v1/enroll`
+/// with `Authorization: Bearer <token>`.
+#[derive(SimpleObject)]
+pub struct CreateEnrollmentTokenPayload {
+    enrollment_token: EnrollmentToken,
+    token: String,
+}
+
+#[derive(SimpleObject)]
+pub struct EnrollmentTokenPayload {
+    enrollment_token: EnrollmentToken,
+}
+
+#[derive(InputObject)]
+pub struct EnrollmentTokenIdInput {
+    id: ID,
+}
+
+#[derive(InputObject)]
+pub struct DevicesInput {
+    /// Device ids or endpoint ids.
+    devices: Vec<ID>,
+}
+
+#[derive(SimpleObject)]
+pub struct DevicesPayload {
+    devices: Vec<Device>,
+}
+
+#[derive(InputObject)]
+pub struct SetDeviceGatewayInput {
+    device: ID,
+    /// The gateway (device id or endpoint id); null removes it.
+    gateway: Option<String>,
+}
+
 #[derive(Default)]
 pub struct DeviceQuery;
 
@@ -283,6 +355,18 @@ impl DeviceQuery {
 
     async fn device_by_endpoint_id(&self, ctx: &Context<'_>, endpoint_id: String) -> Result<Device> {
         Ok(service::get_by_endpoint_id(app(ctx), caller(ctx), &endpoint_id).await?.into())
+    }
+
+    /// Newest first.
+    #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
+    async fn enrollment_tokens(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Conn<EnrollmentToken>> {
+        let page = crate::service::enrollment::list(app(ctx), caller(ctx), first, after.as_deref()).await?;
+        Ok(from_page(page, after.is_some(), EnrollmentToken::from))
     }
 
     /// Newest first.
@@ -327,6 +411,60 @@ impl DeviceMutation {
         input: DeviceIdInput,
     ) -> Result<DeviceCredentialPayload> {
         Ok(service::rotate_credential(app(ctx), caller(ctx), parse_id("id", &input.id)?).await?.into())
+    }
+
+    /// A token with which devices enroll themselves (as PENDING).
+    async fn create_enrollment_token(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateEnrollmentTokenInput,
+    ) -> Result<CreateEnrollmentTokenPayload> {
+        let (token, secret) = crate::service::enrollment::create(
+            app(ctx),
+            caller(ctx),
+            &input.name,
+            input.model.map(|m| m.0),
+            input.expires_in_seconds,
+        )
+        .await?;
+        Ok(CreateEnrollmentTokenPayload { enrollment_token: token.into(), token: secret })
+    }
+
+    /// Devices can no longer enroll with it (enrolled ones stay).
+    async fn revoke_enrollment_token(
+        &self,
+        ctx: &Context<'_>,
+        input: EnrollmentTokenIdInput,
+    ) -> Result<EnrollmentTokenPayload> {
+        let id = parse_id_of("id", "enrollment token", &input.id)?;
+        let token = crate::service::enrollment::revoke(app(ctx), caller(ctx), id).await?;
+        Ok(EnrollmentTokenPayload { enrollment_token: token.into() })
+    }
+
+    /// PENDING (enrolled) devices become REGISTERED; all or none.
+    async fn approve_devices(&self, ctx: &Context<'_>, input: DevicesInput) -> Result<DevicesPayload> {
+        let refs = input.devices.into_iter().map(|d| d.0).collect();
+        let devices = crate::service::enrollment::decide(app(ctx), caller(ctx), refs, true).await?;
+        Ok(DevicesPayload { devices: devices.into_iter().map(Into::into).collect() })
+    }
+
+    /// PENDING devices become REJECTED: their credential never works.
+    async fn reject_devices(&self, ctx: &Context<'_>, input: DevicesInput) -> Result<DevicesPayload> {
+        let refs = input.devices.into_iter().map(|d| d.0).collect();
+        let devices = crate::service::enrollment::decide(app(ctx), caller(ctx), refs, false).await?;
+        Ok(DevicesPayload { devices: devices.into_iter().map(Into::into).collect() })
+    }
+
+    /// Let a gateway act for this device on the device API (or stop it).
+    async fn set_device_gateway(&self, ctx: &Context<'_>, input: SetDeviceGatewayInput) -> Result<DevicePayload> {
+        let device = crate::service::device::set_gateway(
+            app(ctx),
+            caller(ctx),
+            parse_id("device", &input.device)?,
+            input.gateway,
+        )
+        .await?;
+        Ok(DevicePayload { device: device.into() })
     }
 
     /// For good: the credential stops working.

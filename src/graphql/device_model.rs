@@ -127,7 +127,7 @@ impl DeviceModelMutation {
         Ok(service::update(app(ctx), caller(ctx), changes).await?.into())
     }
 
-    /// Refused (CONFLICT) while a package uses the model.
+    /// Refused (CONFLICT) while a package, a device or a group uses the model.
     async fn delete_device_model(
         &self,
         ctx: &Context<'_>,

@@ -61,6 +61,7 @@ pub fn router(app: App, schema: ApiSchema) -> Router {
         .route("/.well-known/otadepot/keys", get(keys::get))
         .route("/device/v1/device", get(device::me))
         .route("/device/v1/inventory", axum::routing::post(device::inventory))
+        .route("/device/v1/enroll", axum::routing::post(device::enroll))
         .route("/repo/sha256/{sha256}", get(repository::by_hash))
         .route("/repo/{id}/{name}", get(repository::by_id))
         .route(

@@ -35,8 +35,7 @@ async fn access(state: &HttpState, headers: &HeaderMap, signature: Signature) ->
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| Error::Unauthenticated("a signed URL or a bearer token is required".into()))?;
     if crate::service::device::is_device_secret(token.trim()) {
-        let ctx = crate::service::device::authenticate(&state.app, token.trim(), request_id(headers)).await?;
-        return Ok(DownloadAccess::Caller(ctx));
+        return Ok(DownloadAccess::Caller(super::device::device_ctx(state, headers).await?));
     }
     let user = crate::auth::authenticate_operator(&state.app, token.trim()).await?;
     Ok(DownloadAccess::Caller(Ctx::new(Actor::User(user), request_id(headers))))

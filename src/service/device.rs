@@ -153,6 +153,7 @@ pub async fn authenticate(app: &App, secret: &str, request_id: Option<String>) -
         endpoint_id: row.endpoint_id.clone(),
         model_id: row.model_id,
         approved: status != DeviceStatus::Pending,
+        via_gateway: None,
     };
     let ctx = Ctx::new(Actor::Device(actor), request_id);
     touch(app, &ctx, &row, status).await;
@@ -206,6 +207,78 @@ async fn touch(app: &App, ctx: &Ctx, row: &device::Model, status: DeviceStatus) 
     if let Err(err) = result {
         tracing::warn!(device = %row.id, error = %err, "could not record that the device was seen");
     }
+}
+
+/// A gateway acting for one of its sub-devices (named by endpoint id): the
+/// sub-device's context, or NOT_FOUND when it is not this gateway's (so a
+/// gateway learns nothing of other devices).
+pub async fn act_for(app: &App, gateway: &Ctx, endpoint_id: &str) -> Result<Ctx> {
+    let acting = gateway.require_device()?;
+    let not_found = || Error::not_found("device", endpoint_id);
+    let row = device::Entity::find()
+        .filter(device::Column::EndpointId.eq(endpoint_id))
+        .filter(device::Column::GatewayId.eq(acting.id))
+        .one(&app.db)
+        .await?
+        .ok_or_else(not_found)?;
+    let status = DeviceStatus::parse(&row.status)?;
+    if matches!(status, DeviceStatus::Decommissioned | DeviceStatus::Rejected) {
+        return Err(not_found());
+    }
+    let actor = DeviceActor {
+        id: row.id,
+        endpoint_id: row.endpoint_id.clone(),
+        model_id: row.model_id,
+        approved: status != DeviceStatus::Pending,
+        via_gateway: Some(acting.id),
+    };
+    let ctx = Ctx::new(Actor::Device(actor), gateway.request_id.clone());
+    touch(app, &ctx, &row, status).await;
+    Ok(ctx)
+}
+
+/// Make `gateway` (or none) the gateway of `id`.
+pub async fn set_gateway(app: &App, ctx: &Ctx, id: Uuid, gateway: Option<String>) -> Result<Device> {
+    ctx.require(Permission::DeviceWrite)?;
+    let mut tx = WriteTx::begin(app).await?;
+    let current = find(tx.conn(), id).await?;
+    let gateway = match gateway.as_deref().map(str::trim).filter(|g| !g.is_empty()) {
+        None => None,
+        Some(reference) => {
+            let g = find_by_ref(tx.conn(), reference)
+                .await?
+                .ok_or_else(|| Error::invalid("gateway", format!("no device {reference}")))?;
+            if g.id == id {
+                return Err(Error::invalid("gateway", "a device cannot be its own gateway"));
+            }
+            if g.gateway_id == Some(id) {
+                return Err(Error::invalid(
+                    "gateway",
+                    format!("{} is a sub-device of {}", g.endpoint_id, current.endpoint_id),
+                ));
+            }
+            if matches!(DeviceStatus::parse(&g.status)?, DeviceStatus::Decommissioned | DeviceStatus::Rejected) {
+                return Err(Error::invalid("gateway", format!("device {} is {}", g.endpoint_id, g.status)));
+            }
+            Some(g)
+        }
+    };
+    device::Entity::update_many()
+        .col_expr(device::Column::GatewayId, Expr::value(gateway.as_ref().map(|g| g.id)))
+        .col_expr(device::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(device::Column::Id.eq(id))
+        .exec(tx.conn())
+        .await?;
+    tx.audit(
+        ctx,
+        "device.set_gateway",
+        "device",
+        &id.to_string(),
+        json!({ "endpoint_id": current.endpoint_id, "gateway": gateway.as_ref().map(|g| &g.endpoint_id) }),
+    )
+    .await?;
+    tx.commit().await?;
+    get_unchecked(&app.db, id).await
 }
 
 // ---------------------------------------------------------------------------
@@ -274,7 +347,13 @@ pub struct Registered {
 }
 
 pub async fn register(app: &App, ctx: &Ctx, input: NewDevice) -> Result<Registered> {
-    match register_many(app, ctx, vec![input]).await {
+    ctx.require(Permission::DeviceWrite)?;
+    register_one(app, ctx, input, DeviceStatus::Registered).await
+}
+
+/// One device, its row error as a plain error.
+pub(crate) async fn register_one(app: &App, ctx: &Ctx, input: NewDevice, status: DeviceStatus) -> Result<Registered> {
+    match insert_devices(app, ctx, vec![input], status).await {
         Ok(mut registered) => Ok(registered.remove(0)),
         // One row: its error as a plain one.
         Err(Error::Rows { rows }) => {
@@ -295,6 +374,17 @@ pub async fn register(app: &App, ctx: &Ctx, input: NewDevice) -> Result<Register
 /// none with every bad row named (`Error::Rows`).
 pub async fn register_many(app: &App, ctx: &Ctx, inputs: Vec<NewDevice>) -> Result<Vec<Registered>> {
     ctx.require(Permission::DeviceWrite)?;
+    insert_devices(app, ctx, inputs, DeviceStatus::Registered).await
+}
+
+/// The registration itself, for callers that authorized it (an operator, or
+/// an enrollment token for one PENDING device).
+pub(crate) async fn insert_devices(
+    app: &App,
+    ctx: &Ctx,
+    inputs: Vec<NewDevice>,
+    status: DeviceStatus,
+) -> Result<Vec<Registered>> {
     if inputs.is_empty() {
         return Err(Error::invalid("devices", "at least one device"));
     }
@@ -402,7 +492,7 @@ pub async fn register_many(app: &App, ctx: &Ctx, inputs: Vec<NewDevice>) -> Resu
             endpoint_id: row.endpoint_id.clone(),
             serial: row.serial.clone(),
             model_id: model.id,
-            status: DeviceStatus::Registered.as_str().to_owned(),
+            status: status.as_str().to_owned(),
             credential_hash: hash,
             credential_rotated_at: now,
             gateway_id: gateways[i],
@@ -420,7 +510,7 @@ pub async fn register_many(app: &App, ctx: &Ctx, inputs: Vec<NewDevice>) -> Resu
         registered.push(Registered {
             device: Device {
                 row: model_row,
-                status: DeviceStatus::Registered,
+                status,
                 model,
                 attributes: row.attributes.into_iter().collect(),
                 installed: BTreeMap::new(),
@@ -440,7 +530,9 @@ pub async fn register_many(app: &App, ctx: &Ctx, inputs: Vec<NewDevice>) -> Resu
         device_attribute::Entity::insert_many(chunk).exec(conn).await?;
     }
     let endpoint_ids: Vec<&str> = registered.iter().map(|r| r.device.row.endpoint_id.as_str()).collect();
-    let (action, object_id) = if registered.len() == 1 {
+    let (action, object_id) = if status == DeviceStatus::Pending {
+        ("device.enroll", registered[0].device.row.id.to_string())
+    } else if registered.len() == 1 {
         ("device.register", registered[0].device.row.id.to_string())
     } else {
         ("device.register_batch", String::new())
@@ -702,9 +794,11 @@ async fn attach(conn: &impl ConnectionTrait, rows: Vec<device::Model>) -> Result
         .collect()
 }
 
-/// The calling device itself (the device API).
+/// The calling device itself (the device API; a PENDING device may ask).
 pub async fn me(app: &App, ctx: &Ctx) -> Result<Device> {
-    let device = ctx.require_device()?;
+    let Actor::Device(device) = &ctx.actor else {
+        return Err(Error::Unauthenticated("a device credential is required".into()));
+    };
     get_unchecked(&app.db, device.id).await
 }
 

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod content;
 pub mod device;
 pub mod device_model;
+pub mod enrollment;
 pub mod group;
 pub mod package;
 pub mod pagination;

@@ -331,6 +331,48 @@ fn table() -> Vec<Entry> {
             variables: || json!({"id": ZERO}),
         },
         Entry {
+            root: Query,
+            field: "enrollmentTokens",
+            needs: Permission("DEVICE_READ"),
+            operation: "{ enrollmentTokens { totalCount } }",
+            variables: || json!({}),
+        },
+        Entry {
+            root: Mutation,
+            field: "createEnrollmentToken",
+            needs: Permission("DEVICE_WRITE"),
+            operation: "mutation { createEnrollmentToken(input: {name: \"factory\"}) { token } }",
+            variables: || json!({}),
+        },
+        Entry {
+            root: Mutation,
+            field: "revokeEnrollmentToken",
+            needs: Permission("DEVICE_WRITE"),
+            operation: "mutation($id: ID!) { revokeEnrollmentToken(input: {id: $id}) { enrollmentToken { id } } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Mutation,
+            field: "approveDevices",
+            needs: Permission("DEVICE_WRITE"),
+            operation: "mutation($id: ID!) { approveDevices(input: {devices: [$id]}) { devices { id } } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Mutation,
+            field: "rejectDevices",
+            needs: Permission("DEVICE_WRITE"),
+            operation: "mutation($id: ID!) { rejectDevices(input: {devices: [$id]}) { devices { id } } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Mutation,
+            field: "setDeviceGateway",
+            needs: Permission("DEVICE_WRITE"),
+            operation: "mutation($id: ID!) { setDeviceGateway(input: {device: $id}) { device { id } } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
             root: Subscription,
             field: "auditEventAdded",
             needs: Permission("AUDIT_READ"),
@@ -373,6 +415,7 @@ const TABLES: &[&str] = &[
     "device_installed",
     "device_group",
     "device_group_member",
+    "enrollment_token",
 ];
 
 async fn snapshot(app: &TestApp) -> (Vec<i64>, Value) {

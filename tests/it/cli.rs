@@ -31,6 +31,7 @@ async fn help_is_there_for_every_command() {
         &["schema", "--help"],
         &["token", "issue", "--help"],
         &["packages", "reindex", "--help"],
+        &["devices", "import", "--help"],
     ] {
         let output = Command::new(binary()).args(args).output().unwrap();
         assert!(output.status.success(), "{args:?}");
@@ -212,4 +213,83 @@ async fn sigterm_finishes_in_flight_requests_then_exits_cleanly() {
         "request id in the request's log lines: {logs}"
     );
     assert!(!logs.contains(JWT_SECRET), "no secret in the logs");
+}
+
+#[tokio::test]
+async fn devices_import_registers_a_fleet_from_csv_and_writes_the_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database_url(dir.path()).await;
+    let run = |args: &[&str]| {
+        Command::new(binary())
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("OTADEPOT_DATA_DIR", dir.path())
+            .env("OTADEPOT_DATABASE__URL", &url)
+            .env("OTADEPOT_AUTH__JWT_SECRET", JWT_SECRET)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["migrate", "up"]).status.success());
+    let db = sea_orm::Database::connect(&url).await.unwrap();
+    let now = chrono::Utc::now();
+    sea_orm::ActiveModelTrait::insert(
+        entity::device_model::ActiveModel {
+            id: sea_orm::Set(uuid::Uuid::now_v7()),
+            name: sea_orm::Set("X100".into()),
+            manufacturer: sea_orm::Set(None),
+            description: sea_orm::Set(None),
+            created_by: sea_orm::Set("test".into()),
+            created_at: sea_orm::Set(now),
+            updated_at: sea_orm::Set(now),
+        },
+        &db,
+    )
+    .await
+    .unwrap();
+
+    let mut csv = String::from("endpoint_id,model,serial,gateway,attr.region\n");
+    csv.push_str("gw-0000,X100,SN-0,,eu\n");
+    for i in 1..1000 {
+        csv.push_str(&format!(
+            "dev-{i:04},X100,SN-{i},{},{}\n",
+            if i % 10 == 0 { "gw-0000" } else { "" },
+            if i % 2 == 0 { "eu" } else { "us" }
+        ));
+    }
+    std::fs::write(dir.path().join("fleet.csv"), csv).unwrap();
+    let output = run(&["devices", "import", "fleet.csv", "--secrets-out", "secrets.csv", "--batch", "300"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("imported 1000 device(s)"));
+    let secrets = std::fs::read_to_string(dir.path().join("secrets.csv")).unwrap();
+    assert_eq!(secrets.lines().count(), 1001);
+    assert!(secrets.lines().nth(1).unwrap().starts_with("gw-0000,"));
+    assert!(secrets.lines().skip(1).all(|l| l.split(',').nth(2).is_some_and(|s| s.starts_with("otd_"))));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(dir.path().join("secrets.csv")).unwrap().permissions().mode() & 0o777, 0o600);
+    let count = |sql: &str| {
+        let db = &db;
+        let sql = sql.to_owned();
+        async move { crate::support::query_i64(db, &sql).await }
+    };
+    assert_eq!(count("SELECT COUNT(*) AS n FROM device").await, 1000);
+    assert_eq!(count("SELECT COUNT(*) AS n FROM device WHERE gateway_id IS NOT NULL").await, 99);
+    assert_eq!(count("SELECT COUNT(*) AS n FROM device_attribute WHERE key = 'region' AND value = 'eu'").await, 500);
+
+    // A bad file: every bad line named, nothing of its batch written.
+    std::fs::write(
+        dir.path().join("bad.csv"),
+        "endpoint_id,model\nnew-1,X100\nnew-2,X100\nnew-3,X100\ndev-0001,X100\nnew-5,X100\nnew-6,NOPE\n",
+    )
+    .unwrap();
+    let output = run(&["devices", "import", "bad.csv", "--secrets-out", "bad-secrets.csv"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 5 (dev-0001)") && stderr.contains("line 7 (new-6)"), "{stderr}");
+    assert_eq!(count("SELECT COUNT(*) AS n FROM device").await, 1000);
+    // The secrets file is never overwritten.
+    let output = run(&["devices", "import", "fleet.csv", "--secrets-out", "secrets.csv"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("must not exist"));
 }

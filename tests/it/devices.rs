@@ -391,3 +391,203 @@ async fn a_device_downloads_only_files_of_packages_for_its_model() {
     assert_eq!(get(s, file).await.status(), StatusCode::NOT_FOUND, "another model's device");
     assert_eq!(get(x, other).await.status(), StatusCode::NOT_FOUND, "not a package file");
 }
+
+#[tokio::test]
+async fn a_page_of_devices_costs_the_same_queries_for_10_or_100_devices() {
+    // No background workers: only the requests below touch the database.
+    let app = TestApp::start_with(|c| c.jobs.in_process = false).await;
+    model(&app, "X100").await;
+    let rows: Vec<Value> = (0..150)
+        .map(|i| {
+            json!({"endpointId": format!("d{i:03}"), "model": "X100",
+                   "attributes": [{"key": "region", "value": if i % 2 == 0 { "eu" } else { "us" }}, {"key": "rack", "value": format!("r{i}")}]})
+        })
+        .collect();
+    let out = app.operator("device_admin").ok(REGISTER_MANY, json!({"d": rows})).await["registerDevices"].clone();
+    for d in out["devices"].as_array().unwrap().iter().take(120) {
+        inventory(&app, d["secret"].as_str().unwrap(), json!({"installed": {"firmware": "1.0.0", "agent": "2.0"}}))
+            .await;
+    }
+    let ids: Vec<Value> = out["devices"].as_array().unwrap().iter().map(|d| d["device"]["id"].clone()).collect();
+    let op = app.operator("device_admin");
+    let st = op.ok(CREATE_GROUP, json!({"i": {"name": "all", "model": "X100"}})).await["createDeviceGroup"]["deviceGroup"]["id"].clone();
+    op.ok(ADD, json!({"g": st, "d": ids})).await;
+    let dy = op
+        .ok(
+            CREATE_GROUP,
+            json!({"i": {"name": "eu", "model": "X100", "kind": "DYNAMIC",
+            "filter": {"attributes": [{"key": "region", "value": "eu"}]}}}),
+        )
+        .await["createDeviceGroup"]["deviceGroup"]["id"]
+        .clone();
+
+    let list = "query($f: DeviceFilter, $n: Int) { devices(filter: $f, first: $n) { totalCount edges { node {
+        endpointId status model { name } attributes { key value } installed { component version } } } } }";
+    let counter = app.server().app.db_queries.clone();
+    let viewer = app.operator("viewer");
+    let queries = |query: &'static str, variables: Value| {
+        let (counter, viewer) = (counter.clone(), &viewer);
+        async move {
+            let before = counter.get();
+            let data = viewer.ok(query, variables).await;
+            (counter.get() - before, data)
+        }
+    };
+    for filter in [
+        Value::Null,
+        json!({"model": "X100"}),
+        json!({"attribute": {"key": "region", "value": "eu"}}),
+        json!({"installedVersion": {"component": "firmware", "op": "PREFIX", "version": "1."}}),
+        json!({"group": st}),
+        json!({"group": dy}),
+        json!({"search": "d1"}),
+    ] {
+        let filter =
+            if filter.get("model").is_some() { json!({"model": model_id(&app, "X100").await}) } else { filter };
+        let (small, page) = queries(list, json!({"f": filter, "n": 10})).await;
+        assert_eq!(page["devices"]["edges"].as_array().unwrap().len(), 10, "{filter}");
+        let (large, page) = queries(list, json!({"f": filter, "n": 100})).await;
+        assert!(page["devices"]["edges"].as_array().unwrap().len() >= 50, "{filter}");
+        assert_eq!(small, large, "{filter}: 10 devices took {small} queries, 100 took {large}");
+        assert!(large <= 8, "{filter}: {large} queries for a page");
+    }
+    let group = "query($id: ID!, $n: Int) { deviceGroup(id: $id) { deviceCount devices(first: $n) { edges { node {
+        endpointId attributes { key } installed { version } model { name } } } } } }";
+    let (small, _) = queries(group, json!({"id": st, "n": 10})).await;
+    let (large, _) = queries(group, json!({"id": st, "n": 100})).await;
+    assert_eq!(small, large);
+}
+
+async fn model_id(app: &TestApp, name: &str) -> Value {
+    let models = app.operator("viewer").ok("{ deviceModels { edges { node { id name } } } }", json!({})).await;
+    models["deviceModels"]["edges"].as_array().unwrap().iter().find(|e| e["node"]["name"] == name).unwrap()["node"]["id"]
+        .clone()
+}
+
+async fn enroll(app: &TestApp, token: &str, body: Value) -> reqwest::Response {
+    app.client.post(app.url("/device/v1/enroll")).bearer_auth(token).json(&body).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn devices_enroll_with_a_token_and_wait_for_approval() {
+    let app = TestApp::start().await;
+    model(&app, "X100").await;
+    model(&app, "S200").await;
+    let op = app.operator("device_admin");
+    let created = op
+        .ok("mutation { createEnrollmentToken(input: {name: \"factory\", model: \"X100\", expiresInSeconds: 3600}) { token enrollmentToken { id model { name } expiresAt } } }", json!({}))
+        .await["createEnrollmentToken"]
+        .clone();
+    let token = created["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("ote_"));
+    assert_eq!(created["enrollmentToken"]["model"]["name"], "X100");
+
+    let response =
+        enroll(&app, &token, json!({"endpointId": "f1", "serial": "SN-F1", "attributes": {"batch": "7"}})).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let f1: Value = response.json().await.unwrap();
+    assert_eq!((f1["status"].as_str(), f1["model"].as_str()), (Some("PENDING"), Some("X100")));
+    let secret = f1["secret"].as_str().unwrap().to_owned();
+    // Pending: it may ask who it is, nothing else.
+    let me: Value = device_get(&app, &secret, "/device/v1/device").await.json().await.unwrap();
+    assert_eq!(me["status"], "PENDING");
+    assert_eq!(
+        inventory(&app, &secret, json!({"installed": {"firmware": "1.0"}})).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(count(&app, json!({"status": "PENDING"})).await, 1);
+
+    // The token's rules.
+    assert_eq!(
+        enroll(&app, &token, json!({"endpointId": "f9", "model": "S200"})).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(enroll(&app, &token, json!({"endpointId": "f1"})).await.status(), StatusCode::CONFLICT);
+    let operator = app.token_for("ops", &["admin"]);
+    for bad in [format!("{}x", &token[..token.len() - 1]), "ote_nonsense".into(), operator, secret.clone()] {
+        assert_eq!(enroll(&app, &bad, json!({"endpointId": "f8"})).await.status(), StatusCode::UNAUTHORIZED, "{bad}");
+    }
+
+    // Approved: a device like any other.
+    let approved =
+        op.ok("mutation { approveDevices(input: {devices: [\"f1\"]}) { devices { status } } }", json!({})).await;
+    assert_eq!(approved["approveDevices"]["devices"][0]["status"], "REGISTERED");
+    assert_eq!(inventory(&app, &secret, json!({"installed": {"firmware": "1.0"}})).await.status(), StatusCode::OK);
+    assert_eq!(
+        op.error_code("mutation { approveDevices(input: {devices: [\"f1\"]}) { devices { status } } }", json!({}))
+            .await,
+        "INVALID_STATE"
+    );
+
+    // Rejected: its credential never works.
+    let f2: Value = enroll(&app, &token, json!({"endpointId": "f2"})).await.json().await.unwrap();
+    op.ok("mutation { rejectDevices(input: {devices: [\"f2\"]}) { devices { status } } }", json!({})).await;
+    assert_eq!(
+        device_get(&app, f2["secret"].as_str().unwrap(), "/device/v1/device").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Revoked: no more enrollments.
+    op.ok(
+        "mutation($id: ID!) { revokeEnrollmentToken(input: {id: $id}) { enrollmentToken { revokedAt } } }",
+        json!({"id": created["enrollmentToken"]["id"]}),
+    )
+    .await;
+    assert_eq!(enroll(&app, &token, json!({"endpointId": "f3"})).await.status(), StatusCode::UNAUTHORIZED);
+    let events = app
+        .operator("auditor")
+        .ok(
+            "{ auditEvents(filter: {action: \"device.enroll\"}) { totalCount edges { node { actor { kind id } } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(events["auditEvents"]["totalCount"], 2);
+    assert_eq!(
+        events["auditEvents"]["edges"][0]["node"]["actor"],
+        json!({"kind": "system", "id": "enrollment:factory"})
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_acts_for_its_sub_devices_and_no_other() {
+    let app = TestApp::start().await;
+    model(&app, "X100").await;
+    let (_, gw) = register(&app, json!({"endpointId": "gw", "model": "X100"})).await;
+    let (_, sub) = register(&app, json!({"endpointId": "sub", "model": "X100", "gateway": "gw"})).await;
+    let (other_id, _) = register(&app, json!({"endpointId": "other", "model": "X100"})).await;
+    let as_gateway = |secret: &str, device: &str, path: &str| {
+        app.client.get(app.url(path)).bearer_auth(secret).header("x-device-id", device).send()
+    };
+
+    let me: Value = as_gateway(&gw, "sub", "/device/v1/device").await.unwrap().json().await.unwrap();
+    assert_eq!(me["endpointId"], "sub");
+    let response = app
+        .client
+        .post(app.url("/device/v1/inventory"))
+        .bearer_auth(&gw)
+        .header("x-device-id", "sub")
+        .json(&json!({"installed": {"firmware": "3.1"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(count(&app, json!({"installedVersion": {"component": "firmware", "version": "3.1"}})).await, 1);
+
+    for (secret, device) in [(&gw, "other"), (&gw, "nobody"), (&sub, "gw")] {
+        assert_eq!(
+            as_gateway(secret, device, "/device/v1/device").await.unwrap().status(),
+            StatusCode::NOT_FOUND,
+            "{device}"
+        );
+    }
+    let op = app.operator("device_admin");
+    let set =
+        "mutation($d: ID!, $g: String) { setDeviceGateway(input: {device: $d, gateway: $g}) { device { gatewayId } } }";
+    op.ok(set, json!({"d": other_id, "g": "gw"})).await;
+    assert_eq!(as_gateway(&gw, "other", "/device/v1/device").await.unwrap().status(), StatusCode::OK);
+    op.ok(set, json!({"d": other_id, "g": null})).await;
+    assert_eq!(as_gateway(&gw, "other", "/device/v1/device").await.unwrap().status(), StatusCode::NOT_FOUND);
+    let gw_id = app.operator("viewer").ok("{ deviceByEndpointId(endpointId: \"gw\") { id } }", json!({})).await["deviceByEndpointId"]["id"].clone();
+    assert_eq!(op.error_code(set, json!({"d": gw_id, "g": "gw"})).await, "BAD_USER_INPUT");
+    assert_eq!(op.error_code(set, json!({"d": gw_id, "g": "sub"})).await, "BAD_USER_INPUT", "no cycles");
+}
