@@ -245,7 +245,7 @@ impl Default for Config {
                 url_secret: Secret::default(),
             },
             http: HttpConfig {
-                max_body_bytes: 2 * 1024 * 1024,
+                max_body_bytes: 16 * 1024 * 1024,
                 max_upload_bytes: 4 * 1024 * 1024 * 1024,
                 cors_allowed_origins: Vec::new(),
                 shutdown_grace: Duration::from_secs(30),

@@ -380,7 +380,8 @@ async fn a_device_downloads_only_files_of_packages_for_its_model() {
         )
         .await;
     let (_, x) = register(&app, json!({"endpointId": "x1", "model": "X100"})).await;
-    let (_, s) = register(&app, json!({"endpointId": "s1", "model": "S200"})).await;
+    let (_, s) = register(&app, json!({"endpointId": "s1", "model": "S200", "gateway": "x1"})).await;
+    register(&app, json!({"endpointId": "x2", "model": "X100", "gateway": "s1"})).await;
     let get = |secret: String, id: String| {
         let app = &app;
         async move { device_get(app, &secret, &format!("/repo/{id}/f.bin")).await }
@@ -388,8 +389,19 @@ async fn a_device_downloads_only_files_of_packages_for_its_model() {
     let ok = get(x.clone(), file.clone()).await;
     assert_eq!(ok.status(), StatusCode::OK);
     assert_eq!(ok.bytes().await.unwrap().as_ref(), b"x100 firmware");
-    assert_eq!(get(s, file).await.status(), StatusCode::NOT_FOUND, "another model's device");
-    assert_eq!(get(x, other).await.status(), StatusCode::NOT_FOUND, "not a package file");
+    assert_eq!(get(s.clone(), file.clone()).await.status(), StatusCode::NOT_FOUND, "another model's device");
+    assert_eq!(get(x.clone(), other).await.status(), StatusCode::NOT_FOUND, "not a package file");
+    // A gateway downloads for its sub-device, by the sub-device's rights.
+    let via = |gateway: &str, device: &str| {
+        app.client
+            .get(app.url(&format!("/repo/{file}/f.bin")))
+            .bearer_auth(gateway)
+            .header("x-device-id", device)
+            .send()
+    };
+    assert_eq!(via(&s, "x2").await.unwrap().status(), StatusCode::OK, "an S200 gateway fetches for its X100");
+    assert_eq!(via(&x, "s1").await.unwrap().status(), StatusCode::NOT_FOUND, "its S200 sub-device may not");
+    assert_eq!(via(&x, "x2").await.unwrap().status(), StatusCode::NOT_FOUND, "not its sub-device");
 }
 
 #[tokio::test]
