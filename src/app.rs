@@ -23,6 +23,11 @@ pub enum Event {
     Audit(Box<entity::audit_event::Model>),
     /// A content changed state.
     ContentChanged(uuid::Uuid),
+    /// A deployment or one of its device updates changed.
+    DeploymentChanged(uuid::Uuid),
+    /// These devices have news on their next poll (an update released, the
+    /// install released, a cancel): long polls answer.
+    DevicesReleased(std::sync::Arc<std::collections::HashSet<uuid::Uuid>>),
 }
 
 #[derive(Clone)]

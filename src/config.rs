@@ -54,6 +54,7 @@ pub struct Config {
     pub scanner: ScannerConfig,
     pub content: ContentConfig,
     pub packages: PackagesConfig,
+    pub deployments: DeploymentsConfig,
     pub auth: AuthConfig,
     pub http: HttpConfig,
     pub graphql: GraphqlConfig,
@@ -124,6 +125,18 @@ pub enum Promotion {
 #[serde(deny_unknown_fields)]
 pub struct ContentConfig {
     pub promotion: Promotion,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentsConfig {
+    /// How often each active deployment is reconciled without a device
+    /// report waking it (start and expiry times are kept to this).
+    #[serde(with = "humantime_serde_compat")]
+    pub reconcile_interval: Duration,
+    /// Longest `?wait=` of a device's long poll.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_poll_wait: Duration,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -233,6 +246,10 @@ impl Default for Config {
             },
             content: ContentConfig { promotion: Promotion::Auto },
             packages: PackagesConfig::default(),
+            deployments: DeploymentsConfig {
+                reconcile_interval: Duration::from_secs(5),
+                max_poll_wait: Duration::from_secs(60),
+            },
             auth: AuthConfig {
                 jwt_secret: Secret::default(),
                 jwt_secret_file: None,

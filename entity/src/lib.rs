@@ -4,13 +4,16 @@
 pub mod audit_event;
 pub mod content;
 pub mod content_tag;
+pub mod deployment;
 pub mod device;
 pub mod device_attribute;
 pub mod device_group;
 pub mod device_group_member;
 pub mod device_installed;
 pub mod device_model;
+pub mod device_update;
 pub mod enrollment_token;
+pub mod installation;
 pub mod job;
 pub mod package;
 pub mod package_file;

@@ -17,6 +17,7 @@ mod m20261130_000006_create_package;
 mod m20261130_000007_create_device;
 mod m20261130_000008_create_device_group;
 mod m20261130_000009_create_enrollment_token;
+mod m20261130_000010_create_deployment;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000007_create_device::Migration),
             Box::new(m20261130_000008_create_device_group::Migration),
             Box::new(m20261130_000009_create_enrollment_token::Migration),
+            Box::new(m20261130_000010_create_deployment::Migration),
         ]
     }
 }

@@ -42,7 +42,10 @@ pub struct InstalledVersion {
 }
 
 #[derive(SimpleObject)]
+#[graphql(complex)]
 pub struct Device {
+    #[graphql(skip)]
+    uuid: uuid::Uuid,
     id: ID,
     /// The device's own id (EPN, assetId, controllerId).
     endpoint_id: String,
@@ -64,6 +67,7 @@ impl From<service::Device> for Device {
     fn from(d: service::Device) -> Self {
         let r = d.row;
         Self {
+            uuid: r.id,
             id: ID(r.id.to_string()),
             endpoint_id: r.endpoint_id,
             serial: r.serial,
@@ -82,6 +86,26 @@ impl From<service::Device> for Device {
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
+    }
+}
+
+#[async_graphql::ComplexObject]
+impl Device {
+    /// Its updates in every deployment, oldest first (DEPLOYMENT_READ).
+    #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
+    async fn updates(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Conn<super::deployment::DeviceUpdate>> {
+        super::deployment::device_updates(ctx, self.uuid, first, after).await
+    }
+
+    /// What it installed, newest first: from deployments, or reported by
+    /// the device itself.
+    async fn installations(&self, ctx: &Context<'_>) -> Result<Vec<super::deployment::Installation>> {
+        super::deployment::device_installations(ctx, self.uuid).await
     }
 }
 

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod connection;
 pub mod content;
+pub mod deployment;
 pub mod device;
 pub mod device_model;
 pub mod group;
@@ -27,6 +28,7 @@ pub struct Query(
     device_model::DeviceModelQuery,
     device::DeviceQuery,
     group::GroupQuery,
+    deployment::DeploymentQuery,
     package::PackageQuery,
 );
 
@@ -37,6 +39,7 @@ pub struct Mutation(
     device_model::DeviceModelMutation,
     device::DeviceMutation,
     group::GroupMutation,
+    deployment::DeploymentMutation,
     package::PackageMutation,
 );
 

@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use super::{HttpState, request_id};
 use crate::auth::Ctx;
 use crate::error::{Error, Result};
+use crate::service::deployment;
 use crate::service::device::{self, Device, Inventory};
 
 /// Header with which a gateway names the sub-device it acts for.
@@ -139,4 +140,101 @@ pub async fn inventory(State(state): State<HttpState>, headers: HeaderMap, body:
     let report = Inventory { installed: entries(&body, "installed")?, attributes: entries(&body, "attributes")? };
     let device = device::report_inventory(&state.app, &ctx, report).await?;
     Ok(Json(view(&device)))
+}
+
+#[derive(serde::Deserialize)]
+pub struct PollQuery {
+    /// Long poll: wait up to this many seconds (at most
+    /// `deployments.max_poll_wait`) for something to happen.
+    wait: Option<u64>,
+}
+
+/// `GET /device/v1/poll[?wait=N]`: 200 with the pending update, 204 when
+/// nothing is pending, 304 when `If-None-Match` names what is current.
+pub async fn poll(
+    State(state): State<HttpState>,
+    axum::extract::Query(query): axum::extract::Query<PollQuery>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let ctx = device_ctx(&state, &headers).await?;
+    let device = ctx.require_device()?.id;
+    let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::trim);
+    let wait = query.wait.map(|w| std::time::Duration::from_secs(w).min(state.app.config.deployments.max_poll_wait));
+    // Subscribed before the first look, so nothing released in between is missed.
+    let mut events = state.app.events.subscribe();
+    let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
+    let answer = loop {
+        let answer = deployment::poll(&state.app, &ctx, if_none_match).await?;
+        if answer.update.is_some() || wait.is_none() {
+            break answer;
+        }
+        let news = async {
+            loop {
+                match events.recv().await {
+                    Ok(event) if deployment::concerns(&event, device) => return true,
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return false,
+                }
+            }
+        };
+        tokio::select! {
+            more = news => if !more { break answer },
+            () = tokio::time::sleep_until(deadline) => break answer,
+        }
+    };
+    let etag = [(header::ETAG, answer.etag.clone()), (header::CACHE_CONTROL, "no-cache".to_owned())];
+    Ok(match answer.update {
+        Some(update) => (etag, Json(json!({ "update": update, "commands": [] }))).into_response(),
+        None if if_none_match == Some(answer.etag.as_str()) => (StatusCode::NOT_MODIFIED, etag).into_response(),
+        None => (StatusCode::NO_CONTENT, etag).into_response(),
+    })
+}
+
+/// `POST /device/v1/updates/{id}/status` `{"status": "DOWNLOADING",
+/// "progress": 40}`; `INSTALLED_VERSION` carries `version`, `FAILED`
+/// `errcode` and `message`.
+pub async fn update_status(
+    State(state): State<HttpState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>> {
+    let ctx = device_ctx(&state, &headers).await?;
+    let id = id.parse().map_err(|_| Error::not_found("update", &id))?;
+    let body: Value = serde_json::from_slice(&body).map_err(|e| Error::invalid("body", format!("not JSON: {e}")))?;
+    let Value::Object(body) = body else {
+        return Err(Error::invalid(
+            "body",
+            "must be a JSON object {\"status\", \"progress\", \"version\", \"errcode\", \"message\"}",
+        ));
+    };
+    let text = |field: &str| -> Result<Option<String>> {
+        match body.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(_) => Err(Error::invalid(field, "must be a string")),
+        }
+    };
+    let progress = match body.get("progress") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(
+            n.as_i64().and_then(|n| i32::try_from(n).ok()).ok_or_else(|| Error::invalid("progress", "an integer"))?,
+        ),
+        Some(_) => return Err(Error::invalid("progress", "an integer from 0 to 100")),
+    };
+    let report = deployment::Report {
+        status: text("status")?.ok_or_else(|| Error::invalid("status", "is required"))?,
+        progress,
+        version: text("version")?,
+        errcode: text("errcode")?,
+        message: text("message")?,
+    };
+    let update = deployment::report(&state.app, &ctx, id, report).await?;
+    Ok(Json(json!({
+        "id": update.id, "deploymentId": update.deployment_id, "state": update.state, "progress": update.progress,
+        "errcode": update.error_code, "message": update.message,
+    })))
 }

@@ -62,6 +62,8 @@ pub fn router(app: App, schema: ApiSchema) -> Router {
         .route("/device/v1/device", get(device::me))
         .route("/device/v1/inventory", axum::routing::post(device::inventory))
         .route("/device/v1/enroll", axum::routing::post(device::enroll))
+        .route("/device/v1/poll", get(device::poll))
+        .route("/device/v1/updates/{id}/status", axum::routing::post(device::update_status))
         .route("/repo/sha256/{sha256}", get(repository::by_hash))
         .route("/repo/{id}/{name}", get(repository::by_id))
         .route(

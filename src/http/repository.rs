@@ -22,12 +22,14 @@ use crate::service::content::{self, Download, DownloadAccess};
 pub struct Signature {
     exp: Option<i64>,
     sig: Option<String>,
+    /// The device a manifest's URL was signed for.
+    device: Option<String>,
 }
 
 /// A signed URL if it carries one, else the operator's token.
 async fn access(state: &HttpState, headers: &HeaderMap, signature: Signature) -> Result<DownloadAccess> {
     if let (Some(exp), Some(sig)) = (signature.exp, signature.sig) {
-        return Ok(DownloadAccess::Signed { exp, sig });
+        return Ok(DownloadAccess::Signed { exp, sig, device: signature.device });
     }
     let token = headers
         .get(header::AUTHORIZATION)

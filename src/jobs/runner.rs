@@ -30,6 +30,7 @@ impl Runner {
         Self { app, handlers: HashMap::new(), worker_id }
             .with_handler(super::prune::Prune)
             .with_handler(crate::service::scan::ScanJob)
+            .with_handler(crate::service::deployment::ReconcileJob)
     }
 
     pub fn with_handler(mut self, handler: impl Handler) -> Self {

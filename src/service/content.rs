@@ -667,6 +667,8 @@ mod tests {
 
 const DOWNLOAD_PURPOSE: &str = "content-download";
 const DOWNLOAD_BY_HASH_PURPOSE: &str = "content-download-sha256";
+/// URLs in a deployment's manifest: signed over the content and the device.
+pub(crate) const DEVICE_DOWNLOAD_PURPOSE: &str = "content-download-device";
 /// Bounds of `downloadUrl(ttlSeconds)`.
 pub const DOWNLOAD_TTL_SECONDS: std::ops::RangeInclusive<i64> = 60..=7 * 24 * 3600;
 
@@ -677,7 +679,9 @@ pub enum DownloadAccess {
     /// for its model; with deployments, of its own updates).
     Caller(Ctx),
     /// A signed, expiring URL.
-    Signed { exp: i64, sig: String },
+    /// A signed, expiring URL; `device` when it was signed for one device
+    /// (the file URLs in a deployment's manifest).
+    Signed { exp: i64, sig: String, device: Option<String> },
 }
 
 /// A promoted object, ready to stream from the repository store.
@@ -694,8 +698,12 @@ pub struct Download {
 pub async fn open_download(app: &App, access: &DownloadAccess, id: Uuid) -> Result<Download> {
     let device_model = match access {
         DownloadAccess::Caller(ctx) => authorize_download(ctx)?,
-        DownloadAccess::Signed { exp, sig } => {
+        DownloadAccess::Signed { exp, sig, device: None } => {
             app.signer.verify(DOWNLOAD_PURPOSE, &[&id.to_string()], *exp, sig)?;
+            None
+        }
+        DownloadAccess::Signed { exp, sig, device: Some(device) } => {
+            app.signer.verify(DEVICE_DOWNLOAD_PURPOSE, &[&id.to_string(), device], *exp, sig)?;
             None
         }
     };
@@ -717,10 +725,11 @@ pub async fn open_download_by_hash(app: &App, access: &DownloadAccess, sha256: &
     let sha256 = sha256.to_ascii_lowercase();
     let device_model = match access {
         DownloadAccess::Caller(ctx) => authorize_download(ctx)?,
-        DownloadAccess::Signed { exp, sig } => {
+        DownloadAccess::Signed { exp, sig, device: None } => {
             app.signer.verify(DOWNLOAD_BY_HASH_PURPOSE, &[&sha256], *exp, sig)?;
             None
         }
+        DownloadAccess::Signed { device: Some(_), .. } => return Err(Error::BadSignature("does not verify")),
     };
     if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(Error::not_found("object", sha256));

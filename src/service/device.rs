@@ -688,20 +688,16 @@ pub async fn report_inventory(app: &App, ctx: &Ctx, report: Inventory) -> Result
     let conn = tx.conn();
     let now = Utc::now();
     for component in changed_components.keys() {
-        device_installed::Entity::delete_many()
-            .filter(device_installed::Column::DeviceId.eq(device.id))
-            .filter(device_installed::Column::Component.eq(component.as_str()))
-            .exec(conn)
-            .await?;
-        if let Some(i) = installed.get(component) {
-            device_installed::Entity::insert(device_installed::ActiveModel {
-                device_id: Set(device.id),
-                component: Set(component.clone()),
-                version: Set(i.version.clone()),
-                reported_at: Set(now),
-            })
-            .exec(conn)
-            .await?;
+        match installed.get(component) {
+            // A version otadepot did not install: history says the device reported it.
+            Some(i) => record_installed(conn, device.id, component, &i.version, None).await?,
+            None => {
+                device_installed::Entity::delete_many()
+                    .filter(device_installed::Column::DeviceId.eq(device.id))
+                    .filter(device_installed::Column::Component.eq(component.as_str()))
+                    .exec(conn)
+                    .await?;
+            }
         }
     }
     for key in &changed_attributes {
@@ -800,6 +796,53 @@ pub async fn me(app: &App, ctx: &Ctx) -> Result<Device> {
         return Err(Error::Unauthenticated("a device credential is required".into()));
     };
     get_unchecked(&app.db, device.id).await
+}
+
+/// Devices by id, with their models, attributes and installed versions.
+pub(crate) async fn by_ids(conn: &impl ConnectionTrait, ids: Vec<Uuid>) -> Result<HashMap<Uuid, Device>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = device::Entity::find().filter(device::Column::Id.is_in(ids)).all(conn).await?;
+    Ok(attach(conn, rows).await?.into_iter().map(|d| (d.row.id, d)).collect())
+}
+
+/// A component version is now on the device: its installed versions and
+/// its installation history (from a deployment, or as the device reported).
+pub(crate) async fn record_installed(
+    conn: &impl ConnectionTrait,
+    device_id: Uuid,
+    component: &str,
+    version: &str,
+    from: Option<(Uuid, Uuid)>,
+) -> Result<()> {
+    let now = Utc::now();
+    device_installed::Entity::delete_many()
+        .filter(device_installed::Column::DeviceId.eq(device_id))
+        .filter(device_installed::Column::Component.eq(component))
+        .exec(conn)
+        .await?;
+    device_installed::Entity::insert(device_installed::ActiveModel {
+        device_id: Set(device_id),
+        component: Set(component.to_owned()),
+        version: Set(version.to_owned()),
+        reported_at: Set(now),
+    })
+    .exec(conn)
+    .await?;
+    entity::installation::Entity::insert(entity::installation::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        device_id: Set(device_id),
+        component: Set(component.to_owned()),
+        version: Set(version.to_owned()),
+        package_id: Set(from.map(|(p, _)| p)),
+        deployment_id: Set(from.map(|(_, d)| d)),
+        source: Set(if from.is_some() { "deployment" } else { "device" }.to_owned()),
+        installed_at: Set(now),
+    })
+    .exec(conn)
+    .await?;
+    Ok(())
 }
 
 pub(crate) async fn get_unchecked(conn: &impl ConnectionTrait, id: Uuid) -> Result<Device> {

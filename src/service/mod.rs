@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod content;
+pub mod deployment;
 pub mod device;
 pub mod device_model;
 pub mod enrollment;

@@ -690,6 +690,22 @@ async fn find_live(conn: &impl ConnectionTrait, id: Uuid) -> Result<package::Mod
         .ok_or_else(|| Error::not_found("package", id.to_string()))
 }
 
+/// A live, not deprecated package to deploy.
+pub(crate) async fn find_live_for_deployment(conn: &impl ConnectionTrait, id: Uuid) -> Result<package::Model> {
+    let row = find_live(conn, id).await?;
+    if row.deprecated {
+        return Err(Error::InvalidState(format!("package {} {} is deprecated", row.product, row.version)));
+    }
+    Ok(row)
+}
+
+/// A package by id, deleted or not (deployments keep theirs).
+pub(crate) async fn get_any(conn: &impl ConnectionTrait, id: Uuid) -> Result<Package> {
+    let row =
+        package::Entity::find_by_id(id).one(conn).await?.ok_or_else(|| Error::not_found("package", id.to_string()))?;
+    Ok(attach(conn, vec![row]).await?.remove(0))
+}
+
 async fn get_unchecked(conn: &impl ConnectionTrait, id: Uuid) -> Result<Package> {
     let row = find_live(conn, id).await?;
     Ok(attach(conn, vec![row]).await?.remove(0))
@@ -935,12 +951,19 @@ pub async fn set_models(app: &App, ctx: &Ctx, id: Uuid, models: Vec<String>) -> 
 }
 
 /// Delete a package: its holder content becomes DELETED, the index row is
-/// kept (marked deleted) for history. Deployments, once they exist, make
-/// this a CONFLICT while they use the package.
+/// kept (marked deleted) for history. A CONFLICT while a scheduled, running
+/// or paused deployment uses it.
 pub async fn delete(app: &App, ctx: &Ctx, id: Uuid) -> Result<Package> {
     ctx.require(Permission::PackageWrite)?;
     let mut tx = WriteTx::begin(app).await?;
     let row = find_live(tx.conn(), id).await?;
+    let active = crate::service::deployment::active_for_package(tx.conn(), id).await?;
+    if active > 0 {
+        return Err(Error::Conflict(format!(
+            "package {} {} is used by {active} active deployment(s); cancel them first",
+            row.product, row.version
+        )));
+    }
     let package = attach(tx.conn(), vec![row.clone()]).await?.remove(0);
     let now = Utc::now();
     package::Entity::update_many()
@@ -979,6 +1002,23 @@ pub fn file_url(app: &App, file: &PackageFile) -> String {
 /// Ed25519 `signature` over the canonical JSON of all the rest
 /// (docs/manifests.md).
 pub fn device_manifest(app: &App, package: &Package) -> Result<Value> {
+    manifest_with_urls(app, package, |file| file_url(app, file))
+}
+
+/// The manifest a device gets with its update: file URLs signed for that
+/// device until `until` (no credential needed to fetch them; Range works).
+pub fn device_manifest_for(app: &App, package: &Package, device: Uuid, until: DateTime<Utc>) -> Result<Value> {
+    manifest_with_urls(app, package, |file| {
+        let sig = app.signer.sign(
+            crate::service::content::DEVICE_DOWNLOAD_PURPOSE,
+            &[&file.content_id.to_string(), &device.to_string()],
+            until,
+        );
+        format!("{}?device={device}&exp={}&sig={sig}", file_url(app, file), until.timestamp())
+    })
+}
+
+fn manifest_with_urls(app: &App, package: &Package, url_of: impl Fn(&PackageFile) -> String) -> Result<Value> {
     let mut manifest = package.config_otau.clone();
     let by_name: BTreeMap<&str, &PackageFile> = package.files.iter().map(|f| (f.name.as_str(), f)).collect();
     let mut files = Vec::new();
@@ -998,7 +1038,7 @@ pub fn device_manifest(app: &App, package: &Package) -> Result<Value> {
                 package.model.id, file.name, file.content_id, file.state
             )));
         };
-        let url = file_url(app, file);
+        let url = url_of(file);
         payload.push(Value::String(url.clone()));
         files.push(json!({ "name": file.name, "url": url, "length": file.length, "sha256": sha256, "md5": file.md5 }));
     }

@@ -373,6 +373,55 @@ fn table() -> Vec<Entry> {
             variables: || json!({"id": ZERO}),
         },
         Entry {
+            root: Query,
+            field: "deployment",
+            needs: Permission("DEPLOYMENT_READ"),
+            operation: "query($id: ID!) { deployment(id: $id) { id } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Query,
+            field: "deployments",
+            needs: Permission("DEPLOYMENT_READ"),
+            operation: "{ deployments { totalCount } }",
+            variables: || json!({}),
+        },
+        Entry {
+            root: Mutation,
+            field: "applyPackage",
+            needs: Permission("DEPLOYMENT_WRITE"),
+            operation: "mutation($id: ID!) { applyPackage(input: {package: $id, devices: [\"x\"]}) { deployment { id } } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Mutation,
+            field: "pauseDeployment",
+            needs: Permission("DEPLOYMENT_WRITE"),
+            operation: "mutation($id: ID!) { pauseDeployment(input: {id: $id}) { deployment { id } } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Mutation,
+            field: "resumeDeployment",
+            needs: Permission("DEPLOYMENT_WRITE"),
+            operation: "mutation($id: ID!) { resumeDeployment(input: {id: $id}) { deployment { id } } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Mutation,
+            field: "cancelDeployment",
+            needs: Permission("DEPLOYMENT_WRITE"),
+            operation: "mutation($id: ID!) { cancelDeployment(input: {id: $id}) { deployment { id } } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Mutation,
+            field: "releaseInstall",
+            needs: Permission("DEPLOYMENT_WRITE"),
+            operation: "mutation($id: ID!) { releaseInstall(input: {id: $id}) { deployment { id } } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
             root: Subscription,
             field: "auditEventAdded",
             needs: Permission("AUDIT_READ"),
@@ -416,6 +465,9 @@ const TABLES: &[&str] = &[
     "device_group",
     "device_group_member",
     "enrollment_token",
+    "deployment",
+    "device_update",
+    "installation",
 ];
 
 async fn snapshot(app: &TestApp) -> (Vec<i64>, Value) {

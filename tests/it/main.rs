@@ -10,6 +10,7 @@ mod auth;
 mod authz_coverage;
 mod cli;
 mod content;
+mod deployments;
 mod device_models;
 mod devices;
 mod graphql_http;

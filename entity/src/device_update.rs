@@ -1,0 +1,32 @@
+//! `device_update`: one device's job in one deployment.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "device_update")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub deployment_id: Uuid,
+    pub device_id: Uuid,
+    /// See `UpdateState` in the service layer.
+    pub state: String,
+    /// `incompatible_model` or `already_installed` for SKIPPED.
+    pub skip_reason: Option<String>,
+    /// 0 to 100.
+    pub progress: i32,
+    pub error_code: Option<String>,
+    pub message: Option<String>,
+    /// For a CANCELLED update the device had started: whether it has seen
+    /// the cancel.
+    pub cancel_acknowledged: bool,
+    pub released_at: Option<DateTimeUtc>,
+    pub finished_at: Option<DateTimeUtc>,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

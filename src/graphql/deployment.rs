@@ -1,0 +1,393 @@
+//! Deployments: `applyPackage`, `deployment`, `deployments`,
+//! `pauseDeployment`, `resumeDeployment`, `cancelDeployment`,
+//! `releaseInstall`; `Device.updates` and `Device.installations`.
+
+use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Object, Result, SimpleObject};
+use chrono::{DateTime, Utc};
+
+use super::connection::{Conn, from_page};
+use super::device::{Device, parse_id_of};
+use super::{app, caller};
+use crate::service::deployment as service;
+
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[graphql(
+    name = "DeploymentState",
+    remote = "crate::service::deployment::DeploymentState",
+    rename_items = "SCREAMING_SNAKE_CASE"
+)]
+pub enum DeploymentStateGql {
+    Scheduled,
+    Running,
+    Paused,
+    Completed,
+    Cancelled,
+    Aborted,
+}
+
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[graphql(
+    name = "DeviceUpdateState",
+    remote = "crate::service::deployment::UpdateState",
+    rename_items = "SCREAMING_SNAKE_CASE"
+)]
+pub enum UpdateStateGql {
+    Pending,
+    Released,
+    Acknowledged,
+    Downloading,
+    Downloaded,
+    Installing,
+    Installed,
+    Failed,
+    Cancelled,
+    Skipped,
+}
+
+#[derive(Enum, Clone, Copy, PartialEq, Eq, Default)]
+#[graphql(name = "DeploymentMode", remote = "crate::service::deployment::Mode", rename_items = "SCREAMING_SNAKE_CASE")]
+pub enum ModeGql {
+    /// Each device downloads and installs on its own.
+    #[default]
+    Standard,
+    /// Devices stop at DOWNLOADED until `releaseInstall`.
+    DownloadOnly,
+    /// Every device downloads first; the install is released to all of
+    /// them together, and a failure before it stops it for everyone.
+    Coordinated,
+}
+
+#[derive(SimpleObject, InputObject, Clone, Default)]
+#[graphql(input_name = "RolloutPolicyInput")]
+pub struct RolloutPolicy {
+    /// Devices released and not finished at any time, at most.
+    max_in_flight: Option<i32>,
+    /// Cumulative shares of the devices, in percent, ending at 100
+    /// (`[10, 50, 100]`); a phase starts when the one before has finished.
+    #[graphql(default)]
+    phases: Vec<i32>,
+    /// Abort when more than this share of the finished devices failed.
+    failure_threshold_percent: Option<i32>,
+    start_at: Option<DateTime<Utc>>,
+    /// After this, no device starts (those under way finish).
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// How many device updates are in each state.
+#[derive(SimpleObject, Default)]
+pub struct UpdateCounts {
+    pending: u64,
+    released: u64,
+    acknowledged: u64,
+    downloading: u64,
+    downloaded: u64,
+    installing: u64,
+    installed: u64,
+    failed: u64,
+    cancelled: u64,
+    skipped: u64,
+}
+
+#[derive(SimpleObject)]
+#[graphql(complex)]
+pub struct Deployment {
+    id: ID,
+    name: String,
+    package_id: ID,
+    group_id: Option<ID>,
+    mode: ModeGql,
+    state: DeploymentStateGql,
+    policy: RolloutPolicy,
+    /// Index into `policy.phases`.
+    current_phase: i32,
+    /// Whether devices may install (always, in STANDARD mode).
+    install_released: bool,
+    /// Why it was aborted, expired or cancelled.
+    reason: Option<String>,
+    /// Devices to update (not skipped).
+    target_count: i32,
+    skipped_count: i32,
+    counts: UpdateCounts,
+    created_by: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<service::Deployment> for Deployment {
+    fn from(d: service::Deployment) -> Self {
+        use service::UpdateState as S;
+        let c = |s: S| d.counts.get(&s).copied().unwrap_or_default();
+        let counts = UpdateCounts {
+            pending: c(S::Pending),
+            released: c(S::Released),
+            acknowledged: c(S::Acknowledged),
+            downloading: c(S::Downloading),
+            downloaded: c(S::Downloaded),
+            installing: c(S::Installing),
+            installed: c(S::Installed),
+            failed: c(S::Failed),
+            cancelled: c(S::Cancelled),
+            skipped: c(S::Skipped),
+        };
+        let r = d.row;
+        Self {
+            id: ID(r.id.to_string()),
+            name: r.name,
+            package_id: ID(r.package_id.to_string()),
+            group_id: r.group_id.map(|g| ID(g.to_string())),
+            mode: d.mode.into(),
+            state: d.state.into(),
+            policy: RolloutPolicy {
+                max_in_flight: r.max_in_flight,
+                phases: d.phases,
+                failure_threshold_percent: r.failure_threshold_percent,
+                start_at: r.start_at,
+                expires_at: r.expires_at,
+            },
+            current_phase: r.current_phase,
+            install_released: r.install_released,
+            reason: r.reason,
+            target_count: r.target_count,
+            skipped_count: r.skipped_count,
+            counts,
+            created_by: r.created_by,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+#[ComplexObject]
+impl Deployment {
+    /// Its devices' updates, in release order.
+    #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
+    async fn device_updates(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<DeviceUpdateFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Conn<DeviceUpdate>> {
+        let id = parse_id_of("id", "deployment", &self.id)?;
+        let state = filter.and_then(|f| f.state).map(Into::into);
+        let page = service::updates(app(ctx), caller(ctx), Some(id), None, state, first, after.as_deref()).await?;
+        Ok(from_page(page, after.is_some(), DeviceUpdate::from))
+    }
+}
+
+#[derive(InputObject, Default)]
+pub struct DeviceUpdateFilter {
+    state: Option<UpdateStateGql>,
+}
+
+#[derive(SimpleObject)]
+pub struct DeviceUpdate {
+    id: ID,
+    deployment_id: ID,
+    device: Device,
+    state: UpdateStateGql,
+    /// `incompatible_model` or `already_installed`, for SKIPPED.
+    skip_reason: Option<String>,
+    progress: i32,
+    error_code: Option<String>,
+    message: Option<String>,
+    released_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<service::UpdateView> for DeviceUpdate {
+    fn from(u: service::UpdateView) -> Self {
+        let r = u.row;
+        Self {
+            id: ID(r.id.to_string()),
+            deployment_id: ID(r.deployment_id.to_string()),
+            device: u.device.into(),
+            state: u.state.into(),
+            skip_reason: r.skip_reason,
+            progress: r.progress,
+            error_code: r.error_code,
+            message: r.message,
+            released_at: r.released_at,
+            finished_at: r.finished_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct Installation {
+    id: ID,
+    component: String,
+    version: String,
+    package_id: Option<ID>,
+    deployment_id: Option<ID>,
+    /// `deployment`, or `device` when the device reported a version otadepot
+    /// did not install.
+    source: String,
+    installed_at: DateTime<Utc>,
+}
+
+impl From<entity::installation::Model> for Installation {
+    fn from(i: entity::installation::Model) -> Self {
+        Self {
+            id: ID(i.id.to_string()),
+            component: i.component,
+            version: i.version,
+            package_id: i.package_id.map(|p| ID(p.to_string())),
+            deployment_id: i.deployment_id.map(|d| ID(d.to_string())),
+            source: i.source,
+            installed_at: i.installed_at,
+        }
+    }
+}
+
+/// `Device.updates` and `Device.installations`.
+pub(crate) async fn device_updates(
+    ctx: &Context<'_>,
+    device: uuid::Uuid,
+    first: Option<i32>,
+    after: Option<String>,
+) -> Result<Conn<DeviceUpdate>> {
+    let page = service::updates(app(ctx), caller(ctx), None, Some(device), None, first, after.as_deref()).await?;
+    Ok(from_page(page, after.is_some(), DeviceUpdate::from))
+}
+
+pub(crate) async fn device_installations(ctx: &Context<'_>, device: uuid::Uuid) -> Result<Vec<Installation>> {
+    Ok(service::installations(app(ctx), caller(ctx), device).await?.into_iter().map(Into::into).collect())
+}
+
+#[derive(InputObject)]
+pub struct ApplyPackageInput {
+    package: ID,
+    /// A group, or `devices` (ids or endpoint ids).
+    group: Option<ID>,
+    devices: Option<Vec<ID>>,
+    name: Option<String>,
+    #[graphql(default)]
+    policy: RolloutPolicy,
+    #[graphql(default)]
+    mode: ModeGql,
+}
+
+#[derive(SimpleObject)]
+pub struct SkippedDevice {
+    device_id: ID,
+    endpoint_id: String,
+    /// `incompatible_model` or `already_installed`.
+    reason: String,
+}
+
+#[derive(SimpleObject)]
+pub struct ApplyPackagePayload {
+    deployment: Deployment,
+    /// Devices of the target that get nothing, and why.
+    skipped: Vec<SkippedDevice>,
+}
+
+#[derive(InputObject)]
+pub struct DeploymentIdInput {
+    id: ID,
+}
+
+#[derive(SimpleObject)]
+pub struct DeploymentPayload {
+    deployment: Deployment,
+}
+
+#[derive(InputObject, Default)]
+pub struct DeploymentFilter {
+    state: Option<DeploymentStateGql>,
+    package: Option<ID>,
+    group: Option<ID>,
+}
+
+#[derive(Default)]
+pub struct DeploymentQuery;
+
+#[Object]
+impl DeploymentQuery {
+    async fn deployment(&self, ctx: &Context<'_>, id: ID) -> Result<Deployment> {
+        Ok(service::get(app(ctx), caller(ctx), parse_id_of("id", "deployment", &id)?).await?.into())
+    }
+
+    /// Newest first.
+    #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
+    async fn deployments(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<DeploymentFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Conn<Deployment>> {
+        let f = filter.unwrap_or_default();
+        let filter = service::DeploymentFilter {
+            state: f.state.map(Into::into),
+            package: f.package.as_ref().map(|p| parse_id_of("filter.package", "package", p)).transpose()?,
+            group: f.group.as_ref().map(|g| parse_id_of("filter.group", "device group", g)).transpose()?,
+        };
+        let page = service::list(app(ctx), caller(ctx), &filter, first, after.as_deref()).await?;
+        Ok(from_page(page, after.is_some(), Deployment::from))
+    }
+}
+
+#[derive(Default)]
+pub struct DeploymentMutation;
+
+#[Object]
+impl DeploymentMutation {
+    /// Apply a package to a group or a list of devices.
+    async fn apply_package(&self, ctx: &Context<'_>, input: ApplyPackageInput) -> Result<ApplyPackagePayload> {
+        let new = service::NewDeployment {
+            package: parse_id_of("package", "package", &input.package)?,
+            group: input.group.as_ref().map(|g| parse_id_of("group", "device group", g)).transpose()?,
+            devices: input.devices.unwrap_or_default().into_iter().map(|d| d.0).collect(),
+            name: input.name,
+            policy: service::Policy {
+                max_in_flight: input.policy.max_in_flight,
+                phases: input.policy.phases,
+                failure_threshold_percent: input.policy.failure_threshold_percent,
+                start_at: input.policy.start_at,
+                expires_at: input.policy.expires_at,
+            },
+            mode: input.mode.into(),
+        };
+        let (deployment, skipped) = service::apply(app(ctx), caller(ctx), new).await?;
+        Ok(ApplyPackagePayload {
+            deployment: deployment.into(),
+            skipped: skipped
+                .into_iter()
+                .map(|s| SkippedDevice {
+                    device_id: ID(s.device_id.to_string()),
+                    endpoint_id: s.endpoint_id,
+                    reason: s.reason.to_owned(),
+                })
+                .collect(),
+        })
+    }
+
+    /// No further releases; devices under way go on.
+    async fn pause_deployment(&self, ctx: &Context<'_>, input: DeploymentIdInput) -> Result<DeploymentPayload> {
+        let id = parse_id_of("id", "deployment", &input.id)?;
+        Ok(DeploymentPayload { deployment: service::pause(app(ctx), caller(ctx), id).await?.into() })
+    }
+
+    async fn resume_deployment(&self, ctx: &Context<'_>, input: DeploymentIdInput) -> Result<DeploymentPayload> {
+        let id = parse_id_of("id", "deployment", &input.id)?;
+        Ok(DeploymentPayload { deployment: service::resume(app(ctx), caller(ctx), id).await?.into() })
+    }
+
+    /// Devices not yet installing are CANCELLED; they learn it on their next poll.
+    async fn cancel_deployment(&self, ctx: &Context<'_>, input: DeploymentIdInput) -> Result<DeploymentPayload> {
+        let id = parse_id_of("id", "deployment", &input.id)?;
+        Ok(DeploymentPayload { deployment: service::cancel(app(ctx), caller(ctx), id).await?.into() })
+    }
+
+    /// Let the devices of a DOWNLOAD_ONLY (or COORDINATED) deployment install.
+    async fn release_install(&self, ctx: &Context<'_>, input: DeploymentIdInput) -> Result<DeploymentPayload> {
+        let id = parse_id_of("id", "deployment", &input.id)?;
+        Ok(DeploymentPayload { deployment: service::release_install(app(ctx), caller(ctx), id).await?.into() })
+    }
+}

@@ -1,0 +1,1232 @@
+//! Deployments: a package applied to a group or a device list, rolled out
+//! by a reconciler at the pace its policy allows, while devices poll,
+//! download and report.
+//!
+//! Rules:
+//! - Targets are fixed when the deployment is created: one `device_update`
+//!   per device, SKIPPED (`incompatible_model`, `already_installed`) or
+//!   PENDING, written with multi-row inserts.
+//! - [`reconcile`] is the only place that releases devices, changes phases
+//!   and ends deployments. It is idempotent: it reads counts and acts on
+//!   them, so running it twice does nothing more. It runs in the write
+//!   that changes a deployment, and as the durable job
+//!   `deployment.reconcile` (every `deployments.reconcile_interval`, and at
+//!   once when a device report wakes it).
+//! - Device reports follow the device_update state machine (DESIGN.md §4);
+//!   anything else is INVALID_STATE. Only outcomes (INSTALLED, FAILED) and
+//!   operator actions are audited, so a report costs a handful of
+//!   statements.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use entity::{deployment, device, device_installed, device_update, installation, package_model};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::app::{App, Event};
+use crate::auth::{Ctx, Permission};
+use crate::error::{Error, Result, RowError};
+use crate::service::WriteTx;
+use crate::service::device::{Device, DeviceStatus};
+use crate::service::pagination::{Page, PageRequest, cursor};
+
+/// Job kind of the reconciler.
+pub const RECONCILE_JOB: &str = "deployment.reconcile";
+const INSERT_CHUNK: usize = 1_000;
+/// How long file URLs in a manifest stay valid when the deployment sets no expiry.
+const DEFAULT_URL_LIFETIME: TimeDelta = TimeDelta::days(30);
+
+macro_rules! states {
+    ($name:ident { $($variant:ident => $text:literal,)* }) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum $name { $($variant,)* }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)* }
+            }
+
+            pub fn parse(value: &str) -> Result<Self> {
+                match value {
+                    $($text => Ok($name::$variant),)*
+                    other => Err(Error::internal(anyhow::anyhow!("unknown {} {other:?}", stringify!($name)))),
+                }
+            }
+        }
+    };
+}
+
+states!(DeploymentState {
+    Scheduled => "SCHEDULED",
+    Running => "RUNNING",
+    Paused => "PAUSED",
+    Completed => "COMPLETED",
+    Cancelled => "CANCELLED",
+    Aborted => "ABORTED",
+});
+
+states!(UpdateState {
+    Pending => "PENDING",
+    Released => "RELEASED",
+    Acknowledged => "ACKNOWLEDGED",
+    Downloading => "DOWNLOADING",
+    Downloaded => "DOWNLOADED",
+    Installing => "INSTALLING",
+    Installed => "INSTALLED",
+    Failed => "FAILED",
+    Cancelled => "CANCELLED",
+    Skipped => "SKIPPED",
+});
+
+states!(Mode {
+    Standard => "STANDARD",
+    DownloadOnly => "DOWNLOAD_ONLY",
+    Coordinated => "COORDINATED",
+});
+
+impl DeploymentState {
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Cancelled | Self::Aborted)
+    }
+}
+
+impl UpdateState {
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Installed | Self::Failed | Self::Cancelled | Self::Skipped)
+    }
+
+    /// Released and not finished: counts against `maxInFlight`.
+    pub fn in_flight(self) -> bool {
+        matches!(self, Self::Released | Self::Acknowledged | Self::Downloading | Self::Downloaded | Self::Installing)
+    }
+
+    const IN_FLIGHT: [UpdateState; 5] =
+        [Self::Released, Self::Acknowledged, Self::Downloading, Self::Downloaded, Self::Installing];
+}
+
+/// The pace of a rollout.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub max_in_flight: Option<i32>,
+    /// Cumulative percentages of the targets, ending at 100.
+    pub phases: Vec<i32>,
+    pub failure_threshold_percent: Option<i32>,
+    pub start_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewDeployment {
+    pub package: Uuid,
+    pub group: Option<Uuid>,
+    /// Device ids or endpoint ids (instead of a group).
+    pub devices: Vec<String>,
+    pub name: Option<String>,
+    pub policy: Policy,
+    pub mode: Mode,
+}
+
+#[derive(Clone, Debug)]
+pub struct Skipped {
+    pub device_id: Uuid,
+    pub endpoint_id: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug)]
+pub struct Deployment {
+    pub row: deployment::Model,
+    pub state: DeploymentState,
+    pub mode: Mode,
+    pub phases: Vec<i32>,
+    pub counts: BTreeMap<UpdateState, u64>,
+}
+
+fn parse_phases(raw: &str) -> Vec<i32> {
+    serde_json::from_str(raw).unwrap_or_else(|_| vec![100])
+}
+
+fn validate_policy(policy: &mut Policy) -> Result<()> {
+    if let Some(n) = policy.max_in_flight
+        && !(1..=1_000_000).contains(&n)
+    {
+        return Err(Error::invalid("policy.maxInFlight", "between 1 and 1,000,000"));
+    }
+    if policy.phases.is_empty() {
+        policy.phases = vec![100];
+    }
+    let mut previous = 0;
+    for (i, p) in policy.phases.iter().enumerate() {
+        if *p <= previous || *p > 100 {
+            return Err(Error::invalid(
+                format!("policy.phases[{i}]"),
+                "cumulative percentages, each above the one before, up to 100",
+            ));
+        }
+        previous = *p;
+    }
+    if previous != 100 {
+        return Err(Error::invalid("policy.phases", "the last phase must be 100 (every device)"));
+    }
+    if let Some(t) = policy.failure_threshold_percent
+        && !(0..=100).contains(&t)
+    {
+        return Err(Error::invalid("policy.failureThresholdPercent", "between 0 and 100"));
+    }
+    if let Some(expires) = policy.expires_at {
+        if expires <= Utc::now() {
+            return Err(Error::invalid("policy.expiresAt", "must be in the future"));
+        }
+        if policy.start_at.is_some_and(|start| start >= expires) {
+            return Err(Error::invalid("policy.expiresAt", "must be after startAt"));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// applyPackage
+
+pub async fn apply(app: &App, ctx: &Ctx, mut input: NewDeployment) -> Result<(Deployment, Vec<Skipped>)> {
+    ctx.require(Permission::DeploymentWrite)?;
+    validate_policy(&mut input.policy)?;
+    if input.group.is_some() != input.devices.is_empty() {
+        return Err(Error::invalid("group", "name a group or a list of devices (one of the two)"));
+    }
+    let name = input.name.as_deref().map(str::trim).unwrap_or_default().to_owned();
+    if name.chars().count() > 255 {
+        return Err(Error::invalid("name", "at most 255 characters"));
+    }
+
+    let mut tx = WriteTx::begin(app).await?;
+    let conn = tx.conn();
+    let package = crate::service::package::find_live_for_deployment(conn, input.package).await?;
+    let models: HashSet<Uuid> = package_model::Entity::find()
+        .filter(package_model::Column::PackageId.eq(package.id))
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|m| m.device_model_id)
+        .collect();
+
+    // The targets: (id, endpoint id, model).
+    let mut targets: Vec<(Uuid, String, Uuid)> = Vec::new();
+    let mut group_id = None;
+    if let Some(group) = input.group {
+        let within = crate::service::group::members_of(conn, group).await.map_err(|e| match e {
+            Error::NotFound { .. } => Error::invalid("group", format!("no device group {group}")),
+            other => other,
+        })?;
+        group_id = Some(group);
+        targets = device::Entity::find()
+            .select_only()
+            .columns([device::Column::Id, device::Column::EndpointId, device::Column::ModelId])
+            .filter(device::Column::Id.in_subquery(within))
+            .filter(device::Column::Status.is_in([DeviceStatus::Registered.as_str(), DeviceStatus::Active.as_str()]))
+            .order_by_asc(device::Column::Id)
+            .into_tuple()
+            .all(conn)
+            .await?;
+    } else {
+        let mut errors = Vec::new();
+        let mut seen = HashSet::new();
+        for chunk in input.devices.chunks(INSERT_CHUNK) {
+            let ids: Vec<Uuid> = chunk.iter().filter_map(|r| r.parse().ok()).collect();
+            let found: Vec<device::Model> = device::Entity::find()
+                .filter(
+                    Condition::any()
+                        .add(device::Column::Id.is_in(ids))
+                        .add(device::Column::EndpointId.is_in(chunk.iter().map(String::as_str))),
+                )
+                .all(conn)
+                .await?;
+            let by_ref: HashMap<String, &device::Model> =
+                found.iter().flat_map(|d| [(d.id.to_string(), d), (d.endpoint_id.clone(), d)]).collect();
+            for reference in chunk {
+                let row = errors.len() + targets.len();
+                match by_ref.get(reference.as_str()) {
+                    None => errors.push(RowError {
+                        row,
+                        key: reference.clone(),
+                        field: "devices".into(),
+                        message: format!("no device {reference}"),
+                        duplicate: false,
+                    }),
+                    Some(d) if !matches!(d.status.as_str(), "REGISTERED" | "ACTIVE") => errors.push(RowError {
+                        row,
+                        key: reference.clone(),
+                        field: "devices".into(),
+                        message: format!("device {} is {}", d.endpoint_id, d.status),
+                        duplicate: false,
+                    }),
+                    Some(d) => {
+                        if seen.insert(d.id) {
+                            targets.push((d.id, d.endpoint_id.clone(), d.model_id));
+                        }
+                    }
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(if let [one] = errors.as_slice() {
+                Error::invalid("devices", one.message.clone())
+            } else {
+                Error::Rows { rows: errors }
+            });
+        }
+    }
+
+    // Devices already on this version of the product.
+    let target_ids: Vec<Uuid> = targets.iter().map(|t| t.0).collect();
+    let mut installed: HashSet<Uuid> = HashSet::new();
+    for chunk in target_ids.chunks(INSERT_CHUNK) {
+        let found: Vec<Uuid> = device_installed::Entity::find()
+            .select_only()
+            .column(device_installed::Column::DeviceId)
+            .filter(device_installed::Column::Component.eq(package.product.as_str()))
+            .filter(device_installed::Column::Version.eq(package.version.as_str()))
+            .filter(device_installed::Column::DeviceId.is_in(chunk.iter().copied()))
+            .into_tuple()
+            .all(conn)
+            .await?;
+        installed.extend(found);
+    }
+
+    let id = Uuid::now_v7();
+    let now = Utc::now();
+    let mut skipped = Vec::new();
+    let mut rows = Vec::with_capacity(targets.len());
+    for (device_id, endpoint_id, model) in &targets {
+        let reason = if !models.contains(model) {
+            Some("incompatible_model")
+        } else if installed.contains(device_id) {
+            Some("already_installed")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            skipped.push(Skipped { device_id: *device_id, endpoint_id: endpoint_id.clone(), reason });
+        }
+        rows.push(device_update::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            deployment_id: Set(id),
+            device_id: Set(*device_id),
+            state: Set(if reason.is_some() { UpdateState::Skipped } else { UpdateState::Pending }.as_str().to_owned()),
+            skip_reason: Set(reason.map(str::to_owned)),
+            progress: Set(0),
+            error_code: Set(None),
+            message: Set(None),
+            cancel_acknowledged: Set(false),
+            released_at: Set(None),
+            finished_at: Set(reason.map(|_| now)),
+            created_at: Set(now),
+            updated_at: Set(now),
+        });
+    }
+    let target_count = i32::try_from(targets.len() - skipped.len()).unwrap_or(i32::MAX);
+    let scheduled = input.policy.start_at.is_some_and(|start| start > now);
+    let (_, created_by) = ctx.actor.audit_identity();
+    let row = deployment::ActiveModel {
+        id: Set(id),
+        name: Set(if name.is_empty() { format!("{} {}", package.name, package.version) } else { name }),
+        package_id: Set(package.id),
+        group_id: Set(group_id),
+        mode: Set(input.mode.as_str().to_owned()),
+        state: Set(if scheduled { DeploymentState::Scheduled } else { DeploymentState::Running }.as_str().to_owned()),
+        max_in_flight: Set(input.policy.max_in_flight),
+        phases: Set(json!(input.policy.phases).to_string()),
+        current_phase: Set(0),
+        failure_threshold_percent: Set(input.policy.failure_threshold_percent),
+        start_at: Set(input.policy.start_at),
+        expires_at: Set(input.policy.expires_at),
+        install_released: Set(input.mode == Mode::Standard),
+        reason: Set(None),
+        reconcile_job_id: Set(None),
+        target_count: Set(target_count),
+        skipped_count: Set(i32::try_from(skipped.len()).unwrap_or(i32::MAX)),
+        created_by: Set(created_by),
+        created_at: Set(now),
+        updated_at: Set(now),
+        finished_at: Set(None),
+    }
+    .insert(tx.conn())
+    .await?;
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<device_update::ActiveModel> = rows.by_ref().take(INSERT_CHUNK).collect();
+        device_update::Entity::insert_many(chunk).exec(tx.conn()).await?;
+    }
+    tx.audit(
+        ctx,
+        "deployment.create",
+        "deployment",
+        &id.to_string(),
+        json!({
+            "package_id": package.id, "product": package.product, "version": package.version,
+            "group_id": group_id, "mode": input.mode.as_str(), "targets": target_count,
+            "skipped": skipped.len(), "policy": {
+                "max_in_flight": input.policy.max_in_flight, "phases": input.policy.phases,
+                "failure_threshold_percent": input.policy.failure_threshold_percent,
+                "start_at": input.policy.start_at, "expires_at": input.policy.expires_at,
+            },
+        }),
+    )
+    .await?;
+    reconcile_in(&mut tx, &row).await?;
+    schedule(&mut tx, id, Utc::now() + interval(app)).await?;
+    tx.commit().await?;
+    app.wake_workers();
+    Ok((get_unchecked(&app.db, id).await?, skipped))
+}
+
+fn interval(app: &App) -> TimeDelta {
+    TimeDelta::from_std(app.config.deployments.reconcile_interval).unwrap_or(TimeDelta::seconds(5))
+}
+
+/// Queue the next reconcile run of `id` at `at`, remembered on the row so
+/// device reports can bring it forward.
+async fn schedule(tx: &mut WriteTx, id: Uuid, at: DateTime<Utc>) -> Result<()> {
+    let job = crate::jobs::enqueue_at(tx.conn(), RECONCILE_JOB, json!({ "deployment_id": id }), at, 3).await?;
+    deployment::Entity::update_many()
+        .col_expr(deployment::Column::ReconcileJobId, Expr::value(job))
+        .filter(deployment::Column::Id.eq(id))
+        .exec(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// Bring the deployment's queued reconcile run forward to now.
+async fn wake(conn: &impl ConnectionTrait, row: &deployment::Model) -> Result<()> {
+    if let Some(job) = row.reconcile_job_id {
+        entity::job::Entity::update_many()
+            .col_expr(entity::job::Column::RunAt, Expr::value(Utc::now()))
+            .filter(entity::job::Column::Id.eq(job))
+            .filter(entity::job::Column::State.eq(crate::jobs::QUEUED))
+            .exec(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The reconciler.
+
+async fn counts(conn: &impl ConnectionTrait, id: Uuid) -> Result<BTreeMap<UpdateState, u64>> {
+    let rows: Vec<(String, i64)> = device_update::Entity::find()
+        .select_only()
+        .column(device_update::Column::State)
+        .column_as(device_update::Column::Id.count(), "n")
+        .filter(device_update::Column::DeploymentId.eq(id))
+        .group_by(device_update::Column::State)
+        .into_tuple()
+        .all(conn)
+        .await?;
+    let mut out = BTreeMap::new();
+    for (state, n) in rows {
+        out.insert(UpdateState::parse(&state)?, u64::try_from(n).unwrap_or_default());
+    }
+    Ok(out)
+}
+
+/// Move updates of `id` in `from` states to `to` (CANCELLED, with a message).
+async fn cancel_updates(tx: &mut WriteTx, id: Uuid, from: &[UpdateState], message: &str) -> Result<()> {
+    let now = Utc::now();
+    device_update::Entity::update_many()
+        .col_expr(device_update::Column::State, Expr::value(UpdateState::Cancelled.as_str()))
+        .col_expr(device_update::Column::Message, Expr::value(message))
+        .col_expr(device_update::Column::FinishedAt, Expr::value(now))
+        .col_expr(device_update::Column::UpdatedAt, Expr::value(now))
+        .filter(device_update::Column::DeploymentId.eq(id))
+        .filter(device_update::Column::State.is_in(from.iter().map(|s| s.as_str())))
+        .exec(tx.conn())
+        .await?;
+    Ok(())
+}
+
+async fn set_state(tx: &mut WriteTx, row: &deployment::Model, to: DeploymentState, reason: Option<&str>) -> Result<()> {
+    let now = Utc::now();
+    let mut update = deployment::Entity::update_many()
+        .col_expr(deployment::Column::State, Expr::value(to.as_str()))
+        .col_expr(deployment::Column::UpdatedAt, Expr::value(now))
+        .filter(deployment::Column::Id.eq(row.id));
+    if let Some(reason) = reason {
+        update = update.col_expr(deployment::Column::Reason, Expr::value(reason));
+    }
+    if to.is_final() {
+        update = update.col_expr(deployment::Column::FinishedAt, Expr::value(now));
+    }
+    update.exec(tx.conn()).await?;
+    Ok(())
+}
+
+/// One reconcile pass inside `tx` (see the module doc). Returns whether the
+/// deployment is still active.
+pub(crate) async fn reconcile_in(tx: &mut WriteTx, row: &deployment::Model) -> Result<bool> {
+    let row = deployment::Entity::find_by_id(row.id)
+        .one(tx.conn())
+        .await?
+        .ok_or_else(|| Error::not_found("deployment", row.id.to_string()))?;
+    let mut state = DeploymentState::parse(&row.state)?;
+    if state.is_final() {
+        return Ok(false);
+    }
+    let system = Ctx::system("deployment-reconciler");
+    let now = Utc::now();
+    let id = row.id;
+    if state == DeploymentState::Scheduled {
+        if row.start_at.is_some_and(|start| start > now) {
+            return Ok(true);
+        }
+        set_state(tx, &row, DeploymentState::Running, None).await?;
+        tx.audit(&system, "deployment.start", "deployment", &id.to_string(), json!({})).await?;
+        state = DeploymentState::Running;
+    }
+    let mode = Mode::parse(&row.mode)?;
+    let mut counts = counts(tx.conn(), id).await?;
+    let count = |counts: &BTreeMap<UpdateState, u64>, s: UpdateState| counts.get(&s).copied().unwrap_or_default();
+
+    // Expiry: nothing new starts; what is under way may finish.
+    if row.expires_at.is_some_and(|at| at <= now)
+        && count(&counts, UpdateState::Pending) + count(&counts, UpdateState::Released) > 0
+    {
+        cancel_updates(tx, id, &[UpdateState::Pending, UpdateState::Released], "the deployment expired").await?;
+        deployment::Entity::update_many()
+            .col_expr(deployment::Column::Reason, Expr::value("expired"))
+            .filter(deployment::Column::Id.eq(id))
+            .exec(tx.conn())
+            .await?;
+        tx.audit(&system, "deployment.expire", "deployment", &id.to_string(), json!({})).await?;
+        counts = self::counts(tx.conn(), id).await?;
+    }
+
+    let installed = count(&counts, UpdateState::Installed);
+    let failed = count(&counts, UpdateState::Failed);
+    // COORDINATED: a failure before the install stops it for everyone.
+    if mode == Mode::Coordinated && !row.install_released && failed > 0 {
+        cancel_updates(
+            tx,
+            id,
+            &[
+                UpdateState::Pending,
+                UpdateState::Released,
+                UpdateState::Acknowledged,
+                UpdateState::Downloading,
+                UpdateState::Downloaded,
+            ],
+            "a device failed before the coordinated install",
+        )
+        .await?;
+        let reason = format!("{failed} device(s) failed before the coordinated install; nobody installs");
+        set_state(tx, &row, DeploymentState::Aborted, Some(&reason)).await?;
+        tx.audit(&system, "deployment.abort", "deployment", &id.to_string(), json!({ "reason": reason })).await?;
+        tx.notify(Event::DeploymentChanged(id));
+        return Ok(false);
+    }
+    // The failure threshold.
+    let finished = installed + failed;
+    if let Some(threshold) = row.failure_threshold_percent
+        && finished > 0
+        && failed * 100 > u64::try_from(threshold).unwrap_or_default() * finished
+    {
+        cancel_updates(tx, id, &[UpdateState::Pending], "the deployment was aborted").await?;
+        let reason = format!(
+            "{failed} of {finished} finished devices failed ({}%), above the threshold of {threshold}%",
+            failed * 100 / finished
+        );
+        set_state(tx, &row, DeploymentState::Aborted, Some(&reason)).await?;
+        tx.audit(&system, "deployment.abort", "deployment", &id.to_string(), json!({ "reason": reason })).await?;
+        tx.notify(Event::DeploymentChanged(id));
+        return Ok(false);
+    }
+    // COORDINATED: release the install when every target has downloaded.
+    if mode == Mode::Coordinated && !row.install_released {
+        let waiting: u64 =
+            [UpdateState::Pending, UpdateState::Released, UpdateState::Acknowledged, UpdateState::Downloading]
+                .iter()
+                .map(|s| count(&counts, *s))
+                .sum();
+        if waiting == 0 && count(&counts, UpdateState::Downloaded) > 0 {
+            release_install_in(tx, &row, &system).await?;
+        }
+    }
+
+    let in_flight: u64 = UpdateState::IN_FLIGHT.iter().map(|s| count(&counts, *s)).sum();
+    let pending = count(&counts, UpdateState::Pending);
+    if state == DeploymentState::Running && pending > 0 {
+        let phases = parse_phases(&row.phases);
+        let target = u64::try_from(row.target_count).unwrap_or_default();
+        let released_total = device_update::Entity::find()
+            .filter(device_update::Column::DeploymentId.eq(id))
+            .filter(device_update::Column::ReleasedAt.is_not_null())
+            .count(tx.conn())
+            .await?;
+        let cap_of = |phase: usize| (target * u64::try_from(phases[phase]).unwrap_or(100)).div_ceil(100);
+        let mut phase = usize::try_from(row.current_phase).unwrap_or_default().min(phases.len() - 1);
+        // The next phase starts once every device of this one has finished.
+        while released_total >= cap_of(phase) && in_flight == 0 && phase + 1 < phases.len() {
+            phase += 1;
+        }
+        if phase != usize::try_from(row.current_phase).unwrap_or_default() {
+            deployment::Entity::update_many()
+                .col_expr(deployment::Column::CurrentPhase, Expr::value(i32::try_from(phase).unwrap_or_default()))
+                .filter(deployment::Column::Id.eq(id))
+                .exec(tx.conn())
+                .await?;
+            tx.audit(
+                &system,
+                "deployment.phase",
+                "deployment",
+                &id.to_string(),
+                json!({ "phase": phase, "percent": phases[phase] }),
+            )
+            .await?;
+        }
+        let mut room = cap_of(phase).saturating_sub(released_total);
+        if let Some(max) = row.max_in_flight {
+            room = room.min(u64::try_from(max).unwrap_or_default().saturating_sub(in_flight));
+        }
+        if room > 0 {
+            let chosen: Vec<(Uuid, Uuid)> = device_update::Entity::find()
+                .select_only()
+                .columns([device_update::Column::Id, device_update::Column::DeviceId])
+                .filter(device_update::Column::DeploymentId.eq(id))
+                .filter(device_update::Column::State.eq(UpdateState::Pending.as_str()))
+                .order_by_asc(device_update::Column::Id)
+                .limit(room)
+                .into_tuple()
+                .all(tx.conn())
+                .await?;
+            for chunk in chosen.chunks(INSERT_CHUNK) {
+                device_update::Entity::update_many()
+                    .col_expr(device_update::Column::State, Expr::value(UpdateState::Released.as_str()))
+                    .col_expr(device_update::Column::ReleasedAt, Expr::value(now))
+                    .col_expr(device_update::Column::UpdatedAt, Expr::value(now))
+                    .filter(device_update::Column::Id.is_in(chunk.iter().map(|(u, _)| *u)))
+                    .filter(device_update::Column::State.eq(UpdateState::Pending.as_str()))
+                    .exec(tx.conn())
+                    .await?;
+            }
+            if !chosen.is_empty() {
+                tx.notify(Event::DevicesReleased(Arc::new(chosen.iter().map(|(_, d)| *d).collect())));
+                tx.notify(Event::DeploymentChanged(id));
+            }
+        }
+        return Ok(true);
+    }
+    if pending == 0 && in_flight == 0 {
+        set_state(tx, &row, DeploymentState::Completed, None).await?;
+        tx.audit(
+            &system,
+            "deployment.complete",
+            "deployment",
+            &id.to_string(),
+            json!({ "installed": installed, "failed": failed, "cancelled": count(&counts, UpdateState::Cancelled) }),
+        )
+        .await?;
+        tx.notify(Event::DeploymentChanged(id));
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+async fn release_install_in(tx: &mut WriteTx, row: &deployment::Model, ctx: &Ctx) -> Result<()> {
+    deployment::Entity::update_many()
+        .col_expr(deployment::Column::InstallReleased, Expr::value(true))
+        .col_expr(deployment::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(deployment::Column::Id.eq(row.id))
+        .exec(tx.conn())
+        .await?;
+    tx.audit(ctx, "deployment.release_install", "deployment", &row.id.to_string(), json!({})).await?;
+    let devices: Vec<Uuid> = device_update::Entity::find()
+        .select_only()
+        .column(device_update::Column::DeviceId)
+        .filter(device_update::Column::DeploymentId.eq(row.id))
+        .filter(device_update::Column::State.eq(UpdateState::Downloaded.as_str()))
+        .into_tuple()
+        .all(tx.conn())
+        .await?;
+    tx.notify(Event::DevicesReleased(Arc::new(devices.into_iter().collect())));
+    tx.notify(Event::DeploymentChanged(row.id));
+    Ok(())
+}
+
+/// The durable job: reconcile, then queue the next run while active.
+pub struct ReconcileJob;
+
+#[async_trait::async_trait]
+impl crate::jobs::Handler for ReconcileJob {
+    fn kind(&self) -> &'static str {
+        RECONCILE_JOB
+    }
+
+    async fn run(&self, app: &App, job: &entity::job::Model) -> anyhow::Result<()> {
+        let id: Uuid = job
+            .payload
+            .get("deployment_id")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("payload without a deployment_id"))?;
+        let mut tx = WriteTx::begin(app).await?;
+        let Some(row) = deployment::Entity::find_by_id(id).one(tx.conn()).await? else {
+            return Ok(());
+        };
+        // A stale job (another run was queued since) does nothing.
+        if row.reconcile_job_id.is_some_and(|current| current != job.id) {
+            return Ok(());
+        }
+        let active = reconcile_in(&mut tx, &row).await?;
+        if active {
+            schedule(&mut tx, id, Utc::now() + interval(app)).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Operator actions.
+
+async fn find(conn: &impl ConnectionTrait, id: Uuid) -> Result<deployment::Model> {
+    deployment::Entity::find_by_id(id).one(conn).await?.ok_or_else(|| Error::not_found("deployment", id.to_string()))
+}
+
+async fn operator_action(
+    app: &App,
+    ctx: &Ctx,
+    id: Uuid,
+    action: &str,
+    allowed_from: &[DeploymentState],
+    act: impl AsyncFnOnce(&mut WriteTx, &deployment::Model) -> Result<()>,
+) -> Result<Deployment> {
+    ctx.require(Permission::DeploymentWrite)?;
+    let mut tx = WriteTx::begin(app).await?;
+    let row = find(tx.conn(), id).await?;
+    let state = DeploymentState::parse(&row.state)?;
+    if !allowed_from.contains(&state) {
+        return Err(Error::InvalidState(format!("deployment {id} is {}; it cannot {action}", state.as_str())));
+    }
+    act(&mut tx, &row).await?;
+    tx.audit(
+        ctx,
+        &format!("deployment.{action}"),
+        "deployment",
+        &id.to_string(),
+        json!({ "state_before": state.as_str() }),
+    )
+    .await?;
+    let row = find(tx.conn(), id).await?;
+    reconcile_in(&mut tx, &row).await?;
+    tx.notify(Event::DeploymentChanged(id));
+    tx.commit().await?;
+    app.wake_workers();
+    get_unchecked(&app.db, id).await
+}
+
+/// No further releases; devices under way go on.
+pub async fn pause(app: &App, ctx: &Ctx, id: Uuid) -> Result<Deployment> {
+    operator_action(app, ctx, id, "pause", &[DeploymentState::Running, DeploymentState::Scheduled], async |tx, row| {
+        set_state(tx, row, DeploymentState::Paused, None).await
+    })
+    .await
+}
+
+pub async fn resume(app: &App, ctx: &Ctx, id: Uuid) -> Result<Deployment> {
+    operator_action(app, ctx, id, "resume", &[DeploymentState::Paused], async |tx, row| {
+        set_state(tx, row, DeploymentState::Running, None).await
+    })
+    .await
+}
+
+/// Devices not yet INSTALLING are CANCELLED (a device learns of it on its
+/// next poll); installing ones finish.
+pub async fn cancel(app: &App, ctx: &Ctx, id: Uuid) -> Result<Deployment> {
+    operator_action(
+        app,
+        ctx,
+        id,
+        "cancel",
+        &[DeploymentState::Scheduled, DeploymentState::Running, DeploymentState::Paused],
+        async |tx, row| {
+            let told: Vec<Uuid> = device_update::Entity::find()
+                .select_only()
+                .column(device_update::Column::DeviceId)
+                .filter(device_update::Column::DeploymentId.eq(row.id))
+                .filter(device_update::Column::ReleasedAt.is_not_null())
+                .filter(device_update::Column::State.is_in(UpdateState::IN_FLIGHT.iter().map(|s| s.as_str())))
+                .into_tuple()
+                .all(tx.conn())
+                .await?;
+            tx.notify(Event::DevicesReleased(Arc::new(told.into_iter().collect())));
+            cancel_updates(
+                tx,
+                row.id,
+                &[
+                    UpdateState::Pending,
+                    UpdateState::Released,
+                    UpdateState::Acknowledged,
+                    UpdateState::Downloading,
+                    UpdateState::Downloaded,
+                ],
+                "the deployment was cancelled",
+            )
+            .await?;
+            set_state(tx, row, DeploymentState::Cancelled, Some("cancelled by an operator")).await
+        },
+    )
+    .await
+}
+
+/// DOWNLOAD_ONLY (or a COORDINATED one an operator pushes on): let the
+/// devices that downloaded install.
+pub async fn release_install(app: &App, ctx: &Ctx, id: Uuid) -> Result<Deployment> {
+    operator_action(
+        app,
+        ctx,
+        id,
+        "release_install",
+        &[DeploymentState::Running, DeploymentState::Paused],
+        async |tx, row| {
+            if row.install_released {
+                return Err(Error::InvalidState(format!("deployment {} already lets devices install", row.id)));
+            }
+            let ctx = Ctx::system("operator");
+            release_install_in(tx, row, &ctx).await
+        },
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// Reading.
+
+async fn attach(conn: &impl ConnectionTrait, rows: Vec<deployment::Model>) -> Result<Vec<Deployment>> {
+    let mut out = Vec::with_capacity(rows.len());
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let mut all: HashMap<Uuid, BTreeMap<UpdateState, u64>> = HashMap::new();
+    if !ids.is_empty() {
+        let counted: Vec<(Uuid, String, i64)> = device_update::Entity::find()
+            .select_only()
+            .column(device_update::Column::DeploymentId)
+            .column(device_update::Column::State)
+            .column_as(device_update::Column::Id.count(), "n")
+            .filter(device_update::Column::DeploymentId.is_in(ids))
+            .group_by(device_update::Column::DeploymentId)
+            .group_by(device_update::Column::State)
+            .into_tuple()
+            .all(conn)
+            .await?;
+        for (deployment, state, n) in counted {
+            all.entry(deployment)
+                .or_default()
+                .insert(UpdateState::parse(&state)?, u64::try_from(n).unwrap_or_default());
+        }
+    }
+    for row in rows {
+        out.push(Deployment {
+            state: DeploymentState::parse(&row.state)?,
+            mode: Mode::parse(&row.mode)?,
+            phases: parse_phases(&row.phases),
+            counts: all.remove(&row.id).unwrap_or_default(),
+            row,
+        });
+    }
+    Ok(out)
+}
+
+async fn get_unchecked(conn: &impl ConnectionTrait, id: Uuid) -> Result<Deployment> {
+    Ok(attach(conn, vec![find(conn, id).await?]).await?.remove(0))
+}
+
+pub async fn get(app: &App, ctx: &Ctx, id: Uuid) -> Result<Deployment> {
+    ctx.require(Permission::DeploymentRead)?;
+    get_unchecked(&app.db, id).await
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DeploymentFilter {
+    pub state: Option<DeploymentState>,
+    pub package: Option<Uuid>,
+    pub group: Option<Uuid>,
+}
+
+const CURSOR_KIND: &str = "deployment";
+
+/// Newest first.
+pub async fn list(
+    app: &App,
+    ctx: &Ctx,
+    filter: &DeploymentFilter,
+    first: Option<i32>,
+    after: Option<&str>,
+) -> Result<Page<Deployment>> {
+    ctx.require(Permission::DeploymentRead)?;
+    let page = PageRequest::parse_uuid(CURSOR_KIND, first, after)?;
+    let mut condition = Condition::all();
+    if let Some(state) = filter.state {
+        condition = condition.add(deployment::Column::State.eq(state.as_str()));
+    }
+    if let Some(package) = filter.package {
+        condition = condition.add(deployment::Column::PackageId.eq(package));
+    }
+    if let Some(group) = filter.group {
+        condition = condition.add(deployment::Column::GroupId.eq(group));
+    }
+    let total_count = deployment::Entity::find().filter(condition.clone()).count(&app.db).await?;
+    let mut query = deployment::Entity::find().filter(condition);
+    if let Some(after) = page.after {
+        query = query.filter(deployment::Column::Id.lt(after));
+    }
+    let mut rows = query.order_by_desc(deployment::Column::Id).limit(page.first + 1).all(&app.db).await?;
+    let has_next_page = rows.len() as u64 > page.first;
+    rows.truncate(usize::try_from(page.first).unwrap_or(usize::MAX));
+    let items = attach(&app.db, rows).await?;
+    Ok(Page {
+        items: items.into_iter().map(|d| (cursor(CURSOR_KIND, d.row.id), d)).collect(),
+        has_next_page,
+        total_count,
+    })
+}
+
+/// A device update with its device.
+#[derive(Clone, Debug)]
+pub struct UpdateView {
+    pub row: device_update::Model,
+    pub state: UpdateState,
+    pub device: Device,
+}
+
+const UPDATE_CURSOR: &str = "device_update";
+
+/// The updates of a deployment, or of a device (exactly one of the two).
+pub async fn updates(
+    app: &App,
+    ctx: &Ctx,
+    deployment: Option<Uuid>,
+    device: Option<Uuid>,
+    state: Option<UpdateState>,
+    first: Option<i32>,
+    after: Option<&str>,
+) -> Result<Page<UpdateView>> {
+    ctx.require(Permission::DeploymentRead)?;
+    let page = PageRequest::parse_uuid(UPDATE_CURSOR, first, after)?;
+    let mut condition = Condition::all();
+    if let Some(deployment) = deployment {
+        condition = condition.add(device_update::Column::DeploymentId.eq(deployment));
+    }
+    if let Some(device) = device {
+        condition = condition.add(device_update::Column::DeviceId.eq(device));
+    }
+    if let Some(state) = state {
+        condition = condition.add(device_update::Column::State.eq(state.as_str()));
+    }
+    let total_count = device_update::Entity::find().filter(condition.clone()).count(&app.db).await?;
+    let mut query = device_update::Entity::find().filter(condition);
+    if let Some(after) = page.after {
+        query = query.filter(device_update::Column::Id.gt(after));
+    }
+    let mut rows = query.order_by_asc(device_update::Column::Id).limit(page.first + 1).all(&app.db).await?;
+    let has_next_page = rows.len() as u64 > page.first;
+    rows.truncate(usize::try_from(page.first).unwrap_or(usize::MAX));
+    let devices = crate::service::device::by_ids(&app.db, rows.iter().map(|r| r.device_id).collect()).await?;
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows {
+        let device = devices
+            .get(&row.device_id)
+            .cloned()
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("update {} without its device", row.id)))?;
+        items.push((cursor(UPDATE_CURSOR, row.id), UpdateView { state: UpdateState::parse(&row.state)?, device, row }));
+    }
+    Ok(Page { items, has_next_page, total_count })
+}
+
+/// A device's installation history, newest first.
+pub async fn installations(app: &App, ctx: &Ctx, device: Uuid) -> Result<Vec<installation::Model>> {
+    ctx.require(Permission::DeviceRead)?;
+    Ok(installation::Entity::find()
+        .filter(installation::Column::DeviceId.eq(device))
+        .order_by_desc(installation::Column::InstalledAt)
+        .order_by_desc(installation::Column::Id)
+        .limit(500)
+        .all(&app.db)
+        .await?)
+}
+
+/// Live deployments of a package (for deletePackage).
+pub(crate) async fn active_for_package(conn: &impl ConnectionTrait, package: Uuid) -> Result<u64> {
+    Ok(deployment::Entity::find()
+        .filter(deployment::Column::PackageId.eq(package))
+        .filter(deployment::Column::State.is_in([
+            DeploymentState::Scheduled.as_str(),
+            DeploymentState::Running.as_str(),
+            DeploymentState::Paused.as_str(),
+        ]))
+        .count(conn)
+        .await?)
+}
+
+// ---------------------------------------------------------------------------
+// The device protocol.
+
+/// What a device is told on a poll.
+#[derive(Clone, Debug)]
+pub struct PollAnswer {
+    pub etag: String,
+    /// None: nothing pending.
+    pub update: Option<Value>,
+}
+
+/// The ETag of "nothing pending".
+pub const IDLE_ETAG: &str = "\"idle\"";
+
+async fn current_update(
+    conn: &impl ConnectionTrait,
+    device: Uuid,
+) -> Result<Option<(device_update::Model, deployment::Model)>> {
+    let mut states: Vec<&str> = UpdateState::IN_FLIGHT.iter().map(|s| s.as_str()).collect();
+    states.push(UpdateState::Cancelled.as_str());
+    let candidates = device_update::Entity::find()
+        .filter(device_update::Column::DeviceId.eq(device))
+        .filter(device_update::Column::State.is_in(states))
+        .filter(
+            Condition::any().add(device_update::Column::State.ne(UpdateState::Cancelled.as_str())).add(
+                Condition::all()
+                    .add(device_update::Column::ReleasedAt.is_not_null())
+                    .add(device_update::Column::CancelAcknowledged.eq(false)),
+            ),
+        )
+        .order_by_desc(device_update::Column::Id)
+        .limit(1)
+        .all(conn)
+        .await?;
+    let Some(update) = candidates.into_iter().next() else { return Ok(None) };
+    let deployment = find(conn, update.deployment_id).await?;
+    Ok(Some((update, deployment)))
+}
+
+fn action_of(update: &device_update::Model, deployment: &deployment::Model) -> Result<&'static str> {
+    let state = UpdateState::parse(&update.state)?;
+    Ok(match state {
+        UpdateState::Cancelled => "CANCEL",
+        UpdateState::Downloaded | UpdateState::Installing if deployment.install_released => "INSTALL",
+        _ => "DOWNLOAD",
+    })
+}
+
+/// `GET /device/v1/poll`: the device's pending update (with its signed
+/// manifest), or none. `if_none_match` equal to the current ETag answers
+/// with the ETag alone (the 304 path, no manifest built).
+pub async fn poll(app: &App, ctx: &Ctx, if_none_match: Option<&str>) -> Result<PollAnswer> {
+    let device = ctx.require_device()?;
+    let Some((update, deployment)) = current_update(&app.db, device.id).await? else {
+        return Ok(PollAnswer { etag: IDLE_ETAG.to_owned(), update: None });
+    };
+    let action = action_of(&update, &deployment)?;
+    let etag = format!(
+        "\"{}\"",
+        &hex::encode(Sha256::digest(format!(
+            "{}:{}:{action}:{}",
+            update.id, update.state, deployment.install_released
+        )))[..32]
+    );
+    if if_none_match == Some(etag.as_str()) {
+        return Ok(PollAnswer { etag, update: None });
+    }
+    let package = crate::service::package::get_any(&app.db, deployment.package_id).await?;
+    let until = deployment.expires_at.unwrap_or(deployment.created_at + DEFAULT_URL_LIFETIME);
+    let manifest = crate::service::package::device_manifest_for(app, &package, device.id, until)?;
+    Ok(PollAnswer {
+        etag,
+        update: Some(json!({
+            "id": update.id,
+            "deploymentId": deployment.id,
+            "action": action,
+            "state": update.state,
+            "manifest": manifest,
+        })),
+    })
+}
+
+/// A device's status report.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub status: String,
+    pub progress: Option<i32>,
+    pub version: Option<String>,
+    pub errcode: Option<String>,
+    pub message: Option<String>,
+}
+
+/// `POST /device/v1/updates/{id}/status`.
+pub async fn report(app: &App, ctx: &Ctx, update_id: Uuid, report: Report) -> Result<device_update::Model> {
+    let device = ctx.require_device()?.clone();
+    if let Some(p) = report.progress
+        && !(0..=100).contains(&p)
+    {
+        return Err(Error::invalid("progress", "between 0 and 100"));
+    }
+    for (field, value, max) in
+        [("errcode", &report.errcode, 64), ("message", &report.message, 1024), ("version", &report.version, 64)]
+    {
+        if value.as_ref().is_some_and(|v| v.chars().count() > max) {
+            return Err(Error::invalid(field, format!("at most {max} characters")));
+        }
+    }
+    let mut tx = WriteTx::begin(app).await?;
+    let update = device_update::Entity::find_by_id(update_id)
+        .filter(device_update::Column::DeviceId.eq(device.id))
+        .one(tx.conn())
+        .await?
+        .ok_or_else(|| Error::not_found("update", update_id.to_string()))?;
+    let deployment = find(tx.conn(), update.deployment_id).await?;
+    let from = UpdateState::parse(&update.state)?;
+    let now = Utc::now();
+    use UpdateState::*;
+    let invalid =
+        |to: &str| Error::InvalidState(format!("update {update_id} is {}; it cannot become {to}", from.as_str()));
+    let mut message = report.message.clone();
+    let to = match report.status.as_str() {
+        "ACKNOWLEDGED" => match from {
+            Released | Acknowledged => Acknowledged,
+            _ => return Err(invalid("ACKNOWLEDGED")),
+        },
+        "DOWNLOADING" => match from {
+            Released | Acknowledged | Downloading => Downloading,
+            _ => return Err(invalid("DOWNLOADING")),
+        },
+        "DOWNLOADED" => match from {
+            Released | Acknowledged | Downloading | Downloaded => Downloaded,
+            _ => return Err(invalid("DOWNLOADED")),
+        },
+        "INSTALLING" => match from {
+            Downloaded | Installing if deployment.install_released => Installing,
+            Downloaded => {
+                return Err(Error::InvalidState(format!(
+                    "update {update_id}: the install is not released yet (a {} deployment)",
+                    deployment.mode
+                )));
+            }
+            _ => return Err(invalid("INSTALLING")),
+        },
+        "INSTALLED_VERSION" => match from {
+            Downloaded | Installing if deployment.install_released => {
+                let package = crate::service::package::get_any(tx.conn(), deployment.package_id).await?;
+                match report.version.as_deref() {
+                    Some(v) if v == package.model.version => Installed,
+                    other => {
+                        message = Some(format!(
+                            "reported version {}, expected {}",
+                            other.unwrap_or("(none)"),
+                            package.model.version
+                        ));
+                        Failed
+                    }
+                }
+            }
+            Downloaded => {
+                return Err(Error::InvalidState(format!(
+                    "update {update_id}: the install is not released yet (a {} deployment)",
+                    deployment.mode
+                )));
+            }
+            _ => return Err(invalid("INSTALLED")),
+        },
+        "FAILED" => {
+            if from.is_final() {
+                return Err(invalid("FAILED"));
+            }
+            Failed
+        }
+        // The device saw the cancel.
+        "CANCELLED" => {
+            if from != Cancelled {
+                return Err(invalid("CANCELLED"));
+            }
+            device_update::Entity::update_many()
+                .col_expr(device_update::Column::CancelAcknowledged, Expr::value(true))
+                .filter(device_update::Column::Id.eq(update_id))
+                .exec(tx.conn())
+                .await?;
+            tx.commit().await?;
+            return find_update(&app.db, update_id).await;
+        }
+        other => {
+            return Err(Error::invalid(
+                "status",
+                format!(
+                    "{other:?}: one of ACKNOWLEDGED, DOWNLOADING, DOWNLOADED, INSTALLING, INSTALLED_VERSION, FAILED, CANCELLED"
+                ),
+            ));
+        }
+    };
+    let progress = match to {
+        Installed | Downloaded => 100,
+        _ => report.progress.unwrap_or(update.progress),
+    };
+    let mut change = device_update::Entity::update_many()
+        .col_expr(device_update::Column::State, Expr::value(to.as_str()))
+        .col_expr(device_update::Column::Progress, Expr::value(progress))
+        .col_expr(device_update::Column::UpdatedAt, Expr::value(now))
+        .filter(device_update::Column::Id.eq(update_id))
+        .filter(device_update::Column::State.eq(from.as_str()));
+    if to.is_final() {
+        change = change.col_expr(device_update::Column::FinishedAt, Expr::value(now));
+    }
+    if to == Failed {
+        change = change
+            .col_expr(device_update::Column::ErrorCode, Expr::value(report.errcode.clone()))
+            .col_expr(device_update::Column::Message, Expr::value(message.clone()));
+    }
+    if change.exec(tx.conn()).await?.rows_affected != 1 {
+        return Err(Error::InvalidState(format!("update {update_id} changed meanwhile; report again")));
+    }
+    if to == Installed {
+        let package = crate::service::package::get_any(tx.conn(), deployment.package_id).await?;
+        crate::service::device::record_installed(
+            tx.conn(),
+            device.id,
+            &package.model.product,
+            &package.model.version,
+            Some((package.model.id, deployment.id)),
+        )
+        .await?;
+    }
+    if to.is_final() {
+        let action = if to == Installed { "device_update.installed" } else { "device_update.failed" };
+        tx.audit(
+            ctx,
+            action,
+            "device_update",
+            &update_id.to_string(),
+            json!({ "deployment_id": deployment.id, "errcode": report.errcode, "message": message }),
+        )
+        .await?;
+    }
+    if to.is_final() || to == Downloaded {
+        wake(tx.conn(), &deployment).await?;
+    }
+    tx.notify(Event::DeploymentChanged(deployment.id));
+    tx.commit().await?;
+    if to.is_final() || to == Downloaded {
+        app.wake_workers();
+    }
+    find_update(&app.db, update_id).await
+}
+
+async fn find_update(conn: &impl ConnectionTrait, id: Uuid) -> Result<device_update::Model> {
+    device_update::Entity::find_by_id(id).one(conn).await?.ok_or_else(|| Error::not_found("update", id.to_string()))
+}
+
+/// Whether `event` has news for `device`'s poll (for long polls).
+pub fn concerns(event: &Event, device: Uuid) -> bool {
+    matches!(event, Event::DevicesReleased(devices) if devices.contains(&device))
+}

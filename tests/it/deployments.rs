@@ -1,0 +1,591 @@
+//! Deployments, driven by simulated devices over real HTTP: the poll, the
+//! status reports, the rollout policy, the modes, cancel, pause, abort.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{TestApp, error_code};
+
+const APPLY: &str = "mutation($i: ApplyPackageInput!) { applyPackage(input: $i) {
+    deployment { id state mode targetCount skippedCount installReleased }
+    skipped { endpointId reason } } }";
+const DEPLOYMENT: &str = "query($id: ID!) { deployment(id: $id) { state reason currentPhase installReleased
+    counts { pending released acknowledged downloading downloaded installing installed failed cancelled skipped } } }";
+
+/// A device of the fleet, played over HTTP.
+struct Sim<'a> {
+    app: &'a TestApp,
+    endpoint_id: String,
+    secret: String,
+}
+
+impl Sim<'_> {
+    async fn poll_with(&self, if_none_match: Option<&str>, wait: Option<u64>) -> (StatusCode, Option<String>, Value) {
+        let mut request = self.app.client.get(self.app.url("/device/v1/poll")).bearer_auth(&self.secret);
+        if let Some(etag) = if_none_match {
+            request = request.header("if-none-match", etag);
+        }
+        if let Some(wait) = wait {
+            request = request.query(&[("wait", wait)]);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let etag = response.headers().get("etag").map(|v| v.to_str().unwrap().to_owned());
+        let body = if status == StatusCode::OK { response.json().await.unwrap() } else { Value::Null };
+        (status, etag, body)
+    }
+
+    async fn poll(&self) -> (StatusCode, Value) {
+        let (status, _, body) = self.poll_with(None, None).await;
+        (status, body)
+    }
+
+    /// The pending update (panics when there is none).
+    async fn update(&self) -> Value {
+        let (status, body) = self.poll().await;
+        assert_eq!(status, StatusCode::OK, "{} has no update", self.endpoint_id);
+        body["update"].clone()
+    }
+
+    async fn report(&self, update: &Value, body: Value) -> (StatusCode, Value) {
+        let response = self
+            .app
+            .client
+            .post(self.app.url(&format!("/device/v1/updates/{}/status", update["id"].as_str().unwrap())))
+            .bearer_auth(&self.secret)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn ok(&self, update: &Value, body: Value) -> Value {
+        let (status, out) = self.report(update, body.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{}: {body} → {out}", self.endpoint_id);
+        out
+    }
+
+    /// Download, then install `version`.
+    async fn install(&self, version: &str) {
+        let update = self.update().await;
+        for status in ["ACKNOWLEDGED", "DOWNLOADING", "DOWNLOADED", "INSTALLING"] {
+            self.ok(&update, json!({"status": status, "progress": 50})).await;
+        }
+        self.ok(&update, json!({"status": "INSTALLED_VERSION", "version": version})).await;
+    }
+}
+
+struct Fleet {
+    package: String,
+    file: String,
+    group: String,
+}
+
+async fn app() -> TestApp {
+    TestApp::start_with(|c| {
+        c.scanner.mode = otadepot::config::ScannerMode::Disabled;
+        c.jobs.poll_interval = Duration::from_millis(50);
+        c.deployments.reconcile_interval = Duration::from_millis(200);
+    })
+    .await
+}
+
+/// Model X100, a firmware 2.0.0 package for it, `n` devices in a group.
+async fn fleet(app: &TestApp, n: usize) -> (Fleet, Vec<Sim<'_>>) {
+    let admin = app.operator("admin");
+    admin.ok("mutation { createDeviceModel(input: {name: \"X100\"}) { deviceModel { id } } }", json!({})).await;
+    admin.ok("mutation { createDeviceModel(input: {name: \"S200\"}) { deviceModel { id } } }", json!({})).await;
+    let (file, _) = app.promoted("fw-2.0.0.bin", b"firmware 2.0.0 image").await;
+    let package = admin
+        .ok(
+            "mutation($f: ID!) { createSoftwarePackage(input: {name: \"fw\", version: \"2.0.0\", type: \"URL_LIST\", models: [\"X100\"], files: [$f]}) { package { id } } }",
+            json!({"f": file}),
+        )
+        .await["createSoftwarePackage"]["package"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rows: Vec<Value> = (0..n).map(|i| json!({"endpointId": format!("d{i:02}"), "model": "X100"})).collect();
+    let out = admin
+        .ok("mutation($d: [RegisterDeviceInput!]!) { registerDevices(input: {devices: $d}) { devices { secret device { endpointId } } } }", json!({"d": rows}))
+        .await;
+    let sims: Vec<Sim<'_>> = out["registerDevices"]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| Sim {
+            app,
+            endpoint_id: d["device"]["endpointId"].as_str().unwrap().to_owned(),
+            secret: d["secret"].as_str().unwrap().to_owned(),
+        })
+        .collect();
+    let group = admin
+        .ok(
+            "mutation { createDeviceGroup(input: {name: \"fleet\", model: \"X100\"}) { deviceGroup { id } } }",
+            json!({}),
+        )
+        .await["createDeviceGroup"]["deviceGroup"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ids: Vec<&str> = sims.iter().map(|s| s.endpoint_id.as_str()).collect();
+    admin
+        .ok(
+            "mutation($g: ID!, $d: [ID!]!) { addGroupMembers(input: {group: $g, devices: $d}) { deviceGroup { id } } }",
+            json!({"g": group, "d": ids}),
+        )
+        .await;
+    (Fleet { package, file, group }, sims)
+}
+
+async fn apply(app: &TestApp, input: Value) -> Value {
+    app.operator("deployment_manager").ok(APPLY, json!({"i": input})).await["applyPackage"].clone()
+}
+
+async fn deployment(app: &TestApp, id: &Value) -> Value {
+    app.operator("viewer").ok(DEPLOYMENT, json!({"id": id})).await["deployment"].clone()
+}
+
+/// Wait until the deployment matches `done` (the reconciler runs as a job).
+async fn until(app: &TestApp, id: &Value, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = deployment(app, id).await;
+        if done(&d) {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "waiting for {what}: {d}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+fn in_flight(d: &Value) -> u64 {
+    ["released", "acknowledged", "downloading", "downloaded", "installing"]
+        .iter()
+        .map(|k| d["counts"][k].as_u64().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_device_polls_downloads_installs_and_the_deployment_completes() {
+    let app = app().await;
+    let (fleet, sims) = fleet(&app, 3).await;
+    let out = apply(&app, json!({"package": fleet.package, "group": fleet.group, "policy": {"maxInFlight": 5}})).await;
+    let id = out["deployment"]["id"].clone();
+    assert_eq!(out["deployment"]["state"], "RUNNING");
+    assert_eq!(out["deployment"]["targetCount"], 3);
+
+    let sim = &sims[0];
+    let (status, etag, body) = sim.poll_with(None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let update = &body["update"];
+    assert_eq!(update["action"], "DOWNLOAD");
+    assert_eq!(body["commands"], json!([]));
+    // The signed manifest, its file URL signed for this device.
+    let manifest = &update["manifest"];
+    assert_eq!(manifest["version"], "2.0.0");
+    assert_eq!(manifest["signature"]["alg"], "Ed25519");
+    let url = manifest["files"][0]["url"].as_str().unwrap().to_owned();
+    assert!(url.contains("device=") && url.contains("sig="), "{url}");
+    // The 304 path: nothing changed.
+    let (status, _, _) = sim.poll_with(etag.as_deref(), None).await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    // The URL works without a credential, with Range; tampering breaks it.
+    let response = app.client.get(&url).header("range", "bytes=0-7").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), b"firmware");
+    let other_device = url.replace("device=", "device=0");
+    assert_eq!(app.client.get(&other_device).send().await.unwrap().status(), StatusCode::FORBIDDEN);
+
+    sim.ok(update, json!({"status": "ACKNOWLEDGED"})).await;
+    let progress = sim.ok(update, json!({"status": "DOWNLOADING", "progress": 40})).await;
+    assert_eq!((progress["state"].as_str(), progress["progress"].as_i64()), (Some("DOWNLOADING"), Some(40)));
+    sim.ok(update, json!({"status": "DOWNLOADED"})).await;
+    assert_eq!(sim.update().await["action"], "INSTALL");
+    sim.ok(update, json!({"status": "INSTALLING"})).await;
+    let done = sim.ok(update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+    assert_eq!(done["state"], "INSTALLED");
+    assert_eq!(sim.poll().await.0, StatusCode::NO_CONTENT, "nothing pending any more");
+
+    // The device's installed versions and history.
+    let device = app
+        .operator("viewer")
+        .ok("{ deviceByEndpointId(endpointId: \"d00\") { installed { component version } installations { component version source deploymentId } updates { edges { node { state progress } } } } }", json!({}))
+        .await["deviceByEndpointId"]
+        .clone();
+    assert_eq!(device["installed"], json!([{"component": "firmware", "version": "2.0.0"}]));
+    assert_eq!(device["installations"][0]["source"], "deployment");
+    assert_eq!(device["installations"][0]["deploymentId"], id);
+    assert_eq!(device["updates"]["edges"][0]["node"], json!({"state": "INSTALLED", "progress": 100}));
+
+    for sim in &sims[1..] {
+        sim.install("2.0.0").await;
+    }
+    let finished = until(&app, &id, "COMPLETED", |d| d["state"] == "COMPLETED").await;
+    assert_eq!(finished["counts"]["installed"], 3);
+    let events = app
+        .operator("auditor")
+        .ok("{ auditEvents(filter: {action: \"device_update.installed\"}) { totalCount } }", json!({}))
+        .await;
+    assert_eq!(events["auditEvents"]["totalCount"], 3);
+}
+
+#[tokio::test]
+async fn reports_follow_the_state_machine_and_stay_with_their_device() {
+    let app = app().await;
+    let (fleet, sims) = fleet(&app, 2).await;
+    apply(&app, json!({"package": fleet.package, "devices": ["d00", "d01"]})).await;
+    let update = sims[0].update().await;
+    // Out of order, unknown, malformed: refused, and nothing changes.
+    for (body, expected) in [
+        (json!({"status": "INSTALLED_VERSION", "version": "2.0.0"}), StatusCode::CONFLICT),
+        (json!({"status": "INSTALLING"}), StatusCode::CONFLICT),
+        (json!({"status": "CANCELLED"}), StatusCode::CONFLICT),
+        (json!({"status": "DONE"}), StatusCode::BAD_REQUEST),
+        (json!({"status": "DOWNLOADING", "progress": 101}), StatusCode::BAD_REQUEST),
+        (json!({"progress": 1}), StatusCode::BAD_REQUEST),
+    ] {
+        let (status, out) = sims[0].report(&update, body.clone()).await;
+        assert_eq!(status, expected, "{body}: {out}");
+    }
+    let (_, out) = sims[0].report(&update, json!({"status": "INSTALLED_VERSION"})).await;
+    assert_eq!(out["error"]["code"], "INVALID_STATE");
+    // Another device's update is not there for it.
+    assert_eq!(sims[1].report(&update, json!({"status": "ACKNOWLEDGED"})).await.0, StatusCode::NOT_FOUND);
+    // A wrong version fails the update, saying why.
+    sims[0].ok(&update, json!({"status": "DOWNLOADED"})).await;
+    let failed = sims[0].ok(&update, json!({"status": "INSTALLED_VERSION", "version": "1.9.9"})).await;
+    assert_eq!(failed["state"], "FAILED");
+    assert!(failed["message"].as_str().unwrap().contains("expected 2.0.0"), "{failed}");
+    // FAILED with an error code.
+    let other = sims[1].update().await;
+    let out =
+        sims[1].ok(&other, json!({"status": "FAILED", "errcode": "E_FLASH", "message": "flash write failed"})).await;
+    assert_eq!((out["state"].as_str(), out["errcode"].as_str()), (Some("FAILED"), Some("E_FLASH")));
+    assert_eq!(sims[1].report(&other, json!({"status": "FAILED"})).await.0, StatusCode::CONFLICT, "final");
+    // Operator tokens are no device credentials.
+    let response =
+        app.client.get(app.url("/device/v1/poll")).bearer_auth(app.token_for("ops", &["admin"])).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn max_in_flight_is_never_exceeded_and_phases_follow_each_other() {
+    let app = app().await;
+    let (fleet, sims) = fleet(&app, 10).await;
+    let out = apply(
+        &app,
+        json!({"package": fleet.package, "group": fleet.group, "policy": {"maxInFlight": 2, "phases": [30, 100]}}),
+    )
+    .await;
+    let id = out["deployment"]["id"].clone();
+    let mut installed = 0;
+    while installed < 10 {
+        let d = deployment(&app, &id).await;
+        assert!(in_flight(&d) <= 2, "maxInFlight exceeded: {d}");
+        // Phase 1 (30% = 3 devices) must finish before phase 2 starts.
+        if installed < 3 {
+            let released_ever = 10 - d["counts"]["pending"].as_u64().unwrap();
+            assert!(released_ever <= 3, "phase 1 is 3 devices: {d}");
+        }
+        let mut progressed = false;
+        for sim in &sims {
+            if let (StatusCode::OK, body) = sim.poll().await {
+                let update = &body["update"];
+                sim.ok(update, json!({"status": "DOWNLOADED"})).await;
+                let d = deployment(&app, &id).await;
+                assert!(in_flight(&d) <= 2, "maxInFlight exceeded: {d}");
+                sim.ok(update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+                installed += 1;
+                progressed = true;
+                break;
+            }
+        }
+        if !progressed {
+            // The reconciler releases the next ones (woken by the reports).
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+    let d = until(&app, &id, "COMPLETED", |d| d["state"] == "COMPLETED").await;
+    assert_eq!(d["currentPhase"], 1);
+    assert_eq!(d["counts"]["installed"], 10);
+}
+
+#[tokio::test]
+async fn failures_above_the_threshold_abort_the_rollout() {
+    let app = app().await;
+    let (fleet, sims) = fleet(&app, 6).await;
+    let out = apply(&app, json!({"package": fleet.package, "group": fleet.group, "policy": {"maxInFlight": 2, "failureThresholdPercent": 40}})).await;
+    let id = out["deployment"]["id"].clone();
+    let mut released = Vec::new();
+    for sim in &sims {
+        if let (StatusCode::OK, body) = sim.poll().await {
+            released.push((sim, body["update"].clone()));
+        }
+    }
+    assert_eq!(released.len(), 2, "two released at first");
+    let (a, a_update) = &released[0];
+    a.ok(a_update, json!({"status": "DOWNLOADED"})).await;
+    a.ok(a_update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+    let (b, b_update) = &released[1];
+    b.ok(b_update, json!({"status": "FAILED", "errcode": "E1"})).await;
+    // 1 of 2 finished devices failed: 50% > 40%.
+    let d = until(&app, &id, "ABORTED", |d| d["state"] == "ABORTED").await;
+    assert!(d["reason"].as_str().unwrap().contains("threshold of 40%"), "{d}");
+    assert_eq!(d["counts"]["pending"], 0, "{d}");
+    assert_eq!((d["counts"]["installed"].as_u64(), d["counts"]["failed"].as_u64()), (Some(1), Some(1)));
+    // At most the one device released after the first success is still under way.
+    assert!(in_flight(&d) <= 1, "{d}");
+    assert_eq!(d["counts"]["cancelled"].as_u64().unwrap() + in_flight(&d), 4, "{d}");
+    let mut still = 0;
+    for sim in &sims {
+        if sim.poll().await.0 == StatusCode::OK {
+            still += 1;
+        }
+    }
+    assert_eq!(u64::try_from(still).unwrap(), in_flight(&d), "nothing further is released");
+}
+
+#[tokio::test]
+async fn pause_resume_and_cancel_during_download() {
+    let app = app().await;
+    let (fleet, sims) = fleet(&app, 3).await;
+    let op = app.operator("deployment_manager");
+    let out = apply(&app, json!({"package": fleet.package, "group": fleet.group, "policy": {"maxInFlight": 1}})).await;
+    let id = out["deployment"]["id"].clone();
+    let first = sims.iter().find(|_| true).unwrap();
+    let update = first.update().await;
+    first.ok(&update, json!({"status": "DOWNLOADING", "progress": 10})).await;
+    let paused = op
+        .ok("mutation($id: ID!) { pauseDeployment(input: {id: $id}) { deployment { state } } }", json!({"id": id}))
+        .await;
+    assert_eq!(paused["pauseDeployment"]["deployment"]["state"], "PAUSED");
+    // The device under way goes on; nobody new is released.
+    first.ok(&update, json!({"status": "DOWNLOADED"})).await;
+    first.ok(&update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let d = deployment(&app, &id).await;
+    assert_eq!((d["state"].as_str(), d["counts"]["pending"].as_u64()), (Some("PAUSED"), Some(2)), "{d}");
+    assert_eq!(
+        op.error_code(
+            "mutation($id: ID!) { pauseDeployment(input: {id: $id}) { deployment { state } } }",
+            json!({"id": id})
+        )
+        .await,
+        "INVALID_STATE"
+    );
+    op.ok("mutation($id: ID!) { resumeDeployment(input: {id: $id}) { deployment { state } } }", json!({"id": id}))
+        .await;
+    let d = until(&app, &id, "a release after resume", |d| in_flight(d) == 1).await;
+    assert_eq!(d["state"], "RUNNING");
+
+    // Cancel while the next device downloads: it learns it on its next poll.
+    let mut downloading = None;
+    for sim in &sims[1..] {
+        if let (StatusCode::OK, body) = sim.poll().await {
+            sim.ok(&body["update"], json!({"status": "DOWNLOADING", "progress": 5})).await;
+            downloading = Some((sim, body["update"].clone()));
+        }
+    }
+    let (sim, update) = downloading.expect("one device downloading");
+    let cancelled = op
+        .ok(
+            "mutation($id: ID!) { cancelDeployment(input: {id: $id}) { deployment { state reason } } }",
+            json!({"id": id}),
+        )
+        .await;
+    assert_eq!(cancelled["cancelDeployment"]["deployment"]["state"], "CANCELLED");
+    let told = sim.update().await;
+    assert_eq!((told["id"].as_str(), told["action"].as_str()), (update["id"].as_str(), Some("CANCEL")));
+    assert_eq!(sim.report(&update, json!({"status": "DOWNLOADED"})).await.0, StatusCode::CONFLICT);
+    sim.ok(&update, json!({"status": "CANCELLED"})).await;
+    assert_eq!(sim.poll().await.0, StatusCode::NO_CONTENT, "the cancel was seen");
+    let d = deployment(&app, &id).await;
+    assert_eq!((d["counts"]["installed"].as_u64(), d["counts"]["cancelled"].as_u64()), (Some(1), Some(2)), "{d}");
+}
+
+#[tokio::test]
+async fn incompatible_and_up_to_date_devices_are_skipped_and_listed() {
+    let app = app().await;
+    let (fleet, sims) = fleet(&app, 3).await;
+    let admin = app.operator("admin");
+    admin.ok("mutation { registerDevice(input: {endpointId: \"s200\", model: \"S200\"}) { secret } }", json!({})).await;
+    // d01 already runs 2.0.0.
+    let response = app
+        .client
+        .post(app.url("/device/v1/inventory"))
+        .bearer_auth(&sims[1].secret)
+        .json(&json!({"installed": {"firmware": "2.0.0"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let out = apply(&app, json!({"package": fleet.package, "devices": ["d00", "d01", "d02", "s200"]})).await;
+    assert_eq!(out["deployment"]["targetCount"], 2);
+    assert_eq!(out["deployment"]["skippedCount"], 2);
+    let mut skipped: Vec<(String, String)> = out["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["endpointId"].as_str().unwrap().to_owned(), s["reason"].as_str().unwrap().to_owned()))
+        .collect();
+    skipped.sort();
+    assert_eq!(skipped, vec![("d01".into(), "already_installed".into()), ("s200".into(), "incompatible_model".into())]);
+    let d = deployment(&app, &out["deployment"]["id"]).await;
+    assert_eq!(d["counts"]["skipped"], 2);
+    assert_eq!(sims[1].poll().await.0, StatusCode::NO_CONTENT);
+    // Unknown devices, a deprecated or unknown package: refused.
+    let op = app.operator("deployment_manager");
+    let body = op.gql(APPLY, json!({"i": {"package": fleet.package, "devices": ["nobody"]}})).await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    let body = op.gql(APPLY, json!({"i": {"package": fleet.package}})).await;
+    assert_eq!(body["errors"][0]["extensions"]["field"], "group", "{body}");
+    let body = op
+        .gql(APPLY, json!({"i": {"package": fleet.package, "group": fleet.group, "policy": {"phases": [50, 40]}}}))
+        .await;
+    assert_eq!(body["errors"][0]["extensions"]["field"], "policy.phases[1]", "{body}");
+    admin
+        .ok(
+            "mutation($id: ID!) { deprecatePackage(input: {id: $id}) { package { id } } }",
+            json!({"id": fleet.package}),
+        )
+        .await;
+    assert_eq!(
+        op.error_code(APPLY, json!({"i": {"package": fleet.package, "group": fleet.group}})).await,
+        "INVALID_STATE"
+    );
+    assert_eq!(
+        app.operator("viewer").error_code(APPLY, json!({"i": {"package": fleet.package, "group": fleet.group}})).await,
+        "FORBIDDEN"
+    );
+}
+
+#[tokio::test]
+async fn download_only_waits_for_release_install() {
+    let app = app().await;
+    let (fleet, sims) = fleet(&app, 2).await;
+    let out = apply(&app, json!({"package": fleet.package, "group": fleet.group, "mode": "DOWNLOAD_ONLY"})).await;
+    let id = out["deployment"]["id"].clone();
+    assert_eq!(out["deployment"]["installReleased"], false);
+    for sim in &sims {
+        let update = sim.update().await;
+        sim.ok(&update, json!({"status": "DOWNLOADED"})).await;
+        assert_eq!(sim.update().await["action"], "DOWNLOAD", "not yet INSTALL");
+        let (status, out) = sim.report(&update, json!({"status": "INSTALLING"})).await;
+        assert_eq!((status, out["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("INVALID_STATE")));
+    }
+    app.operator("deployment_manager")
+        .ok(
+            "mutation($id: ID!) { releaseInstall(input: {id: $id}) { deployment { installReleased } } }",
+            json!({"id": id}),
+        )
+        .await;
+    for sim in &sims {
+        let update = sim.update().await;
+        assert_eq!(update["action"], "INSTALL");
+        sim.ok(&update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+    }
+    until(&app, &id, "COMPLETED", |d| d["state"] == "COMPLETED").await;
+}
+
+#[tokio::test]
+async fn coordinated_installs_together_and_a_failure_stops_everyone() {
+    let app = app().await;
+    let (fleet, sims) = fleet(&app, 3).await;
+    let out = apply(&app, json!({"package": fleet.package, "devices": ["d00", "d01"], "mode": "COORDINATED"})).await;
+    let id = out["deployment"]["id"].clone();
+    let first = sims[0].update().await;
+    sims[0].ok(&first, json!({"status": "DOWNLOADED"})).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(sims[0].update().await["action"], "DOWNLOAD", "d01 has not downloaded yet");
+    let second = sims[1].update().await;
+    sims[1].ok(&second, json!({"status": "DOWNLOADED"})).await;
+    until(&app, &id, "the install released", |d| d["installReleased"] == true).await;
+    for (sim, update) in [(&sims[0], &first), (&sims[1], &second)] {
+        assert_eq!(sim.update().await["action"], "INSTALL");
+        sim.ok(update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+    }
+    until(&app, &id, "COMPLETED", |d| d["state"] == "COMPLETED").await;
+
+    // A second coordinated deployment where one device fails first.
+    let admin = app.operator("admin");
+    admin
+        .ok("mutation { createSoftwarePackage(input: {name: \"fw\", version: \"2.1.0\", type: \"URL_LIST\", models: [\"X100\"], links: [\"https://e.com/fw\"]}) { package { id } } }", json!({}))
+        .await;
+    let next = admin.ok("{ packages(filter: {version: \"2.1.0\"}) { edges { node { id } } } }", json!({})).await["packages"]["edges"][0]["node"]["id"].clone();
+    let out = apply(&app, json!({"package": next, "devices": ["d00", "d01", "d02"], "mode": "COORDINATED"})).await;
+    let id = out["deployment"]["id"].clone();
+    let a = sims[0].update().await;
+    sims[0].ok(&a, json!({"status": "DOWNLOADED"})).await;
+    let b = sims[1].update().await;
+    sims[1].ok(&b, json!({"status": "FAILED", "errcode": "E_DISK"})).await;
+    let d = until(&app, &id, "ABORTED", |d| d["state"] == "ABORTED").await;
+    assert!(d["reason"].as_str().unwrap().contains("coordinated"), "{d}");
+    assert_eq!(sims[0].update().await["action"], "CANCEL", "d00 had downloaded; it installs nothing");
+    assert_eq!(sims[0].report(&a, json!({"status": "INSTALLING"})).await.0, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn a_long_poll_answers_when_an_update_is_released_and_offline_devices_catch_up() {
+    let app = app().await;
+    let (fleet, sims) = fleet(&app, 2).await;
+    let (status, etag, _) = sims[0].poll_with(None, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = sims[0].poll_with(etag.as_deref(), None).await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED, "idle, and the device knows it");
+    let waiting = sims[0].poll_with(etag.as_deref(), Some(30));
+    let released = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        apply(&app, json!({"package": fleet.package, "group": fleet.group})).await
+    };
+    let started = Instant::now();
+    let ((status, _, body), _) = tokio::join!(waiting, released);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["update"]["action"], "DOWNLOAD");
+    assert!(started.elapsed() < Duration::from_secs(25), "answered on the release, not at the end of the wait");
+    // The other device was offline all along: its update waits for it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sims[1].update().await["action"], "DOWNLOAD");
+}
+
+#[tokio::test]
+async fn a_package_in_use_cannot_be_deleted_and_pending_devices_cannot_poll() {
+    let app = app().await;
+    let (fleet, _sims) = fleet(&app, 1).await;
+    let out = apply(&app, json!({"package": fleet.package, "group": fleet.group})).await;
+    let delete = "mutation($id: ID!) { deletePackage(input: {id: $id}) { package { id } } }";
+    assert_eq!(app.operator("package_admin").error_code(delete, json!({"id": fleet.package})).await, "CONFLICT");
+    app.operator("deployment_manager")
+        .ok(
+            "mutation($id: ID!) { cancelDeployment(input: {id: $id}) { deployment { state } } }",
+            json!({"id": out["deployment"]["id"]}),
+        )
+        .await;
+    app.operator("package_admin").ok(delete, json!({"id": fleet.package})).await;
+    let _ = fleet.file;
+
+    let token = app
+        .operator("device_admin")
+        .ok("mutation { createEnrollmentToken(input: {name: \"f\"}) { token } }", json!({}))
+        .await["createEnrollmentToken"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let enrolled: Value = app
+        .client
+        .post(app.url("/device/v1/enroll"))
+        .bearer_auth(&token)
+        .json(&json!({"endpointId": "new", "model": "X100"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pending = Sim { app: &app, endpoint_id: "new".into(), secret: enrolled["secret"].as_str().unwrap().to_owned() };
+    assert_eq!(pending.poll().await.0, StatusCode::FORBIDDEN);
+}
