@@ -5,6 +5,7 @@
 
 mod cors;
 mod device;
+mod enos;
 mod graphql;
 mod health;
 mod keys;
@@ -64,6 +65,10 @@ pub fn router(app: App, schema: ApiSchema) -> Router {
         .route("/device/v1/enroll", axum::routing::post(device::enroll))
         .route("/device/v1/poll", get(device::poll))
         .route("/device/v1/updates/{id}/status", axum::routing::post(device::update_status))
+        .route("/checkversion", axum::routing::post(enos::check_version))
+        .route("/version/{id}", get(enos::version))
+        .route("/downloadresult/{id}", axum::routing::post(enos::download_result))
+        .route("/updateresult", axum::routing::post(enos::update_result))
         .route("/repo/sha256/{sha256}", get(repository::by_hash))
         .route("/repo/{id}/{name}", get(repository::by_id))
         .route(

@@ -68,7 +68,12 @@ pub async fn by_hash(
     serve(&state, &method, &headers, &download).await
 }
 
-async fn serve(state: &HttpState, method: &Method, headers: &HeaderMap, download: &Download) -> Result<Response> {
+pub(super) async fn serve(
+    state: &HttpState,
+    method: &Method,
+    headers: &HeaderMap,
+    download: &Download,
+) -> Result<Response> {
     let etag = format!("\"{}\"", download.sha256);
     let digest = hex::decode(&download.sha256).map_err(Error::internal)?;
     let mut common = HeaderMap::new();

@@ -720,6 +720,21 @@ pub async fn open_download(app: &App, access: &DownloadAccess, id: Uuid) -> Resu
     download_of(&model)
 }
 
+/// A file of a device's own update (the EnOS `/version/{id}` route: the
+/// update was checked to be the device's).
+pub(crate) async fn open_download_for_update(app: &App, access: &DownloadAccess, id: Uuid) -> Result<Download> {
+    let DownloadAccess::Caller(ctx) = access else {
+        return Err(Error::BadSignature("does not verify"));
+    };
+    ctx.require_device()?;
+    let model = content::Entity::find_by_id(id)
+        .filter(content::Column::State.eq(ContentState::Promoted.as_str()))
+        .one(&app.db)
+        .await?
+        .ok_or_else(|| Error::not_found("content", id.to_string()))?;
+    download_of(&model)
+}
+
 /// By SHA-256: the object any PROMOTED content with these bytes shares.
 pub async fn open_download_by_hash(app: &App, access: &DownloadAccess, sha256: &str) -> Result<Download> {
     let sha256 = sha256.to_ascii_lowercase();

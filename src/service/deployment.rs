@@ -1222,6 +1222,121 @@ pub async fn report(app: &App, ctx: &Ctx, update_id: Uuid, report: Report) -> Re
     find_update(&app.db, update_id).await
 }
 
+// ---------------------------------------------------------------------------
+// EnOS edge compatibility (../shared/seeds/enos-edge-ota.txt): the same
+// model behind the EnOS sub-device endpoints.
+
+/// What `/checkversion` answers.
+#[derive(Clone, Debug)]
+pub struct EnosCheck {
+    pub update_id: Uuid,
+    pub version: String,
+    /// MD5 of the file (the seed's `signMethod: "MD5"`), or empty for a link.
+    pub md5: String,
+}
+
+/// The device reports `version` (its firmware) and asks for an update:
+/// the reported version is recorded, a released update is acknowledged
+/// and described.
+pub async fn enos_check_version(app: &App, ctx: &Ctx, version: &str) -> Result<Option<EnosCheck>> {
+    let device = ctx.require_device()?.clone();
+    let version = version.trim();
+    if !version.is_empty() {
+        crate::service::device::report_inventory(
+            app,
+            ctx,
+            crate::service::device::Inventory {
+                installed: vec![("firmware".to_owned(), Some(version.to_owned()))],
+                attributes: Vec::new(),
+            },
+        )
+        .await?;
+    }
+    let Some((update, deployment)) = current_update(&app.db, device.id).await? else { return Ok(None) };
+    if UpdateState::parse(&update.state)? == UpdateState::Cancelled {
+        return Ok(None);
+    }
+    let package = crate::service::package::get_any(&app.db, deployment.package_id).await?;
+    if update.state == UpdateState::Released.as_str() {
+        report(app, ctx, update.id, Report { status: "ACKNOWLEDGED".into(), ..Report::default() }).await?;
+    }
+    let md5 = package.files.first().and_then(|f| f.md5.clone()).unwrap_or_default();
+    Ok(Some(EnosCheck { update_id: update.id, version: package.model.version.clone(), md5 }))
+}
+
+/// `GET /version/{id}`: the update's (first) file, for its device only.
+pub async fn enos_download(app: &App, ctx: &Ctx, update_id: Uuid) -> Result<crate::service::content::Download> {
+    let device = ctx.require_device()?;
+    let update = device_update::Entity::find_by_id(update_id)
+        .filter(device_update::Column::DeviceId.eq(device.id))
+        .one(&app.db)
+        .await?
+        .ok_or_else(|| Error::not_found("update", update_id.to_string()))?;
+    let deployment = find(&app.db, update.deployment_id).await?;
+    let package = crate::service::package::get_any(&app.db, deployment.package_id).await?;
+    let file = package.files.first().ok_or_else(|| Error::not_found("file of update", update_id.to_string()))?;
+    let access = crate::service::content::DownloadAccess::Caller(ctx.clone());
+    crate::service::content::open_download_for_update(app, &access, file.content_id).await
+}
+
+/// `POST /updateresult`: flag 0 failed, 1 in progress, 2 with process 100
+/// and the target version succeeded (the seed's rule); the device's current
+/// update.
+pub async fn enos_update_result(
+    app: &App,
+    ctx: &Ctx,
+    version: &str,
+    flag: i64,
+    process: i64,
+    errcode: Option<String>,
+    desc: Option<String>,
+) -> Result<device_update::Model> {
+    let device = ctx.require_device()?;
+    let (update, deployment) = current_update(&app.db, device.id)
+        .await?
+        .ok_or_else(|| Error::not_found("update in progress", device.endpoint_id.clone()))?;
+    let state = UpdateState::parse(&update.state)?;
+    let progress = i32::try_from(process.clamp(0, 100)).unwrap_or_default();
+    let mut steps: Vec<Report> = Vec::new();
+    // EnOS devices report no DOWNLOADED of their own before installing.
+    let to_installing = |steps: &mut Vec<Report>| {
+        if matches!(state, UpdateState::Released | UpdateState::Acknowledged | UpdateState::Downloading) {
+            steps.push(Report { status: "DOWNLOADED".into(), ..Report::default() });
+        }
+        if deployment.install_released && state != UpdateState::Installing {
+            steps.push(Report { status: "INSTALLING".into(), progress: Some(progress), ..Report::default() });
+        }
+    };
+    match flag {
+        1 => to_installing(&mut steps),
+        2 if process == 100 => {
+            to_installing(&mut steps);
+            steps.push(Report {
+                status: "INSTALLED_VERSION".into(),
+                version: Some(version.to_owned()),
+                ..Report::default()
+            });
+        }
+        2 => steps.push(Report {
+            status: "FAILED".into(),
+            errcode: errcode.clone(),
+            message: Some(format!("flag 2 reported with process {process}, not 100")),
+            ..Report::default()
+        }),
+        _ => steps.push(Report {
+            status: "FAILED".into(),
+            errcode: errcode.clone(),
+            message: Some(desc.unwrap_or_else(|| format!("upgrade failed (flag {flag})"))),
+            ..Report::default()
+        }),
+    }
+    let mut last = update;
+    for step in steps {
+        last = report(app, ctx, last.id, step).await?;
+    }
+    Ok(last)
+}
+
 async fn find_update(conn: &impl ConnectionTrait, id: Uuid) -> Result<device_update::Model> {
     device_update::Entity::find_by_id(id).one(conn).await?.ok_or_else(|| Error::not_found("update", id.to_string()))
 }

@@ -589,3 +589,178 @@ async fn a_package_in_use_cannot_be_deleted_and_pending_devices_cannot_poll() {
     let pending = Sim { app: &app, endpoint_id: "new".into(), secret: enrolled["secret"].as_str().unwrap().to_owned() };
     assert_eq!(pending.poll().await.0, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn the_enos_endpoints_with_the_seeds_bodies() {
+    let app = app().await;
+    let admin = app.operator("admin");
+    admin.ok("mutation { createDeviceModel(input: {name: \"X100\"}) { deviceModel { id } } }", json!({})).await;
+    let image = b"EnOS sub-device firmware v2.0.0.1".to_vec();
+    let (file, _) = app.promoted("fw.bin", &image).await;
+    let package = admin
+        .ok(
+            "mutation($f: ID!) { createSoftwarePackage(input: {name: \"fw\", version: \"v2.0.0.1\", type: \"URL_LIST\", models: [\"X100\"], files: [$f]}) { package { id } } }",
+            json!({"f": file}),
+        )
+        .await["createSoftwarePackage"]["package"]["id"]
+        .clone();
+    let edge = admin
+        .ok("mutation { registerDevice(input: {endpointId: \"edge\", model: \"X100\"}) { secret } }", json!({}))
+        .await["registerDevice"]["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for sub in ["999999", "ZR3c5CfFSO"] {
+        admin
+            .ok("mutation($e: String!) { registerDevice(input: {endpointId: $e, model: \"X100\", gateway: \"edge\"}) { secret } }", json!({"e": sub}))
+            .await;
+    }
+    let post = |path: &str, body: &str| {
+        app.client
+            .post(app.url(path))
+            .bearer_auth(&edge)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+    };
+
+    // The seed's request, with nothing to update.
+    let response = post(
+        "/checkversion",
+        r#"{
+"assetId":"",
+"version":"1.0.0",
+"serialNum":"1234-5678-90aa"
+}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(
+        answer,
+        json!({"assetId": "edge", "version": "1.0.0", "code": 0, "desc": "no update", "signMethod": "", "sign": "", "downloadurl": ""})
+    );
+
+    apply(&app, json!({"package": package, "devices": ["999999", "ZR3c5CfFSO"]})).await;
+    let answer: Value = post("/checkversion", r#"{"assetId":"999999","version":"1.0.0","serialNum":"1234-5678-90aa"}"#)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let md5 = hex::encode(<md5::Md5 as sha2::Digest>::digest(&image));
+    assert_eq!((answer["code"].as_i64(), answer["desc"].as_str()), (Some(1), Some("has update")), "{answer}");
+    assert_eq!((answer["version"].as_str(), answer["signMethod"].as_str()), (Some("v2.0.0.1"), Some("MD5")));
+    assert_eq!(answer["sign"], md5);
+    let url = answer["downloadurl"].as_str().unwrap().to_owned();
+    assert!(url.starts_with("/version/"), "{url}");
+    let bytes = app.client.get(app.url(&url)).bearer_auth(&edge).header("x-device-id", "999999").send().await.unwrap();
+    assert_eq!(bytes.status(), StatusCode::OK);
+    assert_eq!(bytes.bytes().await.unwrap().as_ref(), image.as_slice());
+    // Not for another device.
+    let other = app.client.get(app.url(&url)).bearer_auth(&edge).send().await.unwrap();
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+
+    let in_progress = post(
+        "/updateresult",
+        r#"{
+"assetId":"999999",
+"version":"",
+"desc":"updating",
+"flag":1,
+"process": 60,
+"errcode":0
+}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(in_progress.status(), StatusCode::NO_CONTENT);
+    let state = |endpoint: &'static str| {
+        let app = &app;
+        async move {
+            app.operator("viewer")
+                .ok("query($e: String!) { deviceByEndpointId(endpointId: $e) { installed { version } updates { edges { node { state progress errorCode message } } } } }", json!({"e": endpoint}))
+                .await["deviceByEndpointId"]
+                .clone()
+        }
+    };
+    assert_eq!(state("999999").await["updates"]["edges"][0]["node"]["state"], "INSTALLING");
+    assert_eq!(state("999999").await["updates"]["edges"][0]["node"]["progress"], 60);
+    let done = post(
+        "/updateresult",
+        r#"{
+"assetId":"999999",
+"version":"v2.0.0.1",
+"desc":"update completed",
+"flag":2,
+"process": 100,
+"errcode":0
+}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.status(), StatusCode::NO_CONTENT);
+    let device = state("999999").await;
+    assert_eq!(device["updates"]["edges"][0]["node"]["state"], "INSTALLED");
+    assert_eq!(device["installed"], json!([{"version": "v2.0.0.1"}]));
+
+    // The other sub-device: downloaded, then the seed's failure.
+    let answer: Value = post("/checkversion", r#"{"assetId":"ZR3c5CfFSO","version":"1.0.0","serialNum":"x"}"#)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = answer["downloadurl"].as_str().unwrap().trim_start_matches("/version/").to_owned();
+    let ok = post(
+        &format!("/downloadresult/{id}"),
+        r#"{
+"assetId":"ZR3c5CfFSO",
+"code":1,
+"message":"download success"
+}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status(), StatusCode::NO_CONTENT);
+    assert_eq!(state("ZR3c5CfFSO").await["updates"]["edges"][0]["node"]["state"], "DOWNLOADED");
+    let fail = post(
+        &format!("/downloadresult/{id}"),
+        r#"{
+"assetId":"ZR3c5CfFSO",
+"code":0,
+"message":"download fail"
+}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(fail.status(), StatusCode::NO_CONTENT);
+    let node = state("ZR3c5CfFSO").await["updates"]["edges"][0]["node"].clone();
+    assert_eq!((node["state"].as_str(), node["message"].as_str()), (Some("FAILED"), Some("download fail")));
+
+    // Errors in the seed's shape: 999999 has nothing in progress any more.
+    let none = post(
+        "/updateresult",
+        r#"{
+"assetId":"999999",
+"version":"v1.0.0.3",
+"desc":"during upgrade",
+"flag":0,
+"process":0,
+"errcode":0
+}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(none.status(), StatusCode::NOT_FOUND);
+    let body: Value = none.json().await.unwrap();
+    assert_eq!(body["httpstatus"], 404);
+    assert!(body["message"].is_string());
+    // A device that is not the edge's sub-device.
+    admin
+        .ok("mutation { registerDevice(input: {endpointId: \"stranger\", model: \"X100\"}) { secret } }", json!({}))
+        .await;
+    let stranger = post("/checkversion", r#"{"assetId":"stranger","version":"1.0.0","serialNum":""}"#).await.unwrap();
+    assert_eq!(stranger.status(), StatusCode::NOT_FOUND);
+}

@@ -1,0 +1,171 @@
+//! EnOS edge compatibility (../shared/seeds/enos-edge-ota.txt), for
+//! constrained devices that speak it: `POST /checkversion`, `GET
+//! /version/{id}`, `POST /downloadresult/{id}`, `POST /updateresult`, with
+//! the seed's JSON bodies. The device secret authenticates; an `assetId`
+//! other than the caller's own endpoint id is a sub-device the caller must
+//! be the gateway of (EnOS Edge acts for its sub-devices). Errors use the
+//! seed's shape, `{"httpstatus": 404, "message": "…"}`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use super::HttpState;
+use super::device::device_ctx;
+use crate::auth::{Actor, Ctx};
+use crate::error::Error;
+use crate::service::deployment;
+
+/// An error in the seed's shape.
+fn enos_error(err: Error) -> Response {
+    let status = err.status();
+    let message = err.to_string();
+    if let Error::Internal(inner) = &err {
+        tracing::error!(error = format!("{inner:#}"), "internal error");
+    }
+    (status, Json(json!({ "httpstatus": status.as_u16(), "message": message }))).into_response()
+}
+
+fn body_object(body: &Bytes) -> Result<Map<String, Value>, Error> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Error::invalid("body", "must be a JSON object")),
+        Err(e) => Err(Error::invalid("body", format!("not JSON: {e}"))),
+    }
+}
+
+fn text(body: &Map<String, Value>, field: &str) -> Option<String> {
+    match body.get(field) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn number(body: &Map<String, Value>, field: &str) -> Result<i64, Error> {
+    match body.get(field) {
+        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| Error::invalid(field, "an integer")),
+        Some(Value::String(s)) => s.trim().parse().map_err(|_| Error::invalid(field, "an integer")),
+        _ => Err(Error::invalid(field, "is required (an integer)")),
+    }
+}
+
+/// The caller, or the sub-device `asset_id` names.
+async fn asset_ctx(state: &HttpState, headers: &HeaderMap, asset_id: Option<&str>) -> Result<Ctx, Error> {
+    let ctx = device_ctx(state, headers).await?;
+    match (asset_id.map(str::trim).filter(|a| !a.is_empty()), &ctx.actor) {
+        (Some(asset), Actor::Device(own)) if asset != own.endpoint_id => {
+            crate::service::device::act_for(&state.app, &ctx, asset).await
+        }
+        _ => Ok(ctx),
+    }
+}
+
+/// `POST /checkversion` `{"assetId", "version", "serialNum"}`.
+pub async fn check_version(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let result = async {
+        let body = body_object(&body)?;
+        let asset_id = text(&body, "assetId").unwrap_or_default();
+        let ctx = asset_ctx(&state, &headers, Some(&asset_id)).await?;
+        let reported = text(&body, "version").unwrap_or_default();
+        let asset_id = match &ctx.actor {
+            Actor::Device(d) => d.endpoint_id.clone(),
+            _ => asset_id,
+        };
+        Ok::<_, Error>(match deployment::enos_check_version(&state.app, &ctx, &reported).await? {
+            None => json!({
+                "assetId": asset_id, "version": reported, "code": 0, "desc": "no update",
+                "signMethod": "", "sign": "", "downloadurl": "",
+            }),
+            Some(check) => json!({
+                "assetId": asset_id, "version": check.version, "code": 1, "desc": "has update",
+                "signMethod": if check.md5.is_empty() { "" } else { "MD5" }, "sign": check.md5,
+                "downloadurl": format!("/version/{}", check.update_id),
+            }),
+        })
+    }
+    .await;
+    match result {
+        Ok(answer) => Json(answer).into_response(),
+        Err(err) => enos_error(err),
+    }
+}
+
+/// `GET /version/{id}`: the firmware file (Range works).
+pub async fn version(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let ctx = device_ctx(&state, &headers).await?;
+        let id = id.parse().map_err(|_| Error::not_found("update", &id))?;
+        let download = deployment::enos_download(&state.app, &ctx, id).await?;
+        super::repository::serve(&state, &method, &headers, &download).await
+    }
+    .await;
+    result.unwrap_or_else(enos_error)
+}
+
+/// `POST /downloadresult/{id}` `{"assetId", "code": 0|1, "message"}`: 204.
+pub async fn download_result(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let body = body_object(&body)?;
+        let ctx = asset_ctx(&state, &headers, text(&body, "assetId").as_deref()).await?;
+        let id = id.parse().map_err(|_| Error::not_found("update", &id))?;
+        let report = match number(&body, "code")? {
+            1 => deployment::Report { status: "DOWNLOADED".into(), ..deployment::Report::default() },
+            _ => deployment::Report {
+                status: "FAILED".into(),
+                errcode: Some("download_failed".into()),
+                message: text(&body, "message"),
+                ..deployment::Report::default()
+            },
+        };
+        deployment::report(&state.app, &ctx, id, report).await
+    }
+    .await;
+    match result {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(err) => enos_error(err),
+    }
+}
+
+/// `POST /updateresult` `{"assetId", "version", "desc", "flag", "process",
+/// "errcode"}`: 204.
+pub async fn update_result(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let result = async {
+        let body = body_object(&body)?;
+        let ctx = asset_ctx(&state, &headers, text(&body, "assetId").as_deref()).await?;
+        let flag = number(&body, "flag")?;
+        let process = number(&body, "process")?;
+        if !(0..=100).contains(&process) {
+            return Err(Error::invalid("process", "between 0 and 100"));
+        }
+        let errcode = text(&body, "errcode").filter(|e| e != "0");
+        deployment::enos_update_result(
+            &state.app,
+            &ctx,
+            &text(&body, "version").unwrap_or_default(),
+            flag,
+            process,
+            errcode,
+            text(&body, "desc"),
+        )
+        .await
+    }
+    .await;
+    match result {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(err) => enos_error(err),
+    }
+}
