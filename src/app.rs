@@ -25,9 +25,17 @@ pub enum Event {
     ContentChanged(uuid::Uuid),
     /// A deployment or one of its device updates changed.
     DeploymentChanged(uuid::Uuid),
+    /// One device's update changed (a report).
+    DeviceUpdateChanged {
+        deployment: uuid::Uuid,
+        update: uuid::Uuid,
+    },
     /// These devices have news on their next poll (an update released, the
     /// install released, a cancel): long polls answer.
     DevicesReleased(std::sync::Arc<std::collections::HashSet<uuid::Uuid>>),
+    /// Too many devices to name (from another process): every long poll
+    /// looks again.
+    AllPollersWake,
 }
 
 #[derive(Clone)]
@@ -50,6 +58,8 @@ pub struct Inner {
     pub events: broadcast::Sender<Event>,
     /// Wakes this process's job workers when a job was enqueued here.
     pub job_wake: tokio::sync::Notify,
+    /// This process, in the events it sends to others (`events.rs`).
+    pub instance: uuid::Uuid,
 }
 
 impl std::ops::Deref for App {
@@ -103,6 +113,7 @@ impl App {
             clamd,
             events,
             job_wake: tokio::sync::Notify::new(),
+            instance: uuid::Uuid::new_v4(),
         })))
     }
 

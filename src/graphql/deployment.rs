@@ -333,6 +333,38 @@ impl DeploymentQuery {
     }
 }
 
+/// One push of `deploymentProgress`.
+#[derive(SimpleObject)]
+pub struct DeploymentProgress {
+    /// The deployment with its counts, now.
+    deployment: Deployment,
+    /// The device update that changed, when a device report caused the push.
+    update: Option<DeviceUpdate>,
+}
+
+#[derive(Default)]
+pub struct DeploymentSubscription;
+
+#[async_graphql::Subscription]
+impl DeploymentSubscription {
+    /// The deployment at once, then after every change: counts, phases,
+    /// state, and each device's report as it happens (across server
+    /// processes on PostgreSQL).
+    async fn deployment_progress(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> Result<impl futures::Stream<Item = DeploymentProgress> + use<>> {
+        use futures::StreamExt;
+        let id = parse_id_of("id", "deployment", &id)?;
+        let stream = service::watch(app(ctx), caller(ctx), id).await?;
+        Ok(stream.map(|(deployment, update)| DeploymentProgress {
+            deployment: deployment.into(),
+            update: update.map(Into::into),
+        }))
+    }
+}
+
 #[derive(Default)]
 pub struct DeploymentMutation;
 

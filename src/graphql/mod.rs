@@ -44,7 +44,7 @@ pub struct Mutation(
 );
 
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(audit::AuditSubscription, content::ContentSubscription);
+pub struct Subscription(audit::AuditSubscription, content::ContentSubscription, deployment::DeploymentSubscription);
 
 pub type ApiSchema = Schema<Query, Mutation, Subscription>;
 

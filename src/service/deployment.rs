@@ -897,6 +897,47 @@ pub async fn list(
     })
 }
 
+/// The deployment now, then again after each change, with the device
+/// update that changed when one did.
+pub async fn watch(
+    app: &App,
+    ctx: &Ctx,
+    id: Uuid,
+) -> Result<impl futures::Stream<Item = (Deployment, Option<UpdateView>)> + use<>> {
+    use futures::StreamExt;
+    ctx.require(Permission::DeploymentRead)?;
+    let receiver = app.events.subscribe();
+    let first = get_unchecked(&app.db, id).await?;
+    let db = app.db.clone();
+    let updates = futures::stream::unfold(receiver, move |mut receiver| {
+        let db = db.clone();
+        async move {
+            loop {
+                let changed = match receiver.recv().await {
+                    Ok(Event::DeploymentChanged(d)) if d == id => None,
+                    Ok(Event::DeviceUpdateChanged { deployment, update }) if deployment == id => Some(update),
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                };
+                let Ok(deployment) = get_unchecked(&db, id).await else { continue };
+                let update = match changed {
+                    Some(update) => update_view(&db, update).await.ok(),
+                    None => None,
+                };
+                return Some(((deployment, update), receiver));
+            }
+        }
+    });
+    Ok(futures::stream::once(async move { (first, None) }).chain(updates))
+}
+
+async fn update_view(conn: &impl ConnectionTrait, id: Uuid) -> Result<UpdateView> {
+    let row = find_update(conn, id).await?;
+    let device = crate::service::device::get_unchecked(conn, row.device_id).await?;
+    Ok(UpdateView { state: UpdateState::parse(&row.state)?, device, row })
+}
+
 /// A device update with its device.
 #[derive(Clone, Debug)]
 pub struct UpdateView {
@@ -1214,7 +1255,7 @@ pub async fn report(app: &App, ctx: &Ctx, update_id: Uuid, report: Report) -> Re
     if to.is_final() || to == Downloaded {
         wake(tx.conn(), &deployment).await?;
     }
-    tx.notify(Event::DeploymentChanged(deployment.id));
+    tx.notify(Event::DeviceUpdateChanged { deployment: deployment.id, update: update_id });
     tx.commit().await?;
     if to.is_final() || to == Downloaded {
         app.wake_workers();
@@ -1344,4 +1385,5 @@ async fn find_update(conn: &impl ConnectionTrait, id: Uuid) -> Result<device_upd
 /// Whether `event` has news for `device`'s poll (for long polls).
 pub fn concerns(event: &Event, device: Uuid) -> bool {
     matches!(event, Event::DevicesReleased(devices) if devices.contains(&device))
+        || matches!(event, Event::AllPollersWake)
 }

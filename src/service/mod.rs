@@ -63,6 +63,7 @@ impl WriteTx {
     }
 
     pub async fn commit(self) -> Result<()> {
+        crate::events::notify(&self.tx, self.app.instance, &self.events).await?;
         self.tx.commit().await?;
         for event in self.events {
             self.app.publish(event);

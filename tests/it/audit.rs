@@ -106,7 +106,16 @@ async fn subscribe(
     token: Option<&str>,
     query: &str,
 ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let mut request = format!("ws://{}/graphql/ws", app.server().addr).into_client_request().unwrap();
+    subscribe_at(app.server().addr, token, query).await
+}
+
+/// [`subscribe`] on the server at `addr`.
+pub async fn subscribe_at(
+    addr: std::net::SocketAddr,
+    token: Option<&str>,
+    query: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let mut request = format!("ws://{addr}/graphql/ws").into_client_request().unwrap();
     request.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("websocket connects");
     let payload = token.map_or(json!({}), |t| json!({"Authorization": format!("Bearer {t}")}));

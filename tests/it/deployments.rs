@@ -764,3 +764,61 @@ async fn the_enos_endpoints_with_the_seeds_bodies() {
     let stranger = post("/checkversion", r#"{"assetId":"stranger","version":"1.0.0","serialNum":""}"#).await.unwrap();
     assert_eq!(stranger.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn deployment_progress_is_pushed_live_and_across_servers_on_postgres() {
+    let app = app().await;
+    let (fleet, sims) = fleet(&app, 2).await;
+    let out = apply(&app, json!({"package": fleet.package, "group": fleet.group, "policy": {"maxInFlight": 5}})).await;
+    let id = out["deployment"]["id"].as_str().unwrap().to_owned();
+    // On PostgreSQL, watch from a second server process on the same
+    // database: the devices talk to the first one.
+    let second = match crate::support::backend() {
+        crate::support::Backend::Postgres => {
+            let mut config = app.server().app.config.clone();
+            config.listen = "127.0.0.1:0".parse().unwrap();
+            config.jobs.in_process = false;
+            Some(otadepot::server::Server::start(config).await.unwrap())
+        }
+        crate::support::Backend::Sqlite => None,
+    };
+    let addr = second.as_ref().map_or(app.server().addr, |s| s.addr);
+    let token = app.token_for("watcher", &["viewer"]);
+    let query = format!(
+        "subscription {{ deploymentProgress(id: \"{id}\") {{ deployment {{ state counts {{ released downloading installed }} }} update {{ state progress device {{ endpointId }} }} }} }}"
+    );
+    let mut socket = crate::audit::subscribe_at(addr, Some(&token), &query).await;
+    let first = crate::audit::next_json(&mut socket).await;
+    assert_eq!(first["payload"]["data"]["deploymentProgress"]["deployment"]["counts"]["released"], 2, "{first}");
+
+    // The listener on the second server may need a moment: report until a push arrives.
+    let update = sims[0].update().await;
+    let mut pushed = None;
+    for progress in 1..50 {
+        sims[0].ok(&update, json!({"status": "DOWNLOADING", "progress": progress})).await;
+        if let Ok(message) =
+            tokio::time::timeout(Duration::from_millis(300), crate::audit::next_json(&mut socket)).await
+        {
+            pushed = Some(message);
+            break;
+        }
+    }
+    let message = pushed.expect("a push for the report");
+    let progress = &message["payload"]["data"]["deploymentProgress"];
+    assert_eq!(progress["update"]["device"]["endpointId"], sims[0].endpoint_id.as_str(), "{message}");
+    assert_eq!(progress["update"]["state"], "DOWNLOADING");
+    assert_eq!(progress["deployment"]["counts"]["downloading"], 1);
+    // And the next report arrives too, with its progress.
+    sims[0].ok(&update, json!({"status": "DOWNLOADED"})).await;
+    let next = loop {
+        let message = crate::audit::next_json(&mut socket).await;
+        if message["payload"]["data"]["deploymentProgress"]["update"]["state"] == "DOWNLOADED" {
+            break message;
+        }
+    };
+    assert_eq!(next["payload"]["data"]["deploymentProgress"]["update"]["progress"], 100);
+    if let Some(second) = second {
+        second.shutdown();
+        second.wait().await.unwrap();
+    }
+}
