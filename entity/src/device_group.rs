@@ -15,6 +15,9 @@ pub struct Model {
     pub kind: String,
     /// A dynamic group's filter (JSON), see `service::group`.
     pub filter: Option<String>,
+    /// The group's current package: a deployment that devices joining the
+    /// group are added to.
+    pub auto_deployment_id: Option<Uuid>,
     pub created_by: String,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,

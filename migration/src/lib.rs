@@ -18,6 +18,7 @@ mod m20261130_000007_create_device;
 mod m20261130_000008_create_device_group;
 mod m20261130_000009_create_enrollment_token;
 mod m20261130_000010_create_deployment;
+mod m20261130_000011_add_group_auto_deployment;
 
 pub struct Migrator;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000008_create_device_group::Migration),
             Box::new(m20261130_000009_create_enrollment_token::Migration),
             Box::new(m20261130_000010_create_deployment::Migration),
+            Box::new(m20261130_000011_add_group_auto_deployment::Migration),
         ]
     }
 }

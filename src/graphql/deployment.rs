@@ -304,6 +304,45 @@ pub struct DeploymentFilter {
     group: Option<ID>,
 }
 
+#[derive(InputObject)]
+pub struct SetGroupPackageInput {
+    group: ID,
+    /// Null clears the group's current package.
+    package: Option<ID>,
+    #[graphql(default)]
+    policy: RolloutPolicy,
+    #[graphql(default)]
+    mode: ModeGql,
+}
+
+#[derive(SimpleObject)]
+pub struct SetGroupPackagePayload {
+    /// The new deployment (null when cleared).
+    deployment: Option<Deployment>,
+    skipped: Vec<SkippedDevice>,
+}
+
+fn skipped_list(skipped: Vec<service::Skipped>) -> Vec<SkippedDevice> {
+    skipped
+        .into_iter()
+        .map(|s| SkippedDevice {
+            device_id: ID(s.device_id.to_string()),
+            endpoint_id: s.endpoint_id,
+            reason: s.reason.to_owned(),
+        })
+        .collect()
+}
+
+fn policy_of(policy: RolloutPolicy) -> service::Policy {
+    service::Policy {
+        max_in_flight: policy.max_in_flight,
+        phases: policy.phases,
+        failure_threshold_percent: policy.failure_threshold_percent,
+        start_at: policy.start_at,
+        expires_at: policy.expires_at,
+    }
+}
+
 #[derive(Default)]
 pub struct DeploymentQuery;
 
@@ -377,26 +416,33 @@ impl DeploymentMutation {
             group: input.group.as_ref().map(|g| parse_id_of("group", "device group", g)).transpose()?,
             devices: input.devices.unwrap_or_default().into_iter().map(|d| d.0).collect(),
             name: input.name,
-            policy: service::Policy {
-                max_in_flight: input.policy.max_in_flight,
-                phases: input.policy.phases,
-                failure_threshold_percent: input.policy.failure_threshold_percent,
-                start_at: input.policy.start_at,
-                expires_at: input.policy.expires_at,
-            },
+            policy: policy_of(input.policy),
             mode: input.mode.into(),
         };
         let (deployment, skipped) = service::apply(app(ctx), caller(ctx), new).await?;
-        Ok(ApplyPackagePayload {
-            deployment: deployment.into(),
-            skipped: skipped
-                .into_iter()
-                .map(|s| SkippedDevice {
-                    device_id: ID(s.device_id.to_string()),
-                    endpoint_id: s.endpoint_id,
-                    reason: s.reason.to_owned(),
-                })
-                .collect(),
+        Ok(ApplyPackagePayload { deployment: deployment.into(), skipped: skipped_list(skipped) })
+    }
+
+    /// Give a group a current package: applied now, and to every device
+    /// that joins the group later, without an operator.
+    async fn set_group_package(
+        &self,
+        ctx: &Context<'_>,
+        input: SetGroupPackageInput,
+    ) -> Result<SetGroupPackagePayload> {
+        let group = parse_id_of("group", "device group", &input.group)?;
+        let package = input
+            .package
+            .as_ref()
+            .map(|p| parse_id_of("package", "package", p))
+            .transpose()?
+            .map(|p| (p, policy_of(input.policy), input.mode.into()));
+        let created = service::set_group_package(app(ctx), caller(ctx), group, package).await?;
+        Ok(match created {
+            None => SetGroupPackagePayload { deployment: None, skipped: Vec::new() },
+            Some((deployment, skipped)) => {
+                SetGroupPackagePayload { deployment: Some(deployment.into()), skipped: skipped_list(skipped) }
+            }
         })
     }
 

@@ -62,6 +62,9 @@ pub struct DeviceGroup {
     kind: GroupKindGql,
     /// A dynamic group's filter (null for static groups).
     filter: Option<DeviceGroupFilter>,
+    /// The deployment of the group's current package (`setGroupPackage`),
+    /// which devices joining the group are added to.
+    current_deployment_id: Option<ID>,
     created_by: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -78,6 +81,7 @@ impl From<service::Group> for DeviceGroup {
             model: g.model.into(),
             kind: g.kind.into(),
             filter: g.filter.map(Into::into),
+            current_deployment_id: g.row.auto_deployment_id.map(|d| ID(d.to_string())),
             created_by: g.row.created_by,
             created_at: g.row.created_at,
             updated_at: g.row.updated_at,

@@ -25,7 +25,7 @@ use entity::{deployment, device, device_installed, device_update, installation, 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    QuerySelect, QueryTrait, Set,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -197,8 +197,24 @@ fn validate_policy(policy: &mut Policy) -> Result<()> {
 // ---------------------------------------------------------------------------
 // applyPackage
 
-pub async fn apply(app: &App, ctx: &Ctx, mut input: NewDeployment) -> Result<(Deployment, Vec<Skipped>)> {
+pub async fn apply(app: &App, ctx: &Ctx, input: NewDeployment) -> Result<(Deployment, Vec<Skipped>)> {
     ctx.require(Permission::DeploymentWrite)?;
+    let mut tx = WriteTx::begin(app).await?;
+    let (id, skipped) = apply_in(&mut tx, app, ctx, input, None).await?;
+    tx.commit().await?;
+    app.wake_workers();
+    Ok((get_unchecked(&app.db, id).await?, skipped))
+}
+
+/// `auto_group`: make the deployment that group's current package (before
+/// its first reconcile, so an empty group's deployment stays open).
+async fn apply_in(
+    tx: &mut WriteTx,
+    app: &App,
+    ctx: &Ctx,
+    mut input: NewDeployment,
+    auto_group: Option<Uuid>,
+) -> Result<(Uuid, Vec<Skipped>)> {
     validate_policy(&mut input.policy)?;
     if input.group.is_some() != input.devices.is_empty() {
         return Err(Error::invalid("group", "name a group or a list of devices (one of the two)"));
@@ -208,7 +224,6 @@ pub async fn apply(app: &App, ctx: &Ctx, mut input: NewDeployment) -> Result<(De
         return Err(Error::invalid("name", "at most 255 characters"));
     }
 
-    let mut tx = WriteTx::begin(app).await?;
     let conn = tx.conn();
     let package = crate::service::package::find_live_for_deployment(conn, input.package).await?;
     let models: HashSet<Uuid> = package_model::Entity::find()
@@ -286,53 +301,9 @@ pub async fn apply(app: &App, ctx: &Ctx, mut input: NewDeployment) -> Result<(De
         }
     }
 
-    // Devices already on this version of the product.
-    let target_ids: Vec<Uuid> = targets.iter().map(|t| t.0).collect();
-    let mut installed: HashSet<Uuid> = HashSet::new();
-    for chunk in target_ids.chunks(INSERT_CHUNK) {
-        let found: Vec<Uuid> = device_installed::Entity::find()
-            .select_only()
-            .column(device_installed::Column::DeviceId)
-            .filter(device_installed::Column::Component.eq(package.product.as_str()))
-            .filter(device_installed::Column::Version.eq(package.version.as_str()))
-            .filter(device_installed::Column::DeviceId.is_in(chunk.iter().copied()))
-            .into_tuple()
-            .all(conn)
-            .await?;
-        installed.extend(found);
-    }
-
     let id = Uuid::now_v7();
     let now = Utc::now();
-    let mut skipped = Vec::new();
-    let mut rows = Vec::with_capacity(targets.len());
-    for (device_id, endpoint_id, model) in &targets {
-        let reason = if !models.contains(model) {
-            Some("incompatible_model")
-        } else if installed.contains(device_id) {
-            Some("already_installed")
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            skipped.push(Skipped { device_id: *device_id, endpoint_id: endpoint_id.clone(), reason });
-        }
-        rows.push(device_update::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            deployment_id: Set(id),
-            device_id: Set(*device_id),
-            state: Set(if reason.is_some() { UpdateState::Skipped } else { UpdateState::Pending }.as_str().to_owned()),
-            skip_reason: Set(reason.map(str::to_owned)),
-            progress: Set(0),
-            error_code: Set(None),
-            message: Set(None),
-            cancel_acknowledged: Set(false),
-            released_at: Set(None),
-            finished_at: Set(reason.map(|_| now)),
-            created_at: Set(now),
-            updated_at: Set(now),
-        });
-    }
+    let (rows, skipped) = plan_updates(conn, id, &package, &models, &targets, now).await?;
     let target_count = i32::try_from(targets.len() - skipped.len()).unwrap_or(i32::MAX);
     let scheduled = input.policy.start_at.is_some_and(|start| start > now);
     let (_, created_by) = ctx.actor.audit_identity();
@@ -361,11 +332,7 @@ pub async fn apply(app: &App, ctx: &Ctx, mut input: NewDeployment) -> Result<(De
     }
     .insert(tx.conn())
     .await?;
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<device_update::ActiveModel> = rows.by_ref().take(INSERT_CHUNK).collect();
-        device_update::Entity::insert_many(chunk).exec(tx.conn()).await?;
-    }
+    insert_updates(tx.conn(), rows).await?;
     tx.audit(
         ctx,
         "deployment.create",
@@ -382,11 +349,210 @@ pub async fn apply(app: &App, ctx: &Ctx, mut input: NewDeployment) -> Result<(De
         }),
     )
     .await?;
-    reconcile_in(&mut tx, &row).await?;
-    schedule(&mut tx, id, Utc::now() + interval(app)).await?;
+    if let Some(group) = auto_group {
+        entity::device_group::Entity::update_many()
+            .col_expr(entity::device_group::Column::AutoDeploymentId, Expr::value(id))
+            .filter(entity::device_group::Column::Id.eq(group))
+            .exec(tx.conn())
+            .await?;
+    }
+    reconcile_in(tx, &row).await?;
+    schedule(tx, id, Utc::now() + interval(app)).await?;
+    Ok((id, skipped))
+}
+
+/// A group's current package: applied to the group now (as `applyPackage`
+/// would) and to every device that joins the group later (registered,
+/// approved, added, or starting to match a dynamic group's filter), until
+/// another package replaces it or `None` clears it. The previous one's
+/// deployment finishes what it has.
+pub async fn set_group_package(
+    app: &App,
+    ctx: &Ctx,
+    group: Uuid,
+    package: Option<(Uuid, Policy, Mode)>,
+) -> Result<Option<(Deployment, Vec<Skipped>)>> {
+    ctx.require(Permission::DeploymentWrite)?;
+    let mut tx = WriteTx::begin(app).await?;
+    let row = entity::device_group::Entity::find_by_id(group)
+        .one(tx.conn())
+        .await?
+        .ok_or_else(|| Error::not_found("device group", group.to_string()))?;
+    if let Some(previous) = row.auto_deployment_id {
+        entity::device_group::Entity::update_many()
+            .col_expr(entity::device_group::Column::AutoDeploymentId, Expr::value(Option::<Uuid>::None))
+            .filter(entity::device_group::Column::Id.eq(group))
+            .exec(tx.conn())
+            .await?;
+        if let Some(previous) = deployment::Entity::find_by_id(previous).one(tx.conn()).await? {
+            wake(tx.conn(), &previous).await?;
+        }
+    }
+    let created = match package {
+        None => None,
+        Some((package, policy, mode)) => {
+            let input = NewDeployment {
+                package,
+                group: Some(group),
+                devices: Vec::new(),
+                name: Some(format!("{} (current package)", row.name)),
+                policy,
+                mode,
+            };
+            Some(apply_in(&mut tx, app, ctx, input, Some(group)).await?)
+        }
+    };
+    tx.audit(
+        ctx,
+        "device_group.set_package",
+        "device_group",
+        &group.to_string(),
+        json!({ "deployment_id": created.as_ref().map(|(id, _)| *id), "previous": row.auto_deployment_id }),
+    )
+    .await?;
     tx.commit().await?;
     app.wake_workers();
-    Ok((get_unchecked(&app.db, id).await?, skipped))
+    match created {
+        None => Ok(None),
+        Some((id, skipped)) => Ok(Some((get_unchecked(&app.db, id).await?, skipped))),
+    }
+}
+
+/// The update rows for `targets` (id, endpoint id, model) of deployment
+/// `id`: SKIPPED when the model is not among the package's or the device
+/// already runs this version, PENDING otherwise.
+async fn plan_updates(
+    conn: &impl ConnectionTrait,
+    id: Uuid,
+    package: &entity::package::Model,
+    models: &HashSet<Uuid>,
+    targets: &[(Uuid, String, Uuid)],
+    now: DateTime<Utc>,
+) -> Result<(Vec<device_update::ActiveModel>, Vec<Skipped>)> {
+    let target_ids: Vec<Uuid> = targets.iter().map(|t| t.0).collect();
+    let mut installed: HashSet<Uuid> = HashSet::new();
+    for chunk in target_ids.chunks(INSERT_CHUNK) {
+        let found: Vec<Uuid> = device_installed::Entity::find()
+            .select_only()
+            .column(device_installed::Column::DeviceId)
+            .filter(device_installed::Column::Component.eq(package.product.as_str()))
+            .filter(device_installed::Column::Version.eq(package.version.as_str()))
+            .filter(device_installed::Column::DeviceId.is_in(chunk.iter().copied()))
+            .into_tuple()
+            .all(conn)
+            .await?;
+        installed.extend(found);
+    }
+    let mut skipped = Vec::new();
+    let mut rows = Vec::with_capacity(targets.len());
+    for (device_id, endpoint_id, model) in targets {
+        let reason = if !models.contains(model) {
+            Some("incompatible_model")
+        } else if installed.contains(device_id) {
+            Some("already_installed")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            skipped.push(Skipped { device_id: *device_id, endpoint_id: endpoint_id.clone(), reason });
+        }
+        rows.push(device_update::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            deployment_id: Set(id),
+            device_id: Set(*device_id),
+            state: Set(if reason.is_some() { UpdateState::Skipped } else { UpdateState::Pending }.as_str().to_owned()),
+            skip_reason: Set(reason.map(str::to_owned)),
+            progress: Set(0),
+            error_code: Set(None),
+            message: Set(None),
+            cancel_acknowledged: Set(false),
+            released_at: Set(None),
+            finished_at: Set(reason.map(|_| now)),
+            created_at: Set(now),
+            updated_at: Set(now),
+        });
+    }
+    Ok((rows, skipped))
+}
+
+async fn insert_updates(conn: &impl ConnectionTrait, rows: Vec<device_update::ActiveModel>) -> Result<()> {
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<device_update::ActiveModel> = rows.by_ref().take(INSERT_CHUNK).collect();
+        device_update::Entity::insert_many(chunk).exec(conn).await?;
+    }
+    Ok(())
+}
+
+/// Auto-assignment: devices that are in the group whose current package
+/// this deployment is, and have no update in it yet, get one. Returns how
+/// many were added.
+async fn assign_newcomers(tx: &mut WriteTx, row: &deployment::Model) -> Result<usize> {
+    let Some(group) = entity::device_group::Entity::find()
+        .filter(entity::device_group::Column::AutoDeploymentId.eq(row.id))
+        .one(tx.conn())
+        .await?
+    else {
+        return Ok(0);
+    };
+    let within = crate::service::group::members_of(tx.conn(), group.id).await?;
+    let existing = device_update::Entity::find()
+        .select_only()
+        .column(device_update::Column::DeviceId)
+        .filter(device_update::Column::DeploymentId.eq(row.id))
+        .into_query();
+    let newcomers: Vec<(Uuid, String, Uuid)> = device::Entity::find()
+        .select_only()
+        .columns([device::Column::Id, device::Column::EndpointId, device::Column::ModelId])
+        .filter(device::Column::Id.in_subquery(within))
+        .filter(device::Column::Id.not_in_subquery(existing))
+        .filter(device::Column::Status.is_in([DeviceStatus::Registered.as_str(), DeviceStatus::Active.as_str()]))
+        .order_by_asc(device::Column::Id)
+        .into_tuple()
+        .all(tx.conn())
+        .await?;
+    if newcomers.is_empty() {
+        return Ok(0);
+    }
+    let package = entity::package::Entity::find_by_id(row.package_id)
+        .one(tx.conn())
+        .await?
+        .ok_or_else(|| Error::not_found("package", row.package_id.to_string()))?;
+    let models: HashSet<Uuid> = package_model::Entity::find()
+        .filter(package_model::Column::PackageId.eq(package.id))
+        .all(tx.conn())
+        .await?
+        .into_iter()
+        .map(|m| m.device_model_id)
+        .collect();
+    let (rows, skipped) = plan_updates(tx.conn(), row.id, &package, &models, &newcomers, Utc::now()).await?;
+    insert_updates(tx.conn(), rows).await?;
+    let targets = i32::try_from(newcomers.len() - skipped.len()).unwrap_or(i32::MAX);
+    deployment::Entity::update_many()
+        .col_expr(
+            deployment::Column::TargetCount,
+            sea_orm::sea_query::ExprTrait::add(Expr::col(deployment::Column::TargetCount), targets),
+        )
+        .col_expr(
+            deployment::Column::SkippedCount,
+            sea_orm::sea_query::ExprTrait::add(
+                Expr::col(deployment::Column::SkippedCount),
+                i32::try_from(skipped.len()).unwrap_or(i32::MAX),
+            ),
+        )
+        .filter(deployment::Column::Id.eq(row.id))
+        .exec(tx.conn())
+        .await?;
+    let endpoint_ids: Vec<&String> = newcomers.iter().map(|(_, e, _)| e).collect();
+    tx.audit(
+        &Ctx::system("deployment-reconciler"),
+        "deployment.auto_assign",
+        "deployment",
+        &row.id.to_string(),
+        json!({ "group_id": group.id, "devices": endpoint_ids, "skipped": skipped.len() }),
+    )
+    .await?;
+    Ok(newcomers.len())
 }
 
 fn interval(app: &App) -> TimeDelta {
@@ -492,6 +658,13 @@ pub(crate) async fn reconcile_in(tx: &mut WriteTx, row: &deployment::Model) -> R
         state = DeploymentState::Running;
     }
     let mode = Mode::parse(&row.mode)?;
+    let auto = assign_newcomers(tx, &row).await? > 0
+        || entity::device_group::Entity::find()
+            .filter(entity::device_group::Column::AutoDeploymentId.eq(id))
+            .count(tx.conn())
+            .await?
+            > 0;
+    let row = find(tx.conn(), id).await?;
     let mut counts = counts(tx.conn(), id).await?;
     let count = |counts: &BTreeMap<UpdateState, u64>, s: UpdateState| counts.get(&s).copied().unwrap_or_default();
 
@@ -623,7 +796,8 @@ pub(crate) async fn reconcile_in(tx: &mut WriteTx, row: &deployment::Model) -> R
         }
         return Ok(true);
     }
-    if pending == 0 && in_flight == 0 {
+    // A group's current package stays open for devices joining the group.
+    if pending == 0 && in_flight == 0 && !auto {
         set_state(tx, &row, DeploymentState::Completed, None).await?;
         tx.audit(
             &system,

@@ -233,6 +233,7 @@ pub async fn create(app: &App, ctx: &Ctx, input: NewGroup) -> Result<Group> {
         model_id: Set(model.id),
         kind: Set(input.kind.as_str().to_owned()),
         filter: Set(filter.as_ref().map(GroupFilter::to_stored)),
+        auto_deployment_id: Set(None),
         created_by: Set(created_by),
         created_at: Set(now),
         updated_at: Set(now),

@@ -422,6 +422,20 @@ fn table() -> Vec<Entry> {
             variables: || json!({"id": ZERO}),
         },
         Entry {
+            root: Mutation,
+            field: "setGroupPackage",
+            needs: Permission("DEPLOYMENT_WRITE"),
+            operation: "mutation($id: ID!) { setGroupPackage(input: {group: $id}) { deployment { id } } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Subscription,
+            field: "deploymentProgress",
+            needs: Permission("DEPLOYMENT_READ"),
+            operation: "subscription { deploymentProgress(id: \"00000000-0000-7000-8000-000000000000\") { deployment { id } } }",
+            variables: || json!({}),
+        },
+        Entry {
             root: Subscription,
             field: "auditEventAdded",
             needs: Permission("AUDIT_READ"),

@@ -822,3 +822,78 @@ async fn deployment_progress_is_pushed_live_and_across_servers_on_postgres() {
         second.wait().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn devices_joining_a_group_get_its_current_package_without_an_operator() {
+    let app = app().await;
+    let (fleet, sims) = fleet(&app, 1).await;
+    let admin = app.operator("admin");
+    let set = "mutation($g: ID!, $p: ID) { setGroupPackage(input: {group: $g, package: $p}) { deployment { id state targetCount } } }";
+    let out = app.operator("deployment_manager").ok(set, json!({"g": fleet.group, "p": fleet.package})).await;
+    let id = out["setGroupPackage"]["deployment"]["id"].clone();
+    assert_eq!(out["setGroupPackage"]["deployment"]["targetCount"], 1);
+    let group =
+        admin.ok("query($id: ID!) { deviceGroup(id: $id) { currentDeploymentId } }", json!({"id": fleet.group})).await;
+    assert_eq!(group["deviceGroup"]["currentDeploymentId"], id);
+    sims[0].install("2.0.0").await;
+    // Done for now, but it stays open for newcomers.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(deployment(&app, &id).await["state"], "RUNNING");
+
+    // A device registered and added to the static group gets the update.
+    let secret = admin
+        .ok("mutation { registerDevice(input: {endpointId: \"late\", model: \"X100\"}) { secret } }", json!({}))
+        .await["registerDevice"]["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    admin
+        .ok(
+            "mutation($g: ID!) { addGroupMembers(input: {group: $g, devices: [\"late\"]}) { deviceGroup { id } } }",
+            json!({"g": fleet.group}),
+        )
+        .await;
+    let late = Sim { app: &app, endpoint_id: "late".into(), secret };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while late.poll().await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline, "the newcomer never got the update");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    late.install("2.0.0").await;
+
+    // A dynamic group: a device that starts to match gets it too.
+    let dynamic = admin
+        .ok("mutation { createDeviceGroup(input: {name: \"eu\", model: \"X100\", kind: DYNAMIC, filter: {attributes: [{key: \"region\", value: \"eu\"}]}}) { deviceGroup { id } } }", json!({}))
+        .await["createDeviceGroup"]["deviceGroup"]["id"]
+        .clone();
+    admin
+        .ok("mutation { createSoftwarePackage(input: {name: \"fw\", version: \"2.2.0\", type: \"URL_LIST\", models: [\"X100\"], links: [\"https://e.com/fw\"]}) { package { id } } }", json!({}))
+        .await;
+    let next = admin.ok("{ packages(filter: {version: \"2.2.0\"}) { edges { node { id } } } }", json!({})).await["packages"]["edges"][0]["node"]["id"].clone();
+    let out = app.operator("deployment_manager").ok(set, json!({"g": dynamic, "p": next})).await;
+    assert_eq!(out["setGroupPackage"]["deployment"]["targetCount"], 0, "nobody matches yet");
+    assert_eq!(late.poll().await.0, StatusCode::NO_CONTENT);
+    let response = app
+        .client
+        .post(app.url("/device/v1/inventory"))
+        .bearer_auth(&late.secret)
+        .json(&json!({"attributes": {"region": "eu"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let (StatusCode::OK, body) = late.poll().await {
+            assert_eq!(body["update"]["manifest"]["version"], "2.2.0");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the device that started to match never got the update");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Cleared: the group has no current package any more.
+    app.operator("deployment_manager").ok(set, json!({"g": dynamic, "p": null})).await;
+    let group =
+        admin.ok("query($id: ID!) { deviceGroup(id: $id) { currentDeploymentId } }", json!({"id": dynamic})).await;
+    assert_eq!(group["deviceGroup"]["currentDeploymentId"], Value::Null);
+}
