@@ -36,6 +36,8 @@ pub enum Event {
     /// Too many devices to name (from another process): every long poll
     /// looks again.
     AllPollersWake,
+    /// A device's credential, status or gateway changed.
+    DeviceChanged(uuid::Uuid),
 }
 
 #[derive(Clone)]
@@ -60,6 +62,8 @@ pub struct Inner {
     pub job_wake: tokio::sync::Notify,
     /// This process, in the events it sends to others (`events.rs`).
     pub instance: uuid::Uuid,
+    /// The device API's hot-path caches (`service/device_cache.rs`).
+    pub device_cache: crate::service::device_cache::DeviceCache,
 }
 
 impl std::ops::Deref for App {
@@ -114,6 +118,7 @@ impl App {
             events,
             job_wake: tokio::sync::Notify::new(),
             instance: uuid::Uuid::new_v4(),
+            device_cache: crate::service::device_cache::DeviceCache::default(),
         })))
     }
 

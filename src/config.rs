@@ -55,6 +55,7 @@ pub struct Config {
     pub content: ContentConfig,
     pub packages: PackagesConfig,
     pub deployments: DeploymentsConfig,
+    pub devices: DevicesConfig,
     pub auth: AuthConfig,
     pub http: HttpConfig,
     pub graphql: GraphqlConfig,
@@ -125,6 +126,15 @@ pub enum Promotion {
 #[serde(deny_unknown_fields)]
 pub struct ContentConfig {
     pub promotion: Promotion,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesConfig {
+    /// How often the devices seen are written (`last_seen_at`, and ACTIVE
+    /// on a first call), in one batch: at most once a minute per device.
+    #[serde(with = "humantime_serde_compat")]
+    pub seen_flush_interval: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -246,6 +256,7 @@ impl Default for Config {
             },
             content: ContentConfig { promotion: Promotion::Auto },
             packages: PackagesConfig::default(),
+            devices: DevicesConfig { seen_flush_interval: Duration::from_secs(10) },
             deployments: DeploymentsConfig {
                 reconcile_interval: Duration::from_secs(5),
                 max_poll_wait: Duration::from_secs(60),

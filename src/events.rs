@@ -35,6 +35,7 @@ enum WireEvent {
     Update { deployment: Uuid, update: Uuid },
     Devices(Vec<Uuid>),
     AllDevices,
+    Device(Uuid),
 }
 
 fn to_wire(event: &Event) -> WireEvent {
@@ -49,6 +50,7 @@ fn to_wire(event: &Event) -> WireEvent {
             WireEvent::Devices(devices.iter().copied().collect())
         }
         Event::DevicesReleased(_) | Event::AllPollersWake => WireEvent::AllDevices,
+        Event::DeviceChanged(id) => WireEvent::Device(*id),
     }
 }
 
@@ -92,6 +94,8 @@ async fn listen(app: &App, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let pool = app.db.get_postgres_connection_pool();
     let mut listener = sea_orm::sqlx::postgres::PgListener::connect_with(pool).await?;
     listener.listen(CHANNEL).await?;
+    // Whatever happened while not listening is unknown: drop every cache.
+    app.publish(Event::AllPollersWake);
     loop {
         let notification = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -120,6 +124,7 @@ async fn listen(app: &App, shutdown: &CancellationToken) -> anyhow::Result<()> {
             WireEvent::Update { deployment, update } => Event::DeviceUpdateChanged { deployment, update },
             WireEvent::Devices(ids) => Event::DevicesReleased(Arc::new(ids.into_iter().collect::<HashSet<_>>())),
             WireEvent::AllDevices => Event::AllPollersWake,
+            WireEvent::Device(id) => Event::DeviceChanged(id),
         };
         app.publish(event);
     }

@@ -38,6 +38,7 @@ impl Server {
         let grace = config.http.shutdown_grace;
         let token = shutdown.clone();
         crate::events::spawn_listener(app.clone(), shutdown.clone());
+        crate::service::device_cache::DeviceCache::spawn(app.clone(), shutdown.clone());
         let workers = config.jobs.in_process.then(|| {
             let runner = crate::jobs::Runner::new(app.clone());
             tokio::spawn(runner.run(shutdown.clone()))

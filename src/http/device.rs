@@ -161,14 +161,18 @@ pub async fn poll(
     let device = ctx.require_device()?.id;
     let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::trim);
     let wait = query.wait.map(|w| std::time::Duration::from_secs(w).min(state.app.config.deployments.max_poll_wait));
-    // Subscribed before the first look, so nothing released in between is missed.
-    let mut events = state.app.events.subscribe();
+    // Subscribed before the first look, so nothing released in between is
+    // missed (only by long polls: a plain poll never waits).
+    let mut events = wait.map(|_| state.app.events.subscribe());
     let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
+    let mut fresh = false;
     let answer = loop {
-        let answer = deployment::poll(&state.app, &ctx, if_none_match).await?;
+        let answer = deployment::poll(&state.app, &ctx, if_none_match, fresh).await?;
+        fresh = true;
         if answer.update.is_some() || wait.is_none() {
             break answer;
         }
+        let Some(events) = events.as_mut() else { break answer };
         let news = async {
             loop {
                 match events.recv().await {

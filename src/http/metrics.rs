@@ -14,16 +14,58 @@ use super::HttpState;
 
 /// Count and time every request by route template, method and status.
 pub async fn track(request: Request, next: Next) -> Response {
-    let route =
-        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().to_string();
+    let route: metrics::SharedString = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(metrics::SharedString::const_str("unmatched"), |p| p.as_str().to_owned().into());
+    let method = static_method(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    let labels = [("route", route), ("method", method), ("status", status)];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    let status = static_status(response.status().as_u16());
+    let labels = [
+        metrics::Label::new("route", route),
+        metrics::Label::from_static_parts("method", method),
+        match status {
+            Some(status) => metrics::Label::from_static_parts("status", status),
+            None => metrics::Label::new("status", response.status().as_u16().to_string()),
+        },
+    ];
+    metrics::counter!("http_requests_total", labels.iter()).increment(1);
+    metrics::histogram!("http_request_duration_seconds", labels.iter()).record(started.elapsed().as_secs_f64());
     response
+}
+
+/// Label values without an allocation per request (the hot device paths).
+fn static_method(method: &axum::http::Method) -> &'static str {
+    match *method {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::PATCH => "PATCH",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::HEAD => "HEAD",
+        axum::http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+fn static_status(status: u16) -> Option<&'static str> {
+    Some(match status {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        206 => "206",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        409 => "409",
+        413 => "413",
+        500 => "500",
+        503 => "503",
+        _ => return None,
+    })
 }
 
 pub async fn render(State(state): State<HttpState>) -> impl IntoResponse {

@@ -98,7 +98,7 @@ pub fn router(app: App, schema: ApiSchema) -> Router {
                 .layer(middleware::from_fn(drop_bad_request_id))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                    let request_id = request_id(request.headers()).unwrap_or_default();
+                    let request_id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
                     tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %request_id)
                 })
                 .on_response(DefaultOnResponse::new().level(Level::INFO)))

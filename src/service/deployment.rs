@@ -1240,9 +1240,16 @@ fn action_of(update: &device_update::Model, deployment: &deployment::Model) -> R
 /// `GET /device/v1/poll`: the device's pending update (with its signed
 /// manifest), or none. `if_none_match` equal to the current ETag answers
 /// with the ETag alone (the 304 path, no manifest built).
-pub async fn poll(app: &App, ctx: &Ctx, if_none_match: Option<&str>) -> Result<PollAnswer> {
+///
+/// `fresh`: skip the idle cache (a long poll that was just told of news).
+pub async fn poll(app: &App, ctx: &Ctx, if_none_match: Option<&str>, fresh: bool) -> Result<PollAnswer> {
     let device = ctx.require_device()?;
+    if !fresh && app.device_cache.is_idle(device.id) {
+        return Ok(PollAnswer { etag: IDLE_ETAG.to_owned(), update: None });
+    }
+    let seq = app.device_cache.seq();
     let Some((update, deployment)) = current_update(&app.db, device.id).await? else {
+        app.device_cache.mark_idle(device.id, seq);
         return Ok(PollAnswer { etag: IDLE_ETAG.to_owned(), update: None });
     };
     let action = action_of(&update, &deployment)?;

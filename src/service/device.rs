@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::app::App;
+use crate::app::{App, Event};
 use crate::auth::{Actor, Ctx, DeviceActor, Permission};
 use crate::error::{Error, Result, RowError};
 use crate::service::WriteTx;
@@ -139,7 +139,16 @@ pub async fn authenticate(app: &App, secret: &str, request_id: Option<String>) -
         .and_then(|rest| rest.split_once('_'))
         .and_then(|(id, _)| Uuid::try_parse(id).ok())
         .ok_or_else(unauthenticated)?;
-    let row = device::Entity::find_by_id(id).one(&app.db).await?.ok_or_else(unauthenticated)?;
+    let row = match app.device_cache.device(id) {
+        Some(row) => row,
+        None => {
+            let seq = app.device_cache.seq();
+            let row =
+                std::sync::Arc::new(device::Entity::find_by_id(id).one(&app.db).await?.ok_or_else(unauthenticated)?);
+            app.device_cache.remember(row.clone(), seq);
+            row
+        }
+    };
     let presented = hash_secret(secret);
     if !bool::from(presented.as_bytes().ct_eq(row.credential_hash.as_bytes())) {
         return Err(unauthenticated());
@@ -164,9 +173,19 @@ pub async fn authenticate(app: &App, secret: &str, request_id: Option<String>) -
 /// and REGISTERED → ACTIVE on its first call (audited). Failures are
 /// logged, never the caller's problem.
 async fn touch(app: &App, ctx: &Ctx, row: &device::Model, status: DeviceStatus) {
+    if app.device_cache.record_seen(row.id, status == DeviceStatus::Registered, row.last_seen_at) {
+        return;
+    }
     let now = Utc::now();
     if row.last_seen_at.is_some_and(|seen| now - seen < LAST_SEEN_GRANULARITY) && status != DeviceStatus::Registered {
         return;
+    }
+    // What this process now knows of the row (the write below makes it true).
+    let seq = app.device_cache.seq();
+    let mut seen = row.clone();
+    seen.last_seen_at = Some(now);
+    if status == DeviceStatus::Registered {
+        seen.status = DeviceStatus::Active.as_str().to_owned();
     }
     let result: Result<()> = async {
         if status == DeviceStatus::Registered {
@@ -204,9 +223,73 @@ async fn touch(app: &App, ctx: &Ctx, row: &device::Model, status: DeviceStatus) 
         Ok(())
     }
     .await;
-    if let Err(err) = result {
-        tracing::warn!(device = %row.id, error = %err, "could not record that the device was seen");
+    match result {
+        Ok(()) => app.device_cache.remember(std::sync::Arc::new(seen), seq),
+        Err(err) => {
+            app.device_cache.forget(row.id);
+            tracing::warn!(device = %row.id, error = %err, "could not record that the device was seen");
+        }
     }
+}
+
+/// Write the devices seen since the last flush: one UPDATE per 1,000 of
+/// them, and REGISTERED → ACTIVE for first calls (one audit event).
+pub(crate) async fn flush_seen(app: &App, seen: HashMap<Uuid, bool>) -> Result<()> {
+    let now = Utc::now();
+    let ids: Vec<Uuid> = seen.keys().copied().collect();
+    for chunk in ids.chunks(INSERT_CHUNK) {
+        device::Entity::update_many()
+            .col_expr(device::Column::LastSeenAt, Expr::value(now))
+            .filter(device::Column::Id.is_in(chunk.iter().copied()))
+            .exec(&app.db)
+            .await?;
+    }
+    let activate: Vec<Uuid> = seen.into_iter().filter(|(_, a)| *a).map(|(id, _)| id).collect();
+    if activate.is_empty() {
+        return Ok(());
+    }
+    let mut tx = WriteTx::begin(app).await?;
+    let mut activated: Vec<(Uuid, String)> = Vec::new();
+    for chunk in activate.chunks(INSERT_CHUNK) {
+        let registered: Vec<(Uuid, String)> = device::Entity::find()
+            .select_only()
+            .columns([device::Column::Id, device::Column::EndpointId])
+            .filter(device::Column::Id.is_in(chunk.iter().copied()))
+            .filter(device::Column::Status.eq(DeviceStatus::Registered.as_str()))
+            .into_tuple()
+            .all(tx.conn())
+            .await?;
+        if registered.is_empty() {
+            continue;
+        }
+        device::Entity::update_many()
+            .col_expr(device::Column::Status, Expr::value(DeviceStatus::Active.as_str()))
+            .filter(device::Column::Id.is_in(registered.iter().map(|(id, _)| *id)))
+            .filter(device::Column::Status.eq(DeviceStatus::Registered.as_str()))
+            .exec(tx.conn())
+            .await?;
+        for (id, endpoint) in registered {
+            activated.push((id, endpoint));
+        }
+    }
+    if !activated.is_empty() {
+        let endpoint_ids: Vec<&String> = activated.iter().map(|(_, e)| e).collect();
+        tx.audit(
+            &Ctx::system("device-api"),
+            "device.activate",
+            "device",
+            "",
+            json!({ "count": activated.len(), "endpoint_ids": endpoint_ids }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    // No event: another process that still thinks a device REGISTERED only
+    // asks to activate it again, which finds nothing to do.
+    for (id, _) in &activated {
+        app.device_cache.mark_active(*id);
+    }
+    Ok(())
 }
 
 /// A gateway acting for one of its sub-devices (named by endpoint id): the
@@ -575,6 +658,7 @@ pub async fn rotate_credential(app: &App, ctx: &Ctx, id: Uuid) -> Result<Registe
         .await?;
     tx.audit(ctx, "device.rotate_credential", "device", &id.to_string(), json!({ "endpoint_id": current.endpoint_id }))
         .await?;
+    tx.notify(Event::DeviceChanged(id));
     tx.commit().await?;
     Ok(Registered { device: get_unchecked(&app.db, id).await?, secret })
 }
@@ -603,6 +687,7 @@ pub async fn decommission(app: &App, ctx: &Ctx, id: Uuid) -> Result<Device> {
         json!({ "endpoint_id": current.endpoint_id, "status_before": status.as_str() }),
     )
     .await?;
+    tx.notify(Event::DeviceChanged(id));
     tx.commit().await?;
     get_unchecked(&app.db, id).await
 }

@@ -237,6 +237,13 @@ pub async fn decide(app: &App, ctx: &Ctx, refs: Vec<String>, approve: bool) -> R
     let endpoint_ids: Vec<&String> = ids.iter().map(|(_, e)| e).collect();
     let object_id = if ids.len() == 1 { ids[0].0.to_string() } else { String::new() };
     tx.audit(ctx, action, "device", &object_id, json!({ "count": ids.len(), "endpoint_ids": endpoint_ids })).await?;
+    if ids.len() > 100 {
+        tx.notify(crate::app::Event::AllPollersWake);
+    } else {
+        for (id, _) in &ids {
+            tx.notify(crate::app::Event::DeviceChanged(*id));
+        }
+    }
     tx.commit().await?;
     let mut devices = Vec::with_capacity(ids.len());
     for (id, _) in ids {

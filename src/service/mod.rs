@@ -9,6 +9,7 @@ pub mod audit;
 pub mod content;
 pub mod deployment;
 pub mod device;
+pub mod device_cache;
 pub mod device_model;
 pub mod enrollment;
 pub mod group;
@@ -66,6 +67,7 @@ impl WriteTx {
         crate::events::notify(&self.tx, self.app.instance, &self.events).await?;
         self.tx.commit().await?;
         for event in self.events {
+            self.app.device_cache.invalidate(&event);
             self.app.publish(event);
         }
         Ok(())

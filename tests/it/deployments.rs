@@ -897,3 +897,38 @@ async fn devices_joining_a_group_get_its_current_package_without_an_operator() {
         admin.ok("query($id: ID!) { deviceGroup(id: $id) { currentDeploymentId } }", json!({"id": dynamic})).await;
     assert_eq!(group["deviceGroup"]["currentDeploymentId"], Value::Null);
 }
+
+#[tokio::test]
+async fn start_at_holds_the_rollout_and_expires_at_stops_new_starts() {
+    let app = app().await;
+    let (fleet, sims) = fleet(&app, 4).await;
+    let at = |ms: i64| (chrono::Utc::now() + chrono::TimeDelta::milliseconds(ms)).to_rfc3339();
+
+    let out =
+        apply(&app, json!({"package": fleet.package, "devices": ["d00", "d01"], "policy": {"startAt": at(1500)}}))
+            .await;
+    let scheduled = out["deployment"]["id"].clone();
+    assert_eq!(out["deployment"]["state"], "SCHEDULED");
+    assert_eq!(sims[0].poll().await.0, StatusCode::NO_CONTENT, "not before startAt");
+    until(&app, &scheduled, "RUNNING", |d| d["state"] == "RUNNING").await;
+    assert_eq!(sims[0].update().await["action"], "DOWNLOAD");
+
+    let out = apply(
+        &app,
+        json!({"package": fleet.package, "devices": ["d02", "d03"], "policy": {"maxInFlight": 1, "expiresAt": at(1500)}}),
+    )
+    .await;
+    let expiring = out["deployment"]["id"].clone();
+    let (started, waiting) =
+        if sims[2].poll().await.0 == StatusCode::OK { (&sims[2], &sims[3]) } else { (&sims[3], &sims[2]) };
+    let update = started.update().await;
+    started.ok(&update, json!({"status": "DOWNLOADING", "progress": 20})).await;
+    let d = until(&app, &expiring, "the expiry", |d| d["reason"] == "expired").await;
+    assert_eq!(d["counts"]["cancelled"], 1, "the device that never started: {d}");
+    assert_eq!(waiting.poll().await.0, StatusCode::NO_CONTENT);
+    // The one under way finishes, and the deployment completes.
+    started.ok(&update, json!({"status": "DOWNLOADED"})).await;
+    started.ok(&update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+    let d = until(&app, &expiring, "COMPLETED", |d| d["state"] == "COMPLETED").await;
+    assert_eq!(d["counts"]["installed"], 1);
+}

@@ -115,6 +115,7 @@ pub async fn test_config(dir: &std::path::Path) -> Config {
         Err(_) => format!("unix:{}", dir.join("no-clamd.sock").display()),
     };
     config.http.shutdown_grace = Duration::from_secs(5);
+    config.devices.seen_flush_interval = Duration::from_millis(50);
     config.resolve().expect("test config resolves")
 }
 
