@@ -122,16 +122,7 @@ pub async fn download_result(
         let body = body_object(&body)?;
         let ctx = asset_ctx(&state, &headers, text(&body, "assetId").as_deref()).await?;
         let id = id.parse().map_err(|_| Error::not_found("update", &id))?;
-        let report = match number(&body, "code")? {
-            1 => deployment::Report { status: "DOWNLOADED".into(), ..deployment::Report::default() },
-            _ => deployment::Report {
-                status: "FAILED".into(),
-                errcode: Some("download_failed".into()),
-                message: text(&body, "message"),
-                ..deployment::Report::default()
-            },
-        };
-        deployment::report(&state.app, &ctx, id, report).await
+        deployment::enos_download_result(&state.app, &ctx, id, number(&body, "code")?, text(&body, "message")).await
     }
     .await;
     match result {

@@ -729,7 +729,7 @@ pub(crate) async fn reconcile_in(tx: &mut WriteTx, row: &deployment::Model) -> R
                 .map(|s| count(&counts, *s))
                 .sum();
         if waiting == 0 && count(&counts, UpdateState::Downloaded) > 0 {
-            release_install_in(tx, &row, &system).await?;
+            release_install_in(tx, &row, Some(&system)).await?;
         }
     }
 
@@ -813,14 +813,17 @@ pub(crate) async fn reconcile_in(tx: &mut WriteTx, row: &deployment::Model) -> R
     Ok(true)
 }
 
-async fn release_install_in(tx: &mut WriteTx, row: &deployment::Model, ctx: &Ctx) -> Result<()> {
+/// `audit`: who released it, when no caller audits the release itself.
+async fn release_install_in(tx: &mut WriteTx, row: &deployment::Model, audit: Option<&Ctx>) -> Result<()> {
     deployment::Entity::update_many()
         .col_expr(deployment::Column::InstallReleased, Expr::value(true))
         .col_expr(deployment::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(deployment::Column::Id.eq(row.id))
         .exec(tx.conn())
         .await?;
-    tx.audit(ctx, "deployment.release_install", "deployment", &row.id.to_string(), json!({})).await?;
+    if let Some(ctx) = audit {
+        tx.audit(ctx, "deployment.release_install", "deployment", &row.id.to_string(), json!({})).await?;
+    }
     let devices: Vec<Uuid> = device_update::Entity::find()
         .select_only()
         .column(device_update::Column::DeviceId)
@@ -973,8 +976,8 @@ pub async fn release_install(app: &App, ctx: &Ctx, id: Uuid) -> Result<Deploymen
             if row.install_released {
                 return Err(Error::InvalidState(format!("deployment {} already lets devices install", row.id)));
             }
-            let ctx = Ctx::system("operator");
-            release_install_in(tx, row, &ctx).await
+            // operator_action audits it as the operator's.
+            release_install_in(tx, row, None).await
         },
     )
     .await
@@ -1499,6 +1502,21 @@ pub async fn enos_download(app: &App, ctx: &Ctx, update_id: Uuid) -> Result<crat
     let file = package.files.first().ok_or_else(|| Error::not_found("file of update", update_id.to_string()))?;
     let access = crate::service::content::DownloadAccess::Caller(ctx.clone());
     crate::service::content::open_download_for_update(app, &access, file.content_id).await
+}
+
+/// `POST /downloadresult/{id}`: code 1 DOWNLOADED, anything else FAILED.
+pub async fn enos_download_result(
+    app: &App,
+    ctx: &Ctx,
+    update_id: Uuid,
+    code: i64,
+    message: Option<String>,
+) -> Result<device_update::Model> {
+    let report_of = match code {
+        1 => Report { status: "DOWNLOADED".into(), ..Report::default() },
+        _ => Report { status: "FAILED".into(), errcode: Some("download_failed".into()), message, ..Report::default() },
+    };
+    report(app, ctx, update_id, report_of).await
 }
 
 /// `POST /updateresult`: flag 0 failed, 1 in progress, 2 with process 100

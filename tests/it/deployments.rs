@@ -484,6 +484,12 @@ async fn download_only_waits_for_release_install() {
             json!({"id": id}),
         )
         .await;
+    let audit = app
+        .operator("auditor")
+        .ok("{ auditEvents(filter: {action: \"deployment.release_install\"}) { totalCount edges { node { actor { id } } } } }", json!({}))
+        .await;
+    assert_eq!(audit["auditEvents"]["totalCount"], 1, "audited once, as the operator's: {audit}");
+    assert_eq!(audit["auditEvents"]["edges"][0]["node"]["actor"]["id"], "deployment_manager-user");
     for sim in &sims {
         let update = sim.update().await;
         assert_eq!(update["action"], "INSTALL");

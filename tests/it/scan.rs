@@ -445,7 +445,13 @@ mod faults {
 
         app.operator("package_admin").ok(PROMOTE, json!({"id": id})).await;
         wait_for(&app, &id, "PROMOTED").await;
-        assert!(!app.dir.path().join("staging/staging").join(&id).exists(), "staged copy cleaned up");
+        // The staged copy goes right after PROMOTED is committed.
+        let staged = app.dir.path().join("staging/staging").join(&id);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while staged.exists() {
+            assert!(Instant::now() < deadline, "staged copy cleaned up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let events = app
             .operator("auditor")
             .ok("{ auditEvents(filter: {action: \"content.promote\"}) { edges { node { details } } } }", json!({}))
