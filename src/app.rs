@@ -38,6 +38,13 @@ pub enum Event {
     AllPollersWake,
     /// A device's credential, status or gateway changed.
     DeviceChanged(uuid::Uuid),
+    /// One command changed state.
+    CommandChanged {
+        batch: uuid::Uuid,
+        command: uuid::Uuid,
+    },
+    /// Commands of this batch changed (sent, cancelled, expired).
+    CommandBatchChanged(uuid::Uuid),
 }
 
 #[derive(Clone)]
@@ -64,6 +71,9 @@ pub struct Inner {
     pub instance: uuid::Uuid,
     /// The device API's hot-path caches (`service/device_cache.rs`).
     pub device_cache: crate::service::device_cache::DeviceCache,
+    /// Reconcile jobs this process brought forward, and when
+    /// (`service::deployment::wake`).
+    pub reconcile_wakes: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, std::time::Instant>>,
 }
 
 impl std::ops::Deref for App {
@@ -119,6 +129,7 @@ impl App {
             job_wake: tokio::sync::Notify::new(),
             instance: uuid::Uuid::new_v4(),
             device_cache: crate::service::device_cache::DeviceCache::default(),
+            reconcile_wakes: std::sync::Mutex::default(),
         })))
     }
 

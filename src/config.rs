@@ -55,6 +55,7 @@ pub struct Config {
     pub content: ContentConfig,
     pub packages: PackagesConfig,
     pub deployments: DeploymentsConfig,
+    pub commands: CommandsConfig,
     pub devices: DevicesConfig,
     pub auth: AuthConfig,
     pub http: HttpConfig,
@@ -147,6 +148,26 @@ pub struct DeploymentsConfig {
     /// Longest `?wait=` of a device's long poll.
     #[serde(with = "humantime_serde_compat")]
     pub max_poll_wait: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandsConfig {
+    /// Command names allowed besides REBOOT and RESTART_AGENT (upper case,
+    /// digits and `_`, as `FACTORY_RESET`).
+    pub custom_names: Vec<String>,
+    /// Largest `args` (and device `result`), as JSON text.
+    pub max_args_bytes: usize,
+    /// How long a command waits for its device when `expiresInSeconds` is
+    /// not given.
+    #[serde(with = "humantime_serde_compat")]
+    pub default_expiry: Duration,
+    /// The longest `expiresInSeconds` accepted.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_expiry: Duration,
+    /// How often overdue commands are marked EXPIRED.
+    #[serde(with = "humantime_serde_compat")]
+    pub expire_interval: Duration,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -260,6 +281,13 @@ impl Default for Config {
             deployments: DeploymentsConfig {
                 reconcile_interval: Duration::from_secs(5),
                 max_poll_wait: Duration::from_secs(60),
+            },
+            commands: CommandsConfig {
+                custom_names: Vec::new(),
+                max_args_bytes: 4096,
+                default_expiry: Duration::from_secs(24 * 3600),
+                max_expiry: Duration::from_secs(30 * 24 * 3600),
+                expire_interval: Duration::from_secs(30),
             },
             auth: AuthConfig {
                 jwt_secret: Secret::default(),
@@ -390,6 +418,22 @@ impl Config {
         }
         if self.jobs.concurrency == 0 {
             bail!("invalid configuration: jobs.concurrency: must be at least 1");
+        }
+        for name in &self.commands.custom_names {
+            if !crate::service::command::is_command_name(name) {
+                bail!(
+                    "invalid configuration: commands.custom_names: {name:?} must be 1 to 64 of A-Z, 0-9 and _, starting with a letter"
+                );
+            }
+        }
+        if self.commands.max_args_bytes < 2 {
+            bail!("invalid configuration: commands.max_args_bytes: must be at least 2");
+        }
+        if self.commands.default_expiry.is_zero() || self.commands.default_expiry > self.commands.max_expiry {
+            bail!("invalid configuration: commands.default_expiry: must be above 0 and at most commands.max_expiry");
+        }
+        if self.commands.expire_interval.is_zero() {
+            bail!("invalid configuration: commands.expire_interval: must be above 0");
         }
         for key in &self.auth.jwt_public_keys {
             if !matches!(key.algorithm.as_str(), "RS256" | "ES256" | "EdDSA") {

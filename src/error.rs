@@ -162,8 +162,11 @@ impl IntoResponse for Error {
         let status = self.status();
         let code = self.code();
         let message = self.public_message();
-        let mut response =
-            (status, Json(serde_json::json!({ "error": { "code": code, "message": message } }))).into_response();
+        let mut error = serde_json::json!({ "code": code, "message": message });
+        if let Self::InvalidInput { field, .. } = &self {
+            error["field"] = serde_json::Value::String(field.clone());
+        }
+        let mut response = (status, Json(serde_json::json!({ "error": error }))).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
         }

@@ -36,6 +36,8 @@ enum WireEvent {
     Devices(Vec<Uuid>),
     AllDevices,
     Device(Uuid),
+    Command { batch: Uuid, command: Uuid },
+    CommandBatch(Uuid),
 }
 
 fn to_wire(event: &Event) -> WireEvent {
@@ -51,6 +53,8 @@ fn to_wire(event: &Event) -> WireEvent {
         }
         Event::DevicesReleased(_) | Event::AllPollersWake => WireEvent::AllDevices,
         Event::DeviceChanged(id) => WireEvent::Device(*id),
+        Event::CommandChanged { batch, command } => WireEvent::Command { batch: *batch, command: *command },
+        Event::CommandBatchChanged(batch) => WireEvent::CommandBatch(*batch),
     }
 }
 
@@ -125,6 +129,8 @@ async fn listen(app: &App, shutdown: &CancellationToken) -> anyhow::Result<()> {
             WireEvent::Devices(ids) => Event::DevicesReleased(Arc::new(ids.into_iter().collect::<HashSet<_>>())),
             WireEvent::AllDevices => Event::AllPollersWake,
             WireEvent::Device(id) => Event::DeviceChanged(id),
+            WireEvent::Command { batch, command } => Event::CommandChanged { batch, command },
+            WireEvent::CommandBatch(batch) => Event::CommandBatchChanged(batch),
         };
         app.publish(event);
     }

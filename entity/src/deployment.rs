@@ -22,6 +22,9 @@ pub struct Model {
     pub failure_threshold_percent: Option<i32>,
     pub start_at: Option<DateTimeUtc>,
     pub expires_at: Option<DateTimeUtc>,
+    /// COORDINATED: release the install once this share of the targets
+    /// has downloaded (null: every target).
+    pub install_quorum_percent: Option<i32>,
     /// Whether devices may install (always in STANDARD mode).
     pub install_released: bool,
     /// Why it ended the way it did (ABORTED, expired, cancelled).

@@ -2,6 +2,7 @@
 //! the `otadepot` crate's `service/` modules.
 
 pub mod audit_event;
+pub mod command;
 pub mod content;
 pub mod content_tag;
 pub mod deployment;

@@ -19,6 +19,8 @@ mod m20261130_000008_create_device_group;
 mod m20261130_000009_create_enrollment_token;
 mod m20261130_000010_create_deployment;
 mod m20261130_000011_add_group_auto_deployment;
+mod m20261130_000012_add_deployment_install_quorum;
+mod m20261130_000013_create_command;
 
 pub struct Migrator;
 
@@ -36,6 +38,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000009_create_enrollment_token::Migration),
             Box::new(m20261130_000010_create_deployment::Migration),
             Box::new(m20261130_000011_add_group_auto_deployment::Migration),
+            Box::new(m20261130_000012_add_deployment_install_quorum::Migration),
+            Box::new(m20261130_000013_create_command::Migration),
         ]
     }
 }

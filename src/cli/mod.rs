@@ -13,6 +13,7 @@ use migration::{Migrator, MigratorTrait};
 
 use crate::config::{Config, LogFormat};
 
+mod audit;
 mod devices;
 
 #[derive(Parser, Debug)]
@@ -57,6 +58,35 @@ pub enum Command {
     Devices {
         #[command(subcommand)]
         action: DevicesAction,
+    },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditAction {
+    /// Stream the events of a time range to stdout, oldest first.
+    Export {
+        /// Inclusive start (RFC 3339, like 2026-11-01T00:00:00Z).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Exclusive end (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, value_enum, default_value_t = audit::Format::Jsonl)]
+        format: audit::Format,
+    },
+    /// Check the hash chain from the first event; exit 1 naming the first
+    /// event that does not hold. Prints the head (SEQ:HASH) to keep as an
+    /// anchor.
+    Verify {
+        /// A head printed by an earlier run (SEQ:HASH): also check that
+        /// this event is still there, unchanged (catches cut-off rows).
+        #[arg(long)]
+        anchor: Option<String>,
     },
 }
 
@@ -144,6 +174,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             writeln!(out, "imported {count} device(s); secrets in {}", secrets_out.display())?;
             Ok(())
+        }
+        Command::Audit { action } => {
+            let app = crate::app::App::build(config).await?;
+            if app.config.database.migrate_on_start {
+                crate::db::migrate_up(&app.db).await?;
+            }
+            match action {
+                AuditAction::Export { from, to, format } => {
+                    let count = audit::export(&app, from, to, format, std::io::stdout().lock()).await?;
+                    tracing::info!(count, "exported audit events");
+                    Ok(())
+                }
+                AuditAction::Verify { anchor } => match audit::verify(&app, anchor.as_deref()).await? {
+                    Ok(message) => {
+                        writeln!(std::io::stdout().lock(), "{message}")?;
+                        Ok(())
+                    }
+                    Err(message) => {
+                        writeln!(std::io::stderr().lock(), "{message}")?;
+                        std::process::exit(1);
+                    }
+                },
+            }
         }
         Command::Schema => Ok(()),
     }

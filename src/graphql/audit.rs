@@ -60,6 +60,9 @@ pub struct AuditEventFilter {
     action: Option<String>,
     object_kind: Option<String>,
     object_id: Option<String>,
+    /// A device id: what the device did (its reports, its command results)
+    /// and what was done to it.
+    device: Option<ID>,
     /// Inclusive lower bound of `at`.
     from: Option<DateTime<Utc>>,
     /// Exclusive upper bound of `at`.
@@ -73,6 +76,7 @@ impl From<AuditEventFilter> for service::AuditFilter {
             action: f.action,
             object_kind: f.object_kind,
             object_id: f.object_id,
+            device: f.device.map(|d| d.0),
             from: f.from,
             to: f.to,
         }

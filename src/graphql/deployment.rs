@@ -71,6 +71,10 @@ pub struct RolloutPolicy {
     start_at: Option<DateTime<Utc>>,
     /// After this, no device starts (those under way finish).
     expires_at: Option<DateTime<Utc>>,
+    /// COORDINATED only: release the install once this share of the
+    /// targets (percent) has downloaded, instead of waiting for all of them
+    /// (devices that download later install when they are done).
+    install_quorum_percent: Option<i32>,
 }
 
 /// How many device updates are in each state.
@@ -144,6 +148,7 @@ impl From<service::Deployment> for Deployment {
                 failure_threshold_percent: r.failure_threshold_percent,
                 start_at: r.start_at,
                 expires_at: r.expires_at,
+                install_quorum_percent: r.install_quorum_percent,
             },
             current_phase: r.current_phase,
             install_released: r.install_released,
@@ -223,6 +228,9 @@ pub struct Installation {
     component: String,
     version: String,
     package_id: Option<ID>,
+    /// The package's name (none when the device reported the version).
+    package_name: Option<String>,
+    /// The deployment that installed it; none when reported by the device.
     deployment_id: Option<ID>,
     /// `deployment`, or `device` when the device reported a version otadepot
     /// did not install.
@@ -230,9 +238,11 @@ pub struct Installation {
     installed_at: DateTime<Utc>,
 }
 
-impl From<entity::installation::Model> for Installation {
-    fn from(i: entity::installation::Model) -> Self {
+impl From<service::InstallationView> for Installation {
+    fn from(view: service::InstallationView) -> Self {
+        let i = view.row;
         Self {
+            package_name: view.package_name,
             id: ID(i.id.to_string()),
             component: i.component,
             version: i.version,
@@ -340,6 +350,7 @@ fn policy_of(policy: RolloutPolicy) -> service::Policy {
         failure_threshold_percent: policy.failure_threshold_percent,
         start_at: policy.start_at,
         expires_at: policy.expires_at,
+        install_quorum_percent: policy.install_quorum_percent,
     }
 }
 

@@ -102,6 +102,17 @@ impl Device {
         super::deployment::device_updates(ctx, self.uuid, first, after).await
     }
 
+    /// Commands sent to it, newest first (COMMAND_READ).
+    #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
+    async fn commands(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Conn<super::command::Command>> {
+        super::command::device_commands(ctx, self.uuid, first, after).await
+    }
+
     /// What it installed, newest first: from deployments, or reported by
     /// the device itself.
     async fn installations(&self, ctx: &Context<'_>) -> Result<Vec<super::deployment::Installation>> {

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod command;
 pub mod connection;
 pub mod content;
 pub mod deployment;
@@ -29,6 +30,7 @@ pub struct Query(
     device::DeviceQuery,
     group::GroupQuery,
     deployment::DeploymentQuery,
+    command::CommandQuery,
     package::PackageQuery,
 );
 
@@ -40,11 +42,17 @@ pub struct Mutation(
     device::DeviceMutation,
     group::GroupMutation,
     deployment::DeploymentMutation,
+    command::CommandMutation,
     package::PackageMutation,
 );
 
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(audit::AuditSubscription, content::ContentSubscription, deployment::DeploymentSubscription);
+pub struct Subscription(
+    audit::AuditSubscription,
+    content::ContentSubscription,
+    deployment::DeploymentSubscription,
+    command::CommandSubscription,
+);
 
 pub type ApiSchema = Schema<Query, Mutation, Subscription>;
 

@@ -169,7 +169,7 @@ pub async fn poll(
     let answer = loop {
         let answer = deployment::poll(&state.app, &ctx, if_none_match, fresh).await?;
         fresh = true;
-        if answer.update.is_some() || wait.is_none() {
+        if answer.has_news() || wait.is_none() {
             break answer;
         }
         let Some(events) = events.as_mut() else { break answer };
@@ -189,10 +189,12 @@ pub async fn poll(
         }
     };
     let etag = [(header::ETAG, answer.etag.clone()), (header::CACHE_CONTROL, "no-cache".to_owned())];
-    Ok(match answer.update {
-        Some(update) => (etag, Json(json!({ "update": update, "commands": [] }))).into_response(),
-        None if if_none_match == Some(answer.etag.as_str()) => (StatusCode::NOT_MODIFIED, etag).into_response(),
-        None => (StatusCode::NO_CONTENT, etag).into_response(),
+    Ok(if answer.has_news() {
+        (etag, Json(json!({ "update": answer.update, "commands": answer.commands }))).into_response()
+    } else if if_none_match == Some(answer.etag.as_str()) {
+        (StatusCode::NOT_MODIFIED, etag).into_response()
+    } else {
+        (StatusCode::NO_CONTENT, etag).into_response()
     })
 }
 
@@ -240,5 +242,40 @@ pub async fn update_status(
     Ok(Json(json!({
         "id": update.id, "deploymentId": update.deployment_id, "state": update.state, "progress": update.progress,
         "errcode": update.error_code, "message": update.message,
+    })))
+}
+
+/// `POST /device/v1/commands/{id}` `{"status": "ACKNOWLEDGED" | "SUCCEEDED" |
+/// "FAILED", "result": <JSON>, "message": "..."}`: how a command went.
+pub async fn command_status(
+    State(state): State<HttpState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>> {
+    let ctx = device_ctx(&state, &headers).await?;
+    let id = id.parse().map_err(|_| Error::not_found("command", &id))?;
+    let body: Value = serde_json::from_slice(&body).map_err(|e| Error::invalid("body", format!("not JSON: {e}")))?;
+    let Value::Object(mut body) = body else {
+        return Err(Error::invalid("body", "must be a JSON object {\"status\", \"result\", \"message\"}"));
+    };
+    if let Some(unknown) = body.keys().find(|k| !matches!(k.as_str(), "status" | "result" | "message")) {
+        return Err(Error::invalid(unknown.as_str(), "unknown field (status, result, message)"));
+    }
+    let text = |value: Option<Value>, field: &str| -> Result<Option<String>> {
+        match value {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(Error::invalid(field, "must be a string")),
+        }
+    };
+    let outcome = crate::service::command::Outcome {
+        status: text(body.remove("status"), "status")?.ok_or_else(|| Error::invalid("status", "is required"))?,
+        result: body.remove("result"),
+        message: text(body.remove("message"), "message")?,
+    };
+    let command = crate::service::command::report(&state.app, &ctx, id, outcome).await?;
+    Ok(Json(json!({
+        "id": command.id, "name": command.name, "state": command.state, "message": command.message,
     })))
 }

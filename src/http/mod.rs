@@ -65,6 +65,7 @@ pub fn router(app: App, schema: ApiSchema) -> Router {
         .route("/device/v1/enroll", axum::routing::post(device::enroll))
         .route("/device/v1/poll", get(device::poll))
         .route("/device/v1/updates/{id}/status", axum::routing::post(device::update_status))
+        .route("/device/v1/commands/{id}", axum::routing::post(device::command_status))
         .route("/checkversion", axum::routing::post(enos::check_version))
         .route("/version/{id}", get(enos::version))
         .route("/downloadresult/{id}", axum::routing::post(enos::download_result))

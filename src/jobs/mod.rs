@@ -19,8 +19,8 @@ use chrono::{DateTime, Utc};
 use entity::job::{self, Column};
 use sea_orm::sea_query::{LockBehavior, LockType};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -188,6 +188,19 @@ pub fn backoff(attempts: i32) -> Duration {
 
 fn lease_delta(duration: Duration) -> chrono::TimeDelta {
     chrono::TimeDelta::from_std(duration).unwrap_or(chrono::TimeDelta::MAX)
+}
+
+/// Make sure one job of `kind` is queued, at `at` when none is: for the
+/// periodic jobs that queue their own next run.
+pub async fn ensure_queued(db: &DatabaseConnection, kind: &str, at: DateTime<Utc>) -> anyhow::Result<()> {
+    let tx = crate::db::begin_write(db).await?;
+    let waiting =
+        job::Entity::find().filter(job::Column::Kind.eq(kind)).filter(job::Column::State.eq(QUEUED)).count(&tx).await?;
+    if waiting == 0 {
+        enqueue_at(&tx, kind, serde_json::json!({}), at, 3).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,9 +3,9 @@
 
 use chrono::{TimeDelta, Utc};
 use entity::job::{self, Column};
-use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter};
 
-use super::{DONE, FAILED, Handler, QUEUED};
+use super::{DONE, FAILED, Handler};
 use crate::app::App;
 
 pub const PRUNE: &str = "jobs.prune";
@@ -33,22 +33,11 @@ impl Handler for Prune {
             .exec(&app.db)
             .await?;
         tracing::info!(deleted = deleted.rows_affected, "pruned finished jobs");
-        schedule_next(&app.db, now + EVERY).await
+        super::ensure_queued(&app.db, PRUNE, now + EVERY).await
     }
 }
 
 /// Make sure one prune job is waiting (called when workers start).
 pub async fn ensure_scheduled(db: &DatabaseConnection) -> anyhow::Result<()> {
-    schedule_next(db, Utc::now()).await
-}
-
-async fn schedule_next(db: &DatabaseConnection, at: chrono::DateTime<Utc>) -> anyhow::Result<()> {
-    let tx = crate::db::begin_write(db).await?;
-    let waiting =
-        job::Entity::find().filter(Column::Kind.eq(PRUNE)).filter(Column::State.eq(QUEUED)).count(&tx).await?;
-    if waiting == 0 {
-        super::enqueue_at(&tx, PRUNE, serde_json::json!({}), at, 3).await?;
-    }
-    tx.commit().await?;
-    Ok(())
+    super::ensure_queued(db, PRUNE, Utc::now()).await
 }

@@ -31,6 +31,7 @@ impl Runner {
             .with_handler(super::prune::Prune)
             .with_handler(crate::service::scan::ScanJob)
             .with_handler(crate::service::deployment::ReconcileJob)
+            .with_handler(crate::service::command::ExpireJob)
     }
 
     pub fn with_handler(mut self, handler: impl Handler) -> Self {
@@ -47,6 +48,11 @@ impl Runner {
     pub async fn run(self, shutdown: CancellationToken) {
         if let Err(err) = super::prune::ensure_scheduled(&self.app.db).await {
             tracing::warn!(error = %err, "could not schedule job pruning");
+        }
+        if let Err(err) =
+            super::ensure_queued(&self.app.db, crate::service::command::EXPIRE_JOB, chrono::Utc::now()).await
+        {
+            tracing::warn!(error = %err, "could not schedule command expiry");
         }
         let this = Arc::new(self);
         let mut loops = JoinSet::new();

@@ -133,6 +133,8 @@ pub struct AuditFilter {
     pub action: Option<String>,
     pub object_kind: Option<String>,
     pub object_id: Option<String>,
+    /// A device id: events with the device as actor or as object.
+    pub device: Option<String>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
 }
@@ -155,6 +157,15 @@ impl AuditFilter {
         if let Some(id) = &self.object_id {
             cond = cond.add(Column::ObjectId.eq(id.as_str()));
         }
+        if let Some(device) = &self.device {
+            cond = cond.add(
+                Condition::any()
+                    .add(Condition::all().add(Column::ActorKind.eq("device")).add(Column::ActorId.eq(device.as_str())))
+                    .add(
+                        Condition::all().add(Column::ObjectKind.eq("device")).add(Column::ObjectId.eq(device.as_str())),
+                    ),
+            );
+        }
         if let Some(from) = self.from {
             cond = cond.add(Column::At.gte(from));
         }
@@ -172,6 +183,10 @@ impl AuditFilter {
             })
             && self.object_kind.as_ref().is_none_or(|k| *k == event.object_kind)
             && self.object_id.as_ref().is_none_or(|i| *i == event.object_id)
+            && self.device.as_ref().is_none_or(|d| {
+                (event.actor_kind == "device" && *d == event.actor_id)
+                    || (event.object_kind == "device" && *d == event.object_id)
+            })
             && self.from.is_none_or(|f| event.at >= f)
             && self.to.is_none_or(|t| event.at < t)
     }
@@ -211,6 +226,9 @@ pub async fn list(
 pub struct ChainVerification {
     pub checked: u64,
     pub first_broken: Option<BrokenLink>,
+    /// The last event that checked out: its `seq` and `hash`. Recorded
+    /// elsewhere, it anchors the chain (see `otadepot audit verify --anchor`).
+    pub head: Option<(i64, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -253,14 +271,16 @@ pub async fn verify_chain(db: &impl ConnectionTrait) -> Result<ChainVerification
                 None
             };
             if let Some(reason) = problem {
-                return Ok(ChainVerification { checked, first_broken: Some(broken(reason)) });
+                let head = (checked > 0).then(|| (expected_seq - 1, prev_hash.clone()));
+                return Ok(ChainVerification { checked, first_broken: Some(broken(reason)), head });
             }
             checked += 1;
             expected_seq += 1;
             prev_hash = event.hash;
         }
         if done {
-            return Ok(ChainVerification { checked, first_broken: None });
+            let head = (checked > 0).then(|| (expected_seq - 1, prev_hash.clone()));
+            return Ok(ChainVerification { checked, first_broken: None, head });
         }
     }
 }
@@ -289,6 +309,37 @@ pub fn subscribe(app: &App, ctx: &Ctx, filter: AuditFilter) -> Result<impl Strea
 /// Count of events, for metrics.
 pub async fn count(db: &impl ConnectionTrait) -> Result<u64> {
     Ok(audit_event::Entity::find().count(db).await?)
+}
+
+/// Events with `from <= at < to`, oldest first, `page` at a time, handed
+/// to `each` (the CLI's streaming export: one page in memory at a time).
+pub async fn export(
+    db: &impl ConnectionTrait,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    mut each: impl FnMut(&audit_event::Model) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    const PAGE: u64 = 1000;
+    let filter = AuditFilter { from, to, ..Default::default() };
+    let mut after = 0;
+    let mut count = 0;
+    loop {
+        let page = audit_event::Entity::find()
+            .filter(filter.condition())
+            .filter(Column::Seq.gt(after))
+            .order_by_asc(Column::Seq)
+            .limit(PAGE)
+            .all(db)
+            .await?;
+        for event in &page {
+            each(event)?;
+            after = event.seq;
+            count += 1;
+        }
+        if (page.len() as u64) < PAGE {
+            return Ok(count);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use crate::app::{App, Event};
 use crate::auth::{Ctx, Permission};
-use crate::error::{Error, Result, RowError};
+use crate::error::{Error, Result};
 use crate::service::WriteTx;
 use crate::service::device::{Device, DeviceStatus};
 use crate::service::pagination::{Page, PageRequest, cursor};
@@ -43,28 +43,6 @@ pub const RECONCILE_JOB: &str = "deployment.reconcile";
 const INSERT_CHUNK: usize = 1_000;
 /// How long file URLs in a manifest stay valid when the deployment sets no expiry.
 const DEFAULT_URL_LIFETIME: TimeDelta = TimeDelta::days(30);
-
-macro_rules! states {
-    ($name:ident { $($variant:ident => $text:literal,)* }) => {
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub enum $name { $($variant,)* }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
-
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text,)* }
-            }
-
-            pub fn parse(value: &str) -> Result<Self> {
-                match value {
-                    $($text => Ok($name::$variant),)*
-                    other => Err(Error::internal(anyhow::anyhow!("unknown {} {other:?}", stringify!($name)))),
-                }
-            }
-        }
-    };
-}
 
 states!(DeploymentState {
     Scheduled => "SCHEDULED",
@@ -123,6 +101,9 @@ pub struct Policy {
     pub failure_threshold_percent: Option<i32>,
     pub start_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// COORDINATED only: release the install once this share (percent) of
+    /// the targets has downloaded, instead of waiting for every one.
+    pub install_quorum_percent: Option<i32>,
 }
 
 #[derive(Clone, Debug)]
@@ -156,7 +137,15 @@ fn parse_phases(raw: &str) -> Vec<i32> {
     serde_json::from_str(raw).unwrap_or_else(|_| vec![100])
 }
 
-fn validate_policy(policy: &mut Policy) -> Result<()> {
+fn validate_policy(policy: &mut Policy, mode: Mode) -> Result<()> {
+    if let Some(q) = policy.install_quorum_percent {
+        if mode != Mode::Coordinated {
+            return Err(Error::invalid("policy.installQuorumPercent", "only for a COORDINATED deployment"));
+        }
+        if !(1..=100).contains(&q) {
+            return Err(Error::invalid("policy.installQuorumPercent", "between 1 and 100"));
+        }
+    }
     if let Some(n) = policy.max_in_flight
         && !(1..=1_000_000).contains(&n)
     {
@@ -215,7 +204,7 @@ async fn apply_in(
     mut input: NewDeployment,
     auto_group: Option<Uuid>,
 ) -> Result<(Uuid, Vec<Skipped>)> {
-    validate_policy(&mut input.policy)?;
+    validate_policy(&mut input.policy, input.mode)?;
     if input.group.is_some() != input.devices.is_empty() {
         return Err(Error::invalid("group", "name a group or a list of devices (one of the two)"));
     }
@@ -234,72 +223,8 @@ async fn apply_in(
         .map(|m| m.device_model_id)
         .collect();
 
-    // The targets: (id, endpoint id, model).
-    let mut targets: Vec<(Uuid, String, Uuid)> = Vec::new();
-    let mut group_id = None;
-    if let Some(group) = input.group {
-        let within = crate::service::group::members_of(conn, group).await.map_err(|e| match e {
-            Error::NotFound { .. } => Error::invalid("group", format!("no device group {group}")),
-            other => other,
-        })?;
-        group_id = Some(group);
-        targets = device::Entity::find()
-            .select_only()
-            .columns([device::Column::Id, device::Column::EndpointId, device::Column::ModelId])
-            .filter(device::Column::Id.in_subquery(within))
-            .filter(device::Column::Status.is_in([DeviceStatus::Registered.as_str(), DeviceStatus::Active.as_str()]))
-            .order_by_asc(device::Column::Id)
-            .into_tuple()
-            .all(conn)
-            .await?;
-    } else {
-        let mut errors = Vec::new();
-        let mut seen = HashSet::new();
-        for chunk in input.devices.chunks(INSERT_CHUNK) {
-            let ids: Vec<Uuid> = chunk.iter().filter_map(|r| r.parse().ok()).collect();
-            let found: Vec<device::Model> = device::Entity::find()
-                .filter(
-                    Condition::any()
-                        .add(device::Column::Id.is_in(ids))
-                        .add(device::Column::EndpointId.is_in(chunk.iter().map(String::as_str))),
-                )
-                .all(conn)
-                .await?;
-            let by_ref: HashMap<String, &device::Model> =
-                found.iter().flat_map(|d| [(d.id.to_string(), d), (d.endpoint_id.clone(), d)]).collect();
-            for reference in chunk {
-                let row = errors.len() + targets.len();
-                match by_ref.get(reference.as_str()) {
-                    None => errors.push(RowError {
-                        row,
-                        key: reference.clone(),
-                        field: "devices".into(),
-                        message: format!("no device {reference}"),
-                        duplicate: false,
-                    }),
-                    Some(d) if !matches!(d.status.as_str(), "REGISTERED" | "ACTIVE") => errors.push(RowError {
-                        row,
-                        key: reference.clone(),
-                        field: "devices".into(),
-                        message: format!("device {} is {}", d.endpoint_id, d.status),
-                        duplicate: false,
-                    }),
-                    Some(d) => {
-                        if seen.insert(d.id) {
-                            targets.push((d.id, d.endpoint_id.clone(), d.model_id));
-                        }
-                    }
-                }
-            }
-        }
-        if !errors.is_empty() {
-            return Err(if let [one] = errors.as_slice() {
-                Error::invalid("devices", one.message.clone())
-            } else {
-                Error::Rows { rows: errors }
-            });
-        }
-    }
+    let (group_id, targets) = crate::service::group::resolve_targets(conn, input.group, &input.devices).await?;
+    let targets: Vec<(Uuid, String, Uuid)> = targets.into_iter().map(|t| (t.id, t.endpoint_id, t.model_id)).collect();
 
     let id = Uuid::now_v7();
     let now = Utc::now();
@@ -320,6 +245,7 @@ async fn apply_in(
         failure_threshold_percent: Set(input.policy.failure_threshold_percent),
         start_at: Set(input.policy.start_at),
         expires_at: Set(input.policy.expires_at),
+        install_quorum_percent: Set(input.policy.install_quorum_percent),
         install_released: Set(input.mode == Mode::Standard),
         reason: Set(None),
         reconcile_job_id: Set(None),
@@ -345,6 +271,7 @@ async fn apply_in(
                 "max_in_flight": input.policy.max_in_flight, "phases": input.policy.phases,
                 "failure_threshold_percent": input.policy.failure_threshold_percent,
                 "start_at": input.policy.start_at, "expires_at": input.policy.expires_at,
+                "install_quorum_percent": input.policy.install_quorum_percent,
             },
         }),
     )
@@ -584,6 +511,29 @@ async fn wake(conn: &impl ConnectionTrait, row: &deployment::Model) -> Result<()
     Ok(())
 }
 
+/// Reports close together share a reconcile pass: while the run this
+/// process brought forward is at most this old, it is due or under way, so
+/// bringing it forward again (and waking the workers) would change nothing.
+const WAKE_COALESCE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// [`wake`] for device reports, coalesced (see [`WAKE_COALESCE`]); whether
+/// it woke the run (the caller then wakes this process's workers).
+async fn wake_soon(app: &App, conn: &impl ConnectionTrait, row: &deployment::Model) -> Result<bool> {
+    let Some(job) = row.reconcile_job_id else { return Ok(false) };
+    {
+        let mut wakes = app.reconcile_wakes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if wakes.get(&job).is_some_and(|at| at.elapsed() < WAKE_COALESCE) {
+            return Ok(false);
+        }
+        if wakes.len() >= 10_000 {
+            wakes.retain(|_, at| at.elapsed() < WAKE_COALESCE);
+        }
+        wakes.insert(job, std::time::Instant::now());
+    }
+    wake(conn, row).await?;
+    Ok(true)
+}
+
 // ---------------------------------------------------------------------------
 // The reconciler.
 
@@ -721,19 +671,31 @@ pub(crate) async fn reconcile_in(tx: &mut WriteTx, row: &deployment::Model) -> R
         tx.notify(Event::DeploymentChanged(id));
         return Ok(false);
     }
-    // COORDINATED: release the install when every target has downloaded.
-    if mode == Mode::Coordinated && !row.install_released {
+    // COORDINATED: release the install when every target (or the policy's
+    // quorum of them) has downloaded.
+    let mut install_released = row.install_released;
+    if mode == Mode::Coordinated && !install_released {
         let waiting: u64 =
             [UpdateState::Pending, UpdateState::Released, UpdateState::Acknowledged, UpdateState::Downloading]
                 .iter()
                 .map(|s| count(&counts, *s))
                 .sum();
-        if waiting == 0 && count(&counts, UpdateState::Downloaded) > 0 {
+        let downloaded = count(&counts, UpdateState::Downloaded);
+        let quorum = row.install_quorum_percent.is_some_and(|q| {
+            downloaded * 100 >= u64::try_from(q).unwrap_or(100) * u64::try_from(row.target_count).unwrap_or_default()
+        });
+        if downloaded > 0 && (waiting == 0 || quorum) {
             release_install_in(tx, &row, Some(&system)).await?;
+            install_released = true;
         }
     }
 
-    let in_flight: u64 = UpdateState::IN_FLIGHT.iter().map(|s| count(&counts, *s)).sum();
+    // Devices parked at DOWNLOADED until the install is released do not
+    // hold a place in flight: `maxInFlight` paces the downloads, and the
+    // install is released to all of them together.
+    let under_way: u64 = UpdateState::IN_FLIGHT.iter().map(|s| count(&counts, *s)).sum();
+    let parked = if install_released { 0 } else { count(&counts, UpdateState::Downloaded) };
+    let in_flight = under_way - parked;
     let pending = count(&counts, UpdateState::Pending);
     if state == DeploymentState::Running && pending > 0 {
         let phases = parse_phases(&row.phases);
@@ -797,7 +759,7 @@ pub(crate) async fn reconcile_in(tx: &mut WriteTx, row: &deployment::Model) -> R
         return Ok(true);
     }
     // A group's current package stays open for devices joining the group.
-    if pending == 0 && in_flight == 0 && !auto {
+    if pending == 0 && under_way == 0 && !auto {
         set_state(tx, &row, DeploymentState::Completed, None).await?;
         tx.audit(
             &system,
@@ -1058,14 +1020,9 @@ pub async fn list(
     if let Some(group) = filter.group {
         condition = condition.add(deployment::Column::GroupId.eq(group));
     }
-    let total_count = deployment::Entity::find().filter(condition.clone()).count(&app.db).await?;
-    let mut query = deployment::Entity::find().filter(condition);
-    if let Some(after) = page.after {
-        query = query.filter(deployment::Column::Id.lt(after));
-    }
-    let mut rows = query.order_by_desc(deployment::Column::Id).limit(page.first + 1).all(&app.db).await?;
-    let has_next_page = rows.len() as u64 > page.first;
-    rows.truncate(usize::try_from(page.first).unwrap_or(usize::MAX));
+    let query = deployment::Entity::find().filter(condition);
+    let (rows, has_next_page, total_count) =
+        crate::service::pagination::newest_first(&app.db, query, deployment::Column::Id, &page).await?;
     let items = attach(&app.db, rows).await?;
     Ok(Page {
         items: items.into_iter().map(|d| (cursor(CURSOR_KIND, d.row.id), d)).collect(),
@@ -1168,15 +1125,37 @@ pub async fn updates(
 }
 
 /// A device's installation history, newest first.
-pub async fn installations(app: &App, ctx: &Ctx, device: Uuid) -> Result<Vec<installation::Model>> {
+/// An installation with its package's name (none when the device
+/// reported a version otadepot did not install).
+#[derive(Clone, Debug)]
+pub struct InstallationView {
+    pub row: installation::Model,
+    pub package_name: Option<String>,
+}
+
+pub async fn installations(app: &App, ctx: &Ctx, device: Uuid) -> Result<Vec<InstallationView>> {
     ctx.require(Permission::DeviceRead)?;
-    Ok(installation::Entity::find()
+    let rows = installation::Entity::find()
         .filter(installation::Column::DeviceId.eq(device))
         .order_by_desc(installation::Column::InstalledAt)
         .order_by_desc(installation::Column::Id)
         .limit(500)
         .all(&app.db)
-        .await?)
+        .await?;
+    let ids: HashSet<Uuid> = rows.iter().filter_map(|r| r.package_id).collect();
+    let names: HashMap<Uuid, String> = entity::package::Entity::find()
+        .select_only()
+        .columns([entity::package::Column::Id, entity::package::Column::Name])
+        .filter(entity::package::Column::Id.is_in(ids))
+        .into_tuple::<(Uuid, String)>()
+        .all(&app.db)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(rows
+        .into_iter()
+        .map(|row| InstallationView { package_name: row.package_id.and_then(|p| names.get(&p).cloned()), row })
+        .collect())
 }
 
 /// Live deployments of a package (for deletePackage).
@@ -1199,8 +1178,21 @@ pub(crate) async fn active_for_package(conn: &impl ConnectionTrait, package: Uui
 #[derive(Clone, Debug)]
 pub struct PollAnswer {
     pub etag: String,
-    /// None: nothing pending.
+    /// None: no update pending (or the device has this answer already).
     pub update: Option<Value>,
+    /// Pending commands (`service::command`), oldest first.
+    pub commands: Vec<Value>,
+}
+
+impl PollAnswer {
+    /// Whether there is anything to send (else 204, or 304 on a match).
+    pub fn has_news(&self) -> bool {
+        self.update.is_some() || !self.commands.is_empty()
+    }
+
+    fn etag_only(etag: String) -> Self {
+        Self { etag, update: None, commands: Vec::new() }
+    }
 }
 
 /// The ETag of "nothing pending".
@@ -1248,37 +1240,48 @@ fn action_of(update: &device_update::Model, deployment: &deployment::Model) -> R
 pub async fn poll(app: &App, ctx: &Ctx, if_none_match: Option<&str>, fresh: bool) -> Result<PollAnswer> {
     let device = ctx.require_device()?;
     if !fresh && app.device_cache.is_idle(device.id) {
-        return Ok(PollAnswer { etag: IDLE_ETAG.to_owned(), update: None });
+        return Ok(PollAnswer::etag_only(IDLE_ETAG.to_owned()));
     }
     let seq = app.device_cache.seq();
-    let Some((update, deployment)) = current_update(&app.db, device.id).await? else {
+    let current = current_update(&app.db, device.id).await?;
+    let commands = crate::service::command::pending(&app.db, device.id).await?;
+    if current.is_none() && commands.is_empty() {
         app.device_cache.mark_idle(device.id, seq);
-        return Ok(PollAnswer { etag: IDLE_ETAG.to_owned(), update: None });
-    };
-    let action = action_of(&update, &deployment)?;
-    let etag = format!(
-        "\"{}\"",
-        &hex::encode(Sha256::digest(format!(
-            "{}:{}:{action}:{}",
-            update.id, update.state, deployment.install_released
-        )))[..32]
-    );
-    if if_none_match == Some(etag.as_str()) {
-        return Ok(PollAnswer { etag, update: None });
+        return Ok(PollAnswer::etag_only(IDLE_ETAG.to_owned()));
     }
-    let package = crate::service::package::get_any(&app.db, deployment.package_id).await?;
-    let until = deployment.expires_at.unwrap_or(deployment.created_at + DEFAULT_URL_LIFETIME);
-    let manifest = crate::service::package::device_manifest_for(app, &package, device.id, until)?;
-    Ok(PollAnswer {
-        etag,
-        update: Some(json!({
-            "id": update.id,
-            "deploymentId": deployment.id,
-            "action": action,
-            "state": update.state,
-            "manifest": manifest,
-        })),
-    })
+    // The ETag names what the device is told: the update's step and the
+    // pending commands (a delivered command keeps its place until acknowledged).
+    let mut tag = String::new();
+    let mut action = None;
+    if let Some((update, deployment)) = &current {
+        let a = action_of(update, deployment)?;
+        tag = format!("{}:{}:{a}:{}", update.id, update.state, deployment.install_released);
+        action = Some(a);
+    }
+    for command in &commands {
+        tag.push_str(&format!("|{}", command.id));
+    }
+    let etag = format!("\"{}\"", &hex::encode(Sha256::digest(tag))[..32]);
+    if if_none_match == Some(etag.as_str()) {
+        return Ok(PollAnswer::etag_only(etag));
+    }
+    let update = match (current, action) {
+        (Some((update, deployment)), Some(action)) => {
+            let package = crate::service::package::get_any(&app.db, deployment.package_id).await?;
+            let until = deployment.expires_at.unwrap_or(deployment.created_at + DEFAULT_URL_LIFETIME);
+            let manifest = crate::service::package::device_manifest_for(app, &package, device.id, until)?;
+            Some(json!({
+                "id": update.id,
+                "deploymentId": deployment.id,
+                "action": action,
+                "state": update.state,
+                "manifest": manifest,
+            }))
+        }
+        _ => None,
+    };
+    crate::service::command::mark_delivered(app, &commands).await?;
+    Ok(PollAnswer { etag, update, commands: commands.iter().map(crate::service::command::view).collect() })
 }
 
 /// A device's status report.
@@ -1319,6 +1322,8 @@ pub async fn report(app: &App, ctx: &Ctx, update_id: Uuid, report: Report) -> Re
     let invalid =
         |to: &str| Error::InvalidState(format!("update {update_id} is {}; it cannot become {to}", from.as_str()));
     let mut message = report.message.clone();
+    // The package, once read (for INSTALLED_VERSION).
+    let mut installed_package = None;
     let to = match report.status.as_str() {
         "ACKNOWLEDGED" => match from {
             Released | Acknowledged => Acknowledged,
@@ -1345,14 +1350,14 @@ pub async fn report(app: &App, ctx: &Ctx, update_id: Uuid, report: Report) -> Re
         "INSTALLED_VERSION" => match from {
             Downloaded | Installing if deployment.install_released => {
                 let package = crate::service::package::get_any(tx.conn(), deployment.package_id).await?;
+                let version_matches = report.version.as_deref() == Some(package.model.version.as_str());
+                let expected = package.model.version.clone();
+                installed_package = Some(package);
                 match report.version.as_deref() {
-                    Some(v) if v == package.model.version => Installed,
+                    Some(_) if version_matches => Installed,
                     other => {
-                        message = Some(format!(
-                            "reported version {}, expected {}",
-                            other.unwrap_or("(none)"),
-                            package.model.version
-                        ));
+                        message =
+                            Some(format!("reported version {}, expected {}", other.unwrap_or("(none)"), expected));
                         Failed
                     }
                 }
@@ -1414,8 +1419,9 @@ pub async fn report(app: &App, ctx: &Ctx, update_id: Uuid, report: Report) -> Re
     if change.exec(tx.conn()).await?.rows_affected != 1 {
         return Err(Error::InvalidState(format!("update {update_id} changed meanwhile; report again")));
     }
-    if to == Installed {
-        let package = crate::service::package::get_any(tx.conn(), deployment.package_id).await?;
+    if to == Installed
+        && let Some(package) = &installed_package
+    {
         crate::service::device::record_installed(
             tx.conn(),
             device.id,
@@ -1436,12 +1442,10 @@ pub async fn report(app: &App, ctx: &Ctx, update_id: Uuid, report: Report) -> Re
         )
         .await?;
     }
-    if to.is_final() || to == Downloaded {
-        wake(tx.conn(), &deployment).await?;
-    }
+    let woke = (to.is_final() || to == Downloaded) && wake_soon(app, tx.conn(), &deployment).await?;
     tx.notify(Event::DeviceUpdateChanged { deployment: deployment.id, update: update_id });
     tx.commit().await?;
-    if to.is_final() || to == Downloaded {
+    if woke {
         app.wake_workers();
     }
     find_update(&app.db, update_id).await

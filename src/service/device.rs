@@ -287,7 +287,7 @@ pub(crate) async fn flush_seen(app: &App, seen: HashMap<Uuid, bool>) -> Result<(
     // No event: another process that still thinks a device REGISTERED only
     // asks to activate it again, which finds nothing to do.
     for (id, _) in &activated {
-        app.device_cache.mark_active(*id);
+        app.device_cache.mark_active(*id, now);
     }
     Ok(())
 }

@@ -73,12 +73,13 @@ impl DeviceCache {
     }
 
     /// The device became ACTIVE (its first call was written).
-    pub fn mark_active(&self, id: Uuid) {
+    pub fn mark_active(&self, id: Uuid, seen_at: chrono::DateTime<chrono::Utc>) {
         if let Ok(mut auth) = self.auth.lock()
             && let Some((row, _)) = auth.get_mut(&id)
         {
             let mut active = (**row).clone();
             active.status = "ACTIVE".to_owned();
+            active.last_seen_at = Some(seen_at);
             *row = Arc::new(active);
         }
     }
@@ -122,12 +123,12 @@ impl DeviceCache {
         if !self.on() {
             return false;
         }
-        if !activate {
-            let fresh_in_db = stored.is_some_and(|at| chrono::Utc::now() - at < chrono::TimeDelta::seconds(60));
-            let fresh_here = self.written.lock().is_ok_and(|w| w.get(&id).is_some_and(|at| at.elapsed() < SEEN_EVERY));
-            if fresh_in_db || fresh_here {
-                return true;
-            }
+        // Written (or being written, with the activation) by this process
+        // lately: nothing to add.
+        let fresh_here = self.written.lock().is_ok_and(|w| w.get(&id).is_some_and(|at| at.elapsed() < SEEN_EVERY));
+        let fresh_in_db = stored.is_some_and(|at| chrono::Utc::now() - at < chrono::TimeDelta::seconds(60));
+        if fresh_here || (fresh_in_db && !activate) {
+            return true;
         }
         if let Ok(mut seen) = self.seen.lock() {
             *seen.entry(id).or_insert(false) |= activate;
@@ -147,6 +148,14 @@ impl DeviceCache {
             let now = Instant::now();
             for id in ids {
                 written.insert(id, now);
+            }
+        }
+    }
+
+    fn unmark_written(&self, ids: &[Uuid]) {
+        if let Ok(mut written) = self.written.lock() {
+            for id in ids {
+                written.remove(id);
             }
         }
     }
@@ -203,10 +212,16 @@ impl DeviceCache {
                     _ = flush.tick() => {
                         let seen = app.device_cache.take_seen();
                         if !seen.is_empty() {
+                            // Marked before the write, so a call arriving while it
+                            // runs is not queued for a second one.
                             let ids: Vec<Uuid> = seen.keys().copied().collect();
+                            app.device_cache.mark_written(ids.iter().copied());
                             match crate::service::device::flush_seen(&app, seen).await {
-                                Ok(()) => app.device_cache.mark_written(ids.into_iter()),
-                                Err(err) => tracing::warn!(error = %err, "could not record when devices were seen"),
+                                Ok(()) => {}
+                                Err(err) => {
+                                    app.device_cache.unmark_written(&ids);
+                                    tracing::warn!(error = %err, "could not record when devices were seen");
+                                }
                             }
                         }
                         continue;

@@ -10,8 +10,8 @@ use chrono::Utc;
 use entity::{device, device_group, device_group_member};
 use sea_orm::sea_query::{Query, SelectStatement};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    QueryTrait, Set,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, Set,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -567,4 +567,93 @@ pub async fn devices(
 /// The `within` subquery of a `devices(filter: {group})`.
 pub(crate) async fn members_of(conn: &impl ConnectionTrait, id: Uuid) -> Result<SelectStatement> {
     members_query(&get_unchecked(conn, id).await?)
+}
+
+/// A device a deployment or a command is aimed at.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub id: Uuid,
+    pub endpoint_id: String,
+    pub model_id: Uuid,
+}
+
+/// How many references are resolved per statement.
+const RESOLVE_CHUNK: usize = 1_000;
+
+/// The devices that a group (its members now) or a list of device ids or
+/// endpoint ids names, in use (REGISTERED or ACTIVE); exactly one of the
+/// two. Returns the group and the targets, each once. Unknown references
+/// and devices out of use are errors, each named (`extensions.rows`).
+pub(crate) async fn resolve_targets(
+    conn: &impl ConnectionTrait,
+    group: Option<Uuid>,
+    devices: &[String],
+) -> Result<(Option<Uuid>, Vec<Target>)> {
+    if group.is_some() != devices.is_empty() {
+        return Err(Error::invalid("group", "name a group or a list of devices (one of the two)"));
+    }
+    let in_use = [DeviceStatus::Registered.as_str(), DeviceStatus::Active.as_str()];
+    if let Some(group) = group {
+        let within = members_of(conn, group).await.map_err(|e| match e {
+            Error::NotFound { .. } => Error::invalid("group", format!("no device group {group}")),
+            other => other,
+        })?;
+        let rows: Vec<(Uuid, String, Uuid)> = device::Entity::find()
+            .select_only()
+            .columns([device::Column::Id, device::Column::EndpointId, device::Column::ModelId])
+            .filter(device::Column::Id.in_subquery(within))
+            .filter(device::Column::Status.is_in(in_use))
+            .order_by_asc(device::Column::Id)
+            .into_tuple()
+            .all(conn)
+            .await?;
+        let targets =
+            rows.into_iter().map(|(id, endpoint_id, model_id)| Target { id, endpoint_id, model_id }).collect();
+        return Ok((Some(group), targets));
+    }
+    let mut targets = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for chunk in devices.chunks(RESOLVE_CHUNK) {
+        let ids: Vec<Uuid> = chunk.iter().filter_map(|r| r.parse().ok()).collect();
+        let found: Vec<device::Model> = device::Entity::find()
+            .filter(
+                Condition::any()
+                    .add(device::Column::Id.is_in(ids))
+                    .add(device::Column::EndpointId.is_in(chunk.iter().map(String::as_str))),
+            )
+            .all(conn)
+            .await?;
+        let by_ref: HashMap<String, &device::Model> =
+            found.iter().flat_map(|d| [(d.id.to_string(), d), (d.endpoint_id.clone(), d)]).collect();
+        for reference in chunk {
+            let row = errors.len() + targets.len();
+            let error = |message: String| RowError {
+                row,
+                key: reference.clone(),
+                field: "devices".into(),
+                message,
+                duplicate: false,
+            };
+            match by_ref.get(reference.as_str()) {
+                None => errors.push(error(format!("no device {reference}"))),
+                Some(d) if !in_use.contains(&d.status.as_str()) => {
+                    errors.push(error(format!("device {} is {}", d.endpoint_id, d.status)));
+                }
+                Some(d) => {
+                    if seen.insert(d.id) {
+                        targets.push(Target { id: d.id, endpoint_id: d.endpoint_id.clone(), model_id: d.model_id });
+                    }
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(if let [one] = errors.as_slice() {
+            Error::invalid("devices", one.message.clone())
+        } else {
+            Error::Rows { rows: errors }
+        });
+    }
+    Ok((None, targets))
 }

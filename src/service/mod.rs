@@ -5,7 +5,32 @@
 //! [`WriteTx`] together with its audit event, and returns domain types.
 //! Nothing here knows about GraphQL or HTTP.
 
+/// A state machine's states as an enum with its stored names
+/// (`as_str`, `parse`).
+macro_rules! states {
+    ($name:ident { $($variant:ident => $text:literal,)* }) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum $name { $($variant,)* }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)* }
+            }
+
+            pub fn parse(value: &str) -> $crate::error::Result<Self> {
+                match value {
+                    $($text => Ok($name::$variant),)*
+                    other => Err($crate::error::Error::internal(anyhow::anyhow!("unknown {} {other:?}", stringify!($name)))),
+                }
+            }
+        }
+    };
+}
+
 pub mod audit;
+pub mod command;
 pub mod content;
 pub mod deployment;
 pub mod device;

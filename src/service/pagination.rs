@@ -90,3 +90,27 @@ pub fn cursor(kind: &str, key: impl std::fmt::Display) -> String {
 fn decode(cursor: &str) -> Option<String> {
     URL_SAFE_NO_PAD.decode(cursor).ok().and_then(|b| String::from_utf8(b).ok())
 }
+
+/// One page of `query`, keyed by a time-ordered (v7) UUID column `id`,
+/// newest first: the rows, whether more follow, and the total count.
+pub async fn newest_first<E>(
+    conn: &impl sea_orm::ConnectionTrait,
+    query: sea_orm::Select<E>,
+    id: E::Column,
+    page: &PageRequest<uuid::Uuid>,
+) -> Result<(Vec<E::Model>, bool, u64)>
+where
+    E: sea_orm::EntityTrait,
+    E::Model: Sync,
+{
+    use sea_orm::{ColumnTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+    let total_count = query.clone().count(conn).await?;
+    let mut query = query;
+    if let Some(after) = page.after {
+        query = query.filter(id.lt(after));
+    }
+    let mut rows = query.order_by_desc(id).limit(page.first + 1).all(conn).await?;
+    let has_next_page = rows.len() as u64 > page.first;
+    rows.truncate(usize::try_from(page.first).unwrap_or(usize::MAX));
+    Ok((rows, has_next_page, total_count))
+}

@@ -436,6 +436,55 @@ fn table() -> Vec<Entry> {
             variables: || json!({}),
         },
         Entry {
+            root: Query,
+            field: "command",
+            needs: Permission("COMMAND_READ"),
+            operation: "query($id: ID!) { command(id: $id) { id } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Query,
+            field: "commands",
+            needs: Permission("COMMAND_READ"),
+            operation: "{ commands { totalCount } }",
+            variables: || json!({}),
+        },
+        Entry {
+            root: Query,
+            field: "commandBatch",
+            needs: Permission("COMMAND_READ"),
+            operation: "query($id: ID!) { commandBatch(id: $id) { id } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Mutation,
+            field: "sendCommand",
+            needs: Permission("COMMAND_SEND"),
+            operation: "mutation { sendCommand(input: {devices: [\"authz-d1\"], name: \"REBOOT\"}) { batchId } }",
+            variables: || json!({}),
+        },
+        Entry {
+            root: Mutation,
+            field: "cancelCommand",
+            needs: Permission("COMMAND_SEND"),
+            operation: "mutation($id: ID!) { cancelCommand(input: {id: $id}) { command { id } } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Mutation,
+            field: "cancelCommandBatch",
+            needs: Permission("COMMAND_SEND"),
+            operation: "mutation($id: ID!) { cancelCommandBatch(input: {id: $id}) { batch { id } } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Subscription,
+            field: "commandUpdated",
+            needs: Permission("COMMAND_READ"),
+            operation: "subscription { commandUpdated(batch: \"00000000-0000-7000-8000-000000000000\") { batch { id } } }",
+            variables: || json!({}),
+        },
+        Entry {
             root: Subscription,
             field: "auditEventAdded",
             needs: Permission("AUDIT_READ"),
@@ -482,6 +531,7 @@ const TABLES: &[&str] = &[
     "deployment",
     "device_update",
     "installation",
+    "command",
 ];
 
 async fn snapshot(app: &TestApp) -> (Vec<i64>, Value) {
@@ -523,6 +573,10 @@ async fn every_field_requires_its_permission() {
         .await;
     // What the package rows refer to.
     admin.ok("mutation { createDeviceModel(input: {name: \"M1\"}) { deviceModel { id } } }", json!({})).await;
+    // What a command is sent to.
+    admin
+        .ok("mutation { registerDevice(input: {endpointId: \"authz-d1\", model: \"M1\"}) { secret } }", json!({}))
+        .await;
     for permission in &all {
         let others: Vec<&String> = all.iter().filter(|p| *p != permission).collect();
         admin

@@ -32,6 +32,8 @@ async fn help_is_there_for_every_command() {
         &["token", "issue", "--help"],
         &["packages", "reindex", "--help"],
         &["devices", "import", "--help"],
+        &["audit", "export", "--help"],
+        &["audit", "verify", "--help"],
     ] {
         let output = Command::new(binary()).args(args).output().unwrap();
         assert!(output.status.success(), "{args:?}");
@@ -292,4 +294,98 @@ async fn devices_import_registers_a_fleet_from_csv_and_writes_the_secrets() {
     let output = run(&["devices", "import", "fleet.csv", "--secrets-out", "secrets.csv"]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("must not exist"));
+}
+
+#[tokio::test]
+async fn audit_export_streams_a_time_range_and_verify_catches_tampering_and_cut_off_rows() {
+    let app = crate::support::TestApp::start().await;
+    let admin = app.operator("admin");
+    for name in ["A1", "A2", "A3"] {
+        admin
+            .ok(
+                "mutation($n: String!) { createDeviceModel(input: {name: $n}) { deviceModel { id } } }",
+                json!({"n": name}),
+            )
+            .await;
+    }
+    let middle = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for name in ["B1", "B2"] {
+        admin
+            .ok(
+                "mutation($n: String!) { createDeviceModel(input: {name: $n}) { deviceModel { id } } }",
+                json!({"n": name}),
+            )
+            .await;
+    }
+    let url = app.server().app.config.database.url.expose().to_owned();
+    let dir = app.dir.path().to_path_buf();
+    let run = |args: &[&str]| {
+        Command::new(binary())
+            .current_dir(&dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("OTADEPOT_DATA_DIR", &dir)
+            .env("OTADEPOT_DATABASE__URL", &url)
+            .env("OTADEPOT_AUTH__JWT_SECRET", JWT_SECRET)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+
+    // JSON lines, everything, oldest first.
+    let output = run(&["audit", "export"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert_eq!(lines[0]["seq"], 1);
+    assert_eq!(lines[0]["action"], "device_model.create");
+    assert_eq!(lines[4]["details"]["name"], "B2");
+    assert_eq!(lines[1]["prev_hash"], lines[0]["hash"]);
+    // CSV, from the middle on.
+    let from = middle.to_rfc3339();
+    let output = run(&["audit", "export", "--from", &from, "--format", "csv"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    assert_eq!(reader.headers().unwrap().iter().collect::<Vec<_>>()[..3], ["seq", "id", "at"]);
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert_eq!(&rows[0][0], "4");
+    assert!(rows[1][8].contains("\"B2\""), "details as JSON: {text}");
+    // --to is exclusive; an empty range prints the header only.
+    let output = run(&["audit", "export", "--to", &from, "--format", "csv"]);
+    assert_eq!(String::from_utf8(output.stdout).unwrap().lines().count(), 4, "header and 3 rows");
+    assert!(!run(&["audit", "export", "--from", "2026-13-01"]).status.success());
+
+    // verify: OK with the head to anchor later checks.
+    let output = run(&["audit", "verify"]);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("OK: 5 event(s)"), "{stdout}");
+    let anchor = stdout.trim().rsplit("head ").next().unwrap().to_owned();
+    assert!(anchor.starts_with("5:"), "{stdout}");
+    assert!(run(&["audit", "verify", "--anchor", &anchor]).status.success());
+
+    // A tampered row is named.
+    let db = app.db();
+    sea_orm::ConnectionTrait::execute_unprepared(db, "UPDATE audit_event SET actor_id = 'mallory' WHERE seq = 2")
+        .await
+        .unwrap();
+    let output = run(&["audit", "verify"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("BROKEN at seq 2") && stderr.contains("content does not match"), "{stderr}");
+    sea_orm::ConnectionTrait::execute_unprepared(db, "UPDATE audit_event SET actor_id = 'admin-user' WHERE seq = 2")
+        .await
+        .unwrap();
+    assert!(run(&["audit", "verify"]).status.success(), "restored");
+    // The newest rows cut off: the chain alone still holds; the anchor does not.
+    sea_orm::ConnectionTrait::execute_unprepared(db, "DELETE FROM audit_event WHERE seq >= 4").await.unwrap();
+    assert!(run(&["audit", "verify"]).status.success());
+    let output = run(&["audit", "verify", "--anchor", &anchor]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("cut off"), "{stderr}");
 }

@@ -536,6 +536,79 @@ async fn coordinated_installs_together_and_a_failure_stops_everyone() {
 }
 
 #[tokio::test]
+async fn coordinated_with_max_in_flight_downloads_in_waves_and_a_quorum_releases_the_install() {
+    let app = app().await;
+    let (fleet, sims) = fleet(&app, 5).await;
+    // Only for COORDINATED, and a share.
+    let admin = app.operator("admin");
+    for (mode, quorum) in [("STANDARD", 50), ("COORDINATED", 0), ("COORDINATED", 101)] {
+        let body = admin
+            .gql(
+                APPLY,
+                json!({"i": {"package": fleet.package, "group": fleet.group, "mode": mode,
+                "policy": {"installQuorumPercent": quorum}}}),
+            )
+            .await;
+        assert_eq!(error_code(&body), "BAD_USER_INPUT", "{mode} {quorum}: {body}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], "policy.installQuorumPercent", "{body}");
+    }
+    // Two at a time download; downloaded devices wait without holding a
+    // place, so the others get their turn; 60 % of 5 = 3 downloaded
+    // releases the install.
+    let out = apply(
+        &app,
+        json!({"package": fleet.package, "group": fleet.group, "mode": "COORDINATED",
+            "policy": {"maxInFlight": 2, "installQuorumPercent": 60}}),
+    )
+    .await;
+    let id = out["deployment"]["id"].clone();
+    let mut downloaded = Vec::new();
+    while downloaded.len() < 3 {
+        let d = until(&app, &id, "a device released", |d| {
+            let c = &d["counts"];
+            c["released"].as_u64().unwrap() + c["downloading"].as_u64().unwrap() > 0
+        })
+        .await;
+        let c = &d["counts"];
+        assert!(c["released"].as_u64().unwrap() + c["downloading"].as_u64().unwrap() <= 2, "maxInFlight: {d}");
+        assert_eq!(d["installReleased"], false, "{d}");
+        for (i, sim) in sims.iter().enumerate() {
+            if downloaded.iter().any(|(j, _)| *j == i) || downloaded.len() == 3 {
+                continue;
+            }
+            if let (StatusCode::OK, body) = sim.poll().await {
+                assert_eq!(body["update"]["action"], "DOWNLOAD");
+                sim.ok(&body["update"], json!({"status": "DOWNLOADED"})).await;
+                downloaded.push((i, body["update"].clone()));
+            }
+        }
+    }
+    let d = until(&app, &id, "the install released at the quorum", |d| d["installReleased"] == true).await;
+    assert_eq!(d["counts"]["downloaded"], 3, "{d}");
+    for (i, update) in &downloaded {
+        assert_eq!(sims[*i].update().await["action"], "INSTALL");
+        sims[*i].ok(update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+    }
+    // The two late devices download, then install at once.
+    for (i, sim) in sims.iter().enumerate() {
+        if downloaded.iter().any(|(j, _)| *j == i) {
+            continue;
+        }
+        let update = loop {
+            if let (StatusCode::OK, body) = sim.poll().await {
+                break body["update"].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        sim.ok(&update, json!({"status": "DOWNLOADED"})).await;
+        assert_eq!(sim.update().await["action"], "INSTALL", "the install is already released");
+        sim.ok(&update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+    }
+    let d = until(&app, &id, "COMPLETED", |d| d["state"] == "COMPLETED").await;
+    assert_eq!(d["counts"]["installed"], 5, "{d}");
+}
+
+#[tokio::test]
 async fn a_long_poll_answers_when_an_update_is_released_and_offline_devices_catch_up() {
     let app = app().await;
     let (fleet, sims) = fleet(&app, 2).await;

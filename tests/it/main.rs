@@ -9,6 +9,7 @@ mod audit;
 mod auth;
 mod authz_coverage;
 mod cli;
+mod commands;
 mod content;
 mod deployments;
 mod device_models;
