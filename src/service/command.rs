@@ -89,6 +89,13 @@ pub struct Batch {
     pub counts: BTreeMap<CommandState, u64>,
 }
 
+impl Batch {
+    /// Every command of the batch is in a final state.
+    pub fn is_finished(&self) -> bool {
+        CommandState::OPEN.iter().all(|s| self.counts.get(s).copied().unwrap_or_default() == 0)
+    }
+}
+
 fn json_text(field: &str, value: &Value, max: usize) -> Result<String> {
     let text = value.to_string();
     if text.len() > max {
@@ -519,15 +526,20 @@ pub async fn watch(
     app: &App,
     ctx: &Ctx,
     batch: Uuid,
-) -> Result<impl futures::Stream<Item = (Batch, Option<command::Model>)> + use<>> {
+) -> Result<futures::stream::BoxStream<'static, (Batch, Option<command::Model>)>> {
     use futures::StreamExt;
     ctx.require(Permission::CommandRead)?;
     let receiver = app.events.subscribe();
     let first = batch_unchecked(&app.db, batch).await?;
+    if first.is_finished() {
+        // Nothing will change any more: the counts, and the end.
+        return Ok(futures::stream::once(async move { (first, None) }).boxed());
+    }
     let db = app.db.clone();
-    let changes = futures::stream::unfold(receiver, move |mut receiver| {
+    let changes = futures::stream::unfold(Some(receiver), move |receiver| {
         let db = db.clone();
         async move {
+            let mut receiver = receiver?;
             loop {
                 let changed = match receiver.recv().await {
                     Ok(Event::CommandBatchChanged(b)) if b == batch => None,
@@ -541,9 +553,11 @@ pub async fn watch(
                     Some(id) => find(&db, id).await.ok(),
                     None => None,
                 };
-                return Some(((counts, command), receiver));
+                // Every command finished: the last push, and the end.
+                let next = (!counts.is_finished()).then_some(receiver);
+                return Some(((counts, command), next));
             }
         }
     });
-    Ok(futures::stream::once(async move { (first, None) }).chain(changes))
+    Ok(futures::stream::once(async move { (first, None) }).chain(changes).boxed())
 }

@@ -1037,15 +1037,20 @@ pub async fn watch(
     app: &App,
     ctx: &Ctx,
     id: Uuid,
-) -> Result<impl futures::Stream<Item = (Deployment, Option<UpdateView>)> + use<>> {
+) -> Result<futures::stream::BoxStream<'static, (Deployment, Option<UpdateView>)>> {
     use futures::StreamExt;
     ctx.require(Permission::DeploymentRead)?;
     let receiver = app.events.subscribe();
     let first = get_unchecked(&app.db, id).await?;
+    if first.state.is_final() {
+        // Nothing will change any more: the state, and the end.
+        return Ok(futures::stream::once(async move { (first, None) }).boxed());
+    }
     let db = app.db.clone();
-    let updates = futures::stream::unfold(receiver, move |mut receiver| {
+    let updates = futures::stream::unfold(Some(receiver), move |receiver| {
         let db = db.clone();
         async move {
+            let mut receiver = receiver?;
             loop {
                 let changed = match receiver.recv().await {
                     Ok(Event::DeploymentChanged(d)) if d == id => None,
@@ -1059,11 +1064,13 @@ pub async fn watch(
                     Some(update) => update_view(&db, update).await.ok(),
                     None => None,
                 };
-                return Some(((deployment, update), receiver));
+                // A finished deployment is the last push: the stream ends.
+                let next = (!deployment.state.is_final()).then_some(receiver);
+                return Some(((deployment, update), next));
             }
         }
     });
-    Ok(futures::stream::once(async move { (first, None) }).chain(updates))
+    Ok(futures::stream::once(async move { (first, None) }).chain(updates).boxed())
 }
 
 async fn update_view(conn: &impl ConnectionTrait, id: Uuid) -> Result<UpdateView> {

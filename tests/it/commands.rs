@@ -365,6 +365,16 @@ async fn cancel_before_and_after_delivery() {
     for device in &devices {
         assert!(device.commands().await.is_empty(), "{}", device.endpoint_id);
     }
+    // Every command finished: a subscription gets the counts, then completes.
+    let token = app.token_for("watcher", &["viewer"]);
+    let query = format!(
+        "subscription {{ commandUpdated(batch: \"{}\") {{ batch {{ counts {{ cancelled }} }} }} }}",
+        batch_id.as_str().unwrap()
+    );
+    let mut socket = crate::audit::subscribe_at(app.server().addr, Some(&token), &query).await;
+    let first = crate::audit::next_json(&mut socket).await;
+    assert_eq!(first["payload"]["data"]["commandUpdated"]["batch"]["counts"]["cancelled"], 2, "{first}");
+    assert_eq!(crate::audit::next_json(&mut socket).await["type"], "complete");
     let audit = app
         .operator("auditor")
         .ok("{ auditEvents(filter: {action: \"command*\"}) { edges { node { action } } } }", json!({}))

@@ -214,13 +214,39 @@ async fn a_device_polls_downloads_installs_and_the_deployment_completes() {
     // The device's installed versions and history.
     let device = app
         .operator("viewer")
-        .ok("{ deviceByEndpointId(endpointId: \"d00\") { installed { component version } installations { component version source deploymentId } updates { edges { node { state progress } } } } }", json!({}))
+        .ok("{ deviceByEndpointId(endpointId: \"d00\") { installed { component version } installations { component version source packageName deploymentId installedAt } updates { edges { node { state progress } } } } }", json!({}))
         .await["deviceByEndpointId"]
         .clone();
     assert_eq!(device["installed"], json!([{"component": "firmware", "version": "2.0.0"}]));
     assert_eq!(device["installations"][0]["source"], "deployment");
     assert_eq!(device["installations"][0]["deploymentId"], id);
+    assert_eq!(device["installations"][0]["packageName"], "fw");
+    assert!(device["installations"][0]["installedAt"].is_string());
     assert_eq!(device["updates"]["edges"][0]["node"], json!({"state": "INSTALLED", "progress": 100}));
+    // A version the device reports that otadepot did not install.
+    let response = app
+        .client
+        .post(app.url("/device/v1/inventory"))
+        .bearer_auth(&sim.secret)
+        .json(&json!({"installed": {"firmware": "2.0.1-field-fix"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let history = app
+        .operator("viewer")
+        .ok(
+            "{ deviceByEndpointId(endpointId: \"d00\") { installations { version source packageName deploymentId } } }",
+            json!({}),
+        )
+        .await["deviceByEndpointId"]["installations"]
+        .clone();
+    assert_eq!(
+        history[0],
+        json!({"version": "2.0.1-field-fix", "source": "device", "packageName": null, "deploymentId": null}),
+        "{history}"
+    );
+    assert_eq!(history[1]["version"], "2.0.0");
 
     for sim in &sims[1..] {
         sim.install("2.0.0").await;
@@ -896,6 +922,22 @@ async fn deployment_progress_is_pushed_live_and_across_servers_on_postgres() {
         }
     };
     assert_eq!(next["payload"]["data"]["deploymentProgress"]["update"]["progress"], 100);
+    // Both devices finish: the COMPLETED deployment is the last push.
+    sims[0].ok(&update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+    sims[1].install("2.0.0").await;
+    let last = loop {
+        let message = crate::audit::next_json(&mut socket).await;
+        if message["type"] == "complete" {
+            break message;
+        }
+        assert_eq!(message["type"], "next", "{message}");
+        if message["payload"]["data"]["deploymentProgress"]["deployment"]["state"] == "COMPLETED" {
+            let after = crate::audit::next_json(&mut socket).await;
+            assert_eq!(after["type"], "complete", "{after}");
+            break after;
+        }
+    };
+    assert_eq!(last["id"], "1");
     if let Some(second) = second {
         second.shutdown();
         second.wait().await.unwrap();
