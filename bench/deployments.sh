@@ -81,7 +81,7 @@ LUA
 run_wrk() { TOKENS="$work/secrets" wrk -t2 -c64 -d"${seconds}s" --latency -s "$work/poll.lua" "$1" 2>&1; }
 # Until every device has polled once (its credential and idleness are then
 # cached, as in a fleet that polls steadily).
-warm=$((devices / 2500 + 10))
+warm=$((devices / 1000 + 10))
 log "warm-up (${warm}s)"
 TOKENS="$work/secrets" wrk -t2 -c64 -d"${warm}s" -s "$work/poll.lua" "$base" >/dev/null 2>&1
 log "otadepot: polls with nothing pending (304)"

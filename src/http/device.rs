@@ -5,7 +5,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Map, Value, json};
 
 use super::{HttpState, request_id};
@@ -188,7 +188,17 @@ pub async fn poll(
             () = tokio::time::sleep_until(deadline) => break answer,
         }
     };
-    let etag = [(header::ETAG, answer.etag.clone()), (header::CACHE_CONTROL, "no-cache".to_owned())];
+    let etag = [
+        (
+            header::ETAG,
+            if answer.etag == deployment::IDLE_ETAG {
+                HeaderValue::from_static(deployment::IDLE_ETAG)
+            } else {
+                HeaderValue::from_str(&answer.etag).map_err(|e| Error::internal(anyhow::anyhow!("ETag: {e}")))?
+            },
+        ),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+    ];
     Ok(if answer.has_news() {
         (etag, Json(json!({ "update": answer.update, "commands": answer.commands }))).into_response()
     } else if if_none_match == Some(answer.etag.as_str()) {

@@ -1,42 +1,35 @@
 //! `/metrics` in the Prometheus text format, and the per-request counters.
 
-use std::time::Instant;
-
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::header;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use entity::job;
 use sea_orm::sea_query::{Expr, Func};
 use sea_orm::{DatabaseConnection, DbBackend, EntityTrait, QuerySelect};
 
 use super::HttpState;
 
-/// Count and time every request by route template, method and status.
-pub async fn track(request: Request, next: Next) -> Response {
-    let route: metrics::SharedString = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(metrics::SharedString::const_str("unmatched"), |p| p.as_str().to_owned().into());
-    let method = static_method(request.method());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let status = static_status(response.status().as_u16());
+/// Count and time one request (see `layers::MetricsLayer`).
+pub(super) fn record(
+    route: metrics::SharedString,
+    method: &'static str,
+    status: axum::http::StatusCode,
+    took: std::time::Duration,
+) {
     let labels = [
         metrics::Label::new("route", route),
         metrics::Label::from_static_parts("method", method),
-        match status {
+        match static_status(status.as_u16()) {
             Some(status) => metrics::Label::from_static_parts("status", status),
-            None => metrics::Label::new("status", response.status().as_u16().to_string()),
+            None => metrics::Label::new("status", status.as_u16().to_string()),
         },
     ];
     metrics::counter!("http_requests_total", labels.iter()).increment(1);
-    metrics::histogram!("http_request_duration_seconds", labels.iter()).record(started.elapsed().as_secs_f64());
-    response
+    metrics::histogram!("http_request_duration_seconds", labels.iter()).record(took.as_secs_f64());
 }
 
 /// Label values without an allocation per request (the hot device paths).
-fn static_method(method: &axum::http::Method) -> &'static str {
+pub(super) fn static_method(method: &axum::http::Method) -> &'static str {
     match *method {
         axum::http::Method::GET => "GET",
         axum::http::Method::POST => "POST",

@@ -9,6 +9,7 @@ mod enos;
 mod graphql;
 mod health;
 mod keys;
+mod layers;
 mod metrics;
 mod repository;
 mod tus;
@@ -19,13 +20,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::Response;
 use axum::routing::get;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -53,30 +53,14 @@ pub fn router(app: App, schema: ApiSchema) -> Router {
     let body_limit = config.http.max_body_bytes;
     let state = HttpState { app, schema };
 
-    Router::new()
+    // CORS only where the admin web UI calls from the browser: not on the
+    // device API (its hot path), health or metrics.
+    let ui = Router::new()
         .route("/graphql", get(graphql::get).post(graphql::post))
         .route("/graphql/ws", get(graphql::ws))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::render))
-        .route("/.well-known/otadepot/keys", get(keys::get))
-        .route("/device/v1/device", get(device::me))
-        .route("/device/v1/inventory", axum::routing::post(device::inventory))
-        .route("/device/v1/enroll", axum::routing::post(device::enroll))
-        .route("/device/v1/poll", get(device::poll))
-        .route("/device/v1/updates/{id}/status", axum::routing::post(device::update_status))
-        .route("/device/v1/commands/{id}", axum::routing::post(device::command_status))
-        .route("/checkversion", axum::routing::post(enos::check_version))
-        .route("/version/{id}", get(enos::version))
-        .route("/downloadresult/{id}", axum::routing::post(enos::download_result))
-        .route("/updateresult", axum::routing::post(enos::update_result))
-        .route("/repo/sha256/{sha256}", get(repository::by_hash))
-        .route("/repo/{id}/{name}", get(repository::by_id))
         .route(
             "/uploads/tus/",
-            axum::routing::post(tus::create)
-                .options(tus::options)
-                .layer(middleware::map_response(tus::tus_resumable)),
+            axum::routing::post(tus::create).options(tus::options).layer(middleware::map_response(tus::tus_resumable)),
         )
         .route(
             "/uploads/tus/{id}",
@@ -91,40 +75,44 @@ pub fn router(app: App, schema: ApiSchema) -> Router {
             "/uploads/content/{id}",
             axum::routing::post(uploads::post).put(uploads::put).layer(DefaultBodyLimit::disable()),
         )
-        .layer(middleware::from_fn(metrics::track))
+        .route("/repo/sha256/{sha256}", get(repository::by_hash))
+        .route("/repo/{id}/{name}", get(repository::by_id))
+        .route("/.well-known/otadepot/keys", get(keys::get))
+        .layer(cors::PreflightOnlyCorsLayer(cors));
+
+    Router::new()
+        .merge(ui)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::render))
+        .route("/device/v1/device", get(device::me))
+        .route("/device/v1/inventory", axum::routing::post(device::inventory))
+        .route("/device/v1/enroll", axum::routing::post(device::enroll))
+        .route("/device/v1/poll", get(device::poll))
+        .route("/device/v1/updates/{id}/status", axum::routing::post(device::update_status))
+        .route("/device/v1/commands/{id}", axum::routing::post(device::command_status))
+        .route("/checkversion", axum::routing::post(enos::check_version))
+        .route("/version/{id}", get(enos::version))
+        .route("/downloadresult/{id}", axum::routing::post(enos::download_result))
+        .route("/updateresult", axum::routing::post(enos::update_result))
+        .layer(layers::MetricsLayer)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
         .layer(
             ServiceBuilder::new()
-                .layer(middleware::from_fn(drop_bad_request_id))
-                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(layers::RequestIdLayer)
                 .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
                     let request_id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
                     tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %request_id)
                 })
                 .on_response(DefaultOnResponse::new().level(Level::INFO)))
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(CatchPanicLayer::custom(panic_response))
-                .layer(cors::PreflightOnlyCorsLayer(cors)),
+                .layer(CatchPanicLayer::custom(panic_response)),
         )
 }
 
 /// The request id (accepted from the client or generated).
 pub fn request_id(headers: &axum::http::HeaderMap) -> Option<String> {
     headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned)
-}
-
-/// A client's `x-request-id` is kept only if it is short and printable, so
-/// it cannot forge log lines; otherwise a fresh one is generated.
-async fn drop_bad_request_id(mut request: Request, next: Next) -> Response {
-    let bad = request.headers().get(REQUEST_ID).is_some_and(|value| {
-        let bytes = value.as_bytes();
-        bytes.is_empty() || bytes.len() > 128 || !bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
-    });
-    if bad {
-        request.headers_mut().remove(REQUEST_ID);
-    }
-    next.run(request).await
 }
 
 /// A bug must not take the connection down with a bare reset: log it (in

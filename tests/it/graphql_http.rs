@@ -286,6 +286,18 @@ async fn cors_allows_only_configured_origins() {
 
     let denied = preflight("https://evil.example.com").await.unwrap();
     assert!(denied.headers().get("access-control-allow-origin").is_none());
+    // The UI's other browser calls have CORS; the device API has none.
+    for (path, cors) in [("/repo/sha256/00", true), ("/.well-known/otadepot/keys", true), ("/device/v1/poll", false)] {
+        let response = app
+            .client
+            .request(reqwest::Method::OPTIONS, app.url(path))
+            .header("origin", "https://admin.example.com")
+            .header("access-control-request-method", "GET")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers().get("access-control-allow-origin").is_some(), cors, "{path}");
+    }
 
     let default = TestApp::start().await;
     let response = default
