@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use async_graphql::ParseRequestError;
-use async_graphql::http::{GraphiQLSource, MultipartOptions};
+use async_graphql::http::MultipartOptions;
 use async_graphql::parser::types::OperationType;
 use async_graphql::{BatchRequest, BatchResponse, Data};
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
@@ -157,14 +157,7 @@ pub async fn get(State(state): State<HttpState>, headers: HeaderMap, RawQuery(qu
         if !state.app.config.graphql.graphiql {
             return StatusCode::NOT_FOUND.into_response();
         }
-        return Html(
-            GraphiQLSource::build()
-                .endpoint("/graphql")
-                .subscription_endpoint("/graphql/ws")
-                .title("otadepot GraphiQL")
-                .finish(),
-        )
-        .into_response();
+        return Html(super::graphiql::page()).into_response();
     }
     let request = match async_graphql::http::parse_query_string(&query) {
         Ok(request) if !request.query.is_empty() => request,

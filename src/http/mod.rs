@@ -6,6 +6,7 @@
 mod cors;
 mod device;
 mod enos;
+mod graphiql;
 mod graphql;
 mod health;
 mod keys;
@@ -82,6 +83,7 @@ pub fn router(app: App, schema: ApiSchema) -> Router {
 
     Router::new()
         .merge(ui)
+        .route("/graphiql/4.1.2/{file}", get(graphiql::asset))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))

@@ -178,6 +178,20 @@ async fn browser_get_serves_graphiql() {
     let html = response.text().await.unwrap();
     assert!(html.contains("graphiql"), "GraphiQL page");
     assert!(html.contains("/graphql/ws"));
+    // Everything it loads comes from the server itself (no internet needed).
+    let sources: Vec<&str> =
+        html.split('"').filter(|s| s.ends_with(".js") || s.ends_with(".css") || s.starts_with("http")).collect();
+    assert_eq!(sources.len(), 4, "{sources:?}");
+    for source in sources {
+        assert!(source.starts_with("/graphiql/"), "{source} is not served here");
+        let asset = app.client.get(app.url(source)).send().await.unwrap();
+        assert_eq!(asset.status(), StatusCode::OK, "{source}");
+        let kind = asset.headers()[CONTENT_TYPE].to_str().unwrap().to_owned();
+        assert!(kind.starts_with(if source.ends_with(".js") { "application/javascript" } else { "text/css" }));
+        assert!(asset.bytes().await.unwrap().len() > 10_000, "{source}");
+    }
+    let missing = app.client.get(app.url("/graphiql/4.1.2/nothing.js")).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
