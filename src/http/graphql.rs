@@ -239,6 +239,15 @@ fn normalize(body: &mut Value, request_error: bool) {
     }
     if let Some(errors) = body.get_mut("errors").and_then(Value::as_array_mut) {
         for error in errors {
+            // Say where subscriptions do work.
+            if let Some(message) = error.get_mut("message")
+                && message.as_str() == Some("Subscriptions are not supported on this transport.")
+            {
+                *message = Value::String(
+                    "subscriptions are not served over HTTP; use the WebSocket at /graphql/ws (graphql-transport-ws)"
+                        .into(),
+                );
+            }
             let extensions = error.as_object_mut().map(|e| e.entry("extensions").or_insert_with(|| json!({})));
             if let Some(Value::Object(ext)) = extensions {
                 ext.entry("code").or_insert_with(|| "BAD_USER_INPUT".into());

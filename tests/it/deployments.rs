@@ -1053,3 +1053,46 @@ async fn start_at_holds_the_rollout_and_expires_at_stops_new_starts() {
     let d = until(&app, &expiring, "COMPLETED", |d| d["state"] == "COMPLETED").await;
     assert_eq!(d["counts"]["installed"], 1);
 }
+
+#[tokio::test]
+async fn the_device_simulator_script_plays_a_rollout_and_a_command_to_the_end() {
+    let app = app().await;
+    let (fleet, sims) = fleet(&app, 3).await;
+    let mut csv = String::from("endpoint_id,device_id,secret\n");
+    for sim in &sims {
+        csv.push_str(&format!("{},-,{}\n", sim.endpoint_id, sim.secret));
+    }
+    let secrets = app.dir.path().join("secrets.csv");
+    std::fs::write(&secrets, csv).unwrap();
+    let out = apply(&app, json!({"package": fleet.package, "group": fleet.group, "policy": {"maxInFlight": 2}})).await;
+    let id = out["deployment"]["id"].clone();
+    let batch = app
+        .operator("deployment_manager")
+        .ok(
+            "mutation($g: ID!) { sendCommand(input: {group: $g, name: \"REBOOT\"}) { batchId } }",
+            json!({"g": fleet.group}),
+        )
+        .await["sendCommand"]["batchId"]
+        .clone();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/simulate_devices.py");
+    let (secrets, base) = (secrets.to_str().unwrap().to_owned(), app.base.clone());
+    // Off the runtime: the server answers the script meanwhile.
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args([script, &secrets, "--base", &base, "--step", "0.02", "--until-idle", "3", "--duration", "60"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("\"installed\": 3"), "{stdout}");
+    let d = until(&app, &id, "COMPLETED", |d| d["state"] == "COMPLETED").await;
+    assert_eq!(d["counts"]["installed"], 3, "{d}");
+    let counts = app
+        .operator("viewer")
+        .ok("query($id: ID!) { commandBatch(id: $id) { counts { succeeded } } }", json!({"id": batch}))
+        .await;
+    assert_eq!(counts["commandBatch"]["counts"]["succeeded"], 3, "{stdout}");
+}

@@ -347,3 +347,12 @@ async fn multipart_requests_run_and_oversized_files_are_413() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(error_code(&body), "PAYLOAD_TOO_LARGE");
 }
+
+#[tokio::test]
+async fn a_subscription_over_http_says_where_subscriptions_are() {
+    let app = TestApp::start().await;
+    let body = app.operator("auditor").gql("subscription { auditEventAdded { seq } }", json!({})).await;
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("/graphql/ws"), "{body}");
+    assert_eq!(crate::support::error_code(&body), "BAD_USER_INPUT");
+}
