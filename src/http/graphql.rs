@@ -14,11 +14,11 @@
 use std::time::Duration;
 
 use async_graphql::ParseRequestError;
-use async_graphql::http::MultipartOptions;
+use async_graphql::http::{MultipartOptions, WebSocketProtocols};
 use async_graphql::parser::types::OperationType;
 use async_graphql::{BatchRequest, BatchResponse, Data};
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::body::Body;
+use axum::extract::ws::{CloseFrame, Message as WsMessage};
 use axum::extract::{RawQuery, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -261,12 +261,15 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// GraphQL over WebSocket (graphql-transport-ws, and the legacy graphql-ws).
-pub async fn ws(
-    State(state): State<HttpState>,
-    protocol: GraphQLProtocol,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
-) -> Response {
+pub async fn ws(State(state): State<HttpState>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+    let Some(protocol) = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|list| list.split(',').find_map(|p| p.trim().parse::<WebSocketProtocols>().ok()))
+    else {
+        return (StatusCode::BAD_REQUEST, "Sec-WebSocket-Protocol: graphql-transport-ws (or graphql-ws)")
+            .into_response();
+    };
     let header_token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -276,13 +279,29 @@ pub async fn ws(
     let schema = state.schema.clone();
     let app = state.app.clone();
     upgrade.protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| async move {
-        GraphQLWebSocket::new(socket, schema, protocol)
+        use futures::{SinkExt, StreamExt};
+        // A refused connection_init closes with 4403 (graphql-transport-ws's
+        // "Forbidden"); async-graphql itself closes with 1002.
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let refused_in_init = refused.clone();
+        let (mut sink, stream) = socket.split();
+        let input = stream.take_while(|message| futures::future::ready(message.is_ok())).filter_map(|message| {
+            futures::future::ready(match message {
+                Ok(message @ (WsMessage::Text(_) | WsMessage::Binary(_))) => Some(message.into_data()),
+                _ => None,
+            })
+        });
+        let mut output = async_graphql::http::WebSocket::new(schema, input, protocol)
             .on_connection_init(move |payload| async move {
                 let token = token_from_init(&payload).or(header_token);
                 let actor = match token {
-                    Some(token) => Actor::User(
-                        crate::auth::authenticate_operator(&app, &token).await.map_err(Error::into_graphql)?,
-                    ),
+                    Some(token) => match crate::auth::authenticate_operator(&app, &token).await {
+                        Ok(user) => Actor::User(user),
+                        Err(err) => {
+                            refused_in_init.store(true, std::sync::atomic::Ordering::Release);
+                            return Err(err.into_graphql());
+                        }
+                    },
                     None => Actor::Anonymous,
                 };
                 let mut data = Data::default();
@@ -290,8 +309,19 @@ pub async fn ws(
                 Ok(data)
             })
             .keepalive_timeout(Duration::from_secs(60))
-            .serve()
-            .await;
+            .boxed();
+        while let Some(message) = output.next().await {
+            let message = match message {
+                async_graphql::http::WsMessage::Text(text) => WsMessage::Text(text.into()),
+                async_graphql::http::WsMessage::Close(code, reason) => {
+                    let code = if refused.load(std::sync::atomic::Ordering::Acquire) { 4403 } else { code };
+                    WsMessage::Close(Some(CloseFrame { code, reason: reason.into() }))
+                }
+            };
+            if sink.send(message).await.is_err() {
+                break;
+            }
+        }
     })
 }
 
