@@ -43,6 +43,25 @@ async fn own_ctx(state: &HttpState, headers: &HeaderMap) -> Result<Ctx> {
     device::authenticate(&state.app, token, request_id(headers)).await
 }
 
+/// The body as a JSON object; `shape` names its fields for the error.
+fn json_object(body: &Bytes, shape: &str) -> Result<Map<String, Value>> {
+    let body: Value = serde_json::from_slice(body).map_err(|e| Error::invalid("body", format!("not JSON: {e}")))?;
+    match body {
+        Value::Object(map) => Ok(map),
+        _ => Err(Error::invalid("body", format!("must be a JSON object {shape}"))),
+    }
+}
+
+/// An optional text field (a number is taken as its text).
+fn text(body: &Map<String, Value>, field: &str) -> Result<Option<String>> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(Error::invalid(field, "must be a string")),
+    }
+}
+
 /// What the device API shows a device of itself.
 fn view(device: &Device) -> Value {
     json!({
@@ -99,20 +118,8 @@ pub async fn enroll(
         .map(str::trim)
         .filter(|t| crate::service::enrollment::is_enrollment_token(t))
         .ok_or_else(|| Error::Unauthenticated("an enrollment token is required".into()))?;
-    let body: Value = serde_json::from_slice(&body).map_err(|e| Error::invalid("body", format!("not JSON: {e}")))?;
-    let Value::Object(body) = body else {
-        return Err(Error::invalid(
-            "body",
-            "must be a JSON object {\"endpointId\", \"serial\", \"model\", \"attributes\"}",
-        ));
-    };
-    let text = |field: &str| -> Result<Option<String>> {
-        match body.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(Error::invalid(field, "must be a string")),
-        }
-    };
+    let body = json_object(&body, "{\"endpointId\", \"serial\", \"model\", \"attributes\"}")?;
+    let text = |field: &str| text(&body, field);
     let input = device::NewDevice {
         endpoint_id: text("endpointId")?.ok_or_else(|| Error::invalid("endpointId", "is required"))?,
         serial: text("serial")?,
@@ -130,10 +137,7 @@ pub async fn enroll(
 /// "0.4"}, "attributes": {"region": "eu"}}`: what the device runs and is.
 pub async fn inventory(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>> {
     let ctx = device_ctx(&state, &headers).await?;
-    let body: Value = serde_json::from_slice(&body).map_err(|e| Error::invalid("body", format!("not JSON: {e}")))?;
-    let Value::Object(body) = body else {
-        return Err(Error::invalid("body", "must be a JSON object {\"installed\", \"attributes\"}"));
-    };
+    let body = json_object(&body, "{\"installed\", \"attributes\"}")?;
     if let Some(unknown) = body.keys().find(|k| !matches!(k.as_str(), "installed" | "attributes")) {
         return Err(Error::invalid(unknown.as_str(), "unknown field (installed, attributes)"));
     }
@@ -219,21 +223,7 @@ pub async fn update_status(
 ) -> Result<Json<Value>> {
     let ctx = device_ctx(&state, &headers).await?;
     let id = id.parse().map_err(|_| Error::not_found("update", &id))?;
-    let body: Value = serde_json::from_slice(&body).map_err(|e| Error::invalid("body", format!("not JSON: {e}")))?;
-    let Value::Object(body) = body else {
-        return Err(Error::invalid(
-            "body",
-            "must be a JSON object {\"status\", \"progress\", \"version\", \"errcode\", \"message\"}",
-        ));
-    };
-    let text = |field: &str| -> Result<Option<String>> {
-        match body.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(Value::Number(n)) => Ok(Some(n.to_string())),
-            Some(_) => Err(Error::invalid(field, "must be a string")),
-        }
-    };
+    let body = json_object(&body, "{\"status\", \"progress\", \"version\", \"errcode\", \"message\"}")?;
     let progress = match body.get("progress") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => Some(
@@ -242,11 +232,11 @@ pub async fn update_status(
         Some(_) => return Err(Error::invalid("progress", "an integer from 0 to 100")),
     };
     let report = deployment::Report {
-        status: text("status")?.ok_or_else(|| Error::invalid("status", "is required"))?,
+        status: text(&body, "status")?.ok_or_else(|| Error::invalid("status", "is required"))?,
         progress,
-        version: text("version")?,
-        errcode: text("errcode")?,
-        message: text("message")?,
+        version: text(&body, "version")?,
+        errcode: text(&body, "errcode")?,
+        message: text(&body, "message")?,
     };
     let update = deployment::report(&state.app, &ctx, id, report).await?;
     Ok(Json(json!({
@@ -265,24 +255,14 @@ pub async fn command_status(
 ) -> Result<Json<Value>> {
     let ctx = device_ctx(&state, &headers).await?;
     let id = id.parse().map_err(|_| Error::not_found("command", &id))?;
-    let body: Value = serde_json::from_slice(&body).map_err(|e| Error::invalid("body", format!("not JSON: {e}")))?;
-    let Value::Object(mut body) = body else {
-        return Err(Error::invalid("body", "must be a JSON object {\"status\", \"result\", \"message\"}"));
-    };
+    let mut body = json_object(&body, "{\"status\", \"result\", \"message\"}")?;
     if let Some(unknown) = body.keys().find(|k| !matches!(k.as_str(), "status" | "result" | "message")) {
         return Err(Error::invalid(unknown.as_str(), "unknown field (status, result, message)"));
     }
-    let text = |value: Option<Value>, field: &str| -> Result<Option<String>> {
-        match value {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(Error::invalid(field, "must be a string")),
-        }
-    };
     let outcome = crate::service::command::Outcome {
-        status: text(body.remove("status"), "status")?.ok_or_else(|| Error::invalid("status", "is required"))?,
+        status: text(&body, "status")?.ok_or_else(|| Error::invalid("status", "is required"))?,
+        message: text(&body, "message")?,
         result: body.remove("result"),
-        message: text(body.remove("message"), "message")?,
     };
     let command = crate::service::command::report(&state.app, &ctx, id, outcome).await?;
     Ok(Json(json!({

@@ -84,37 +84,8 @@ async fn app() -> TestApp {
 async fn fleet(app: &TestApp, n: usize) -> (String, Vec<Device<'_>>) {
     let admin = app.operator("admin");
     admin.ok("mutation { createDeviceModel(input: {name: \"X100\"}) { deviceModel { id } } }", json!({})).await;
-    let rows: Vec<Value> = (0..n).map(|i| json!({"endpointId": format!("d{i:02}"), "model": "X100"})).collect();
-    let out = admin
-        .ok("mutation($d: [RegisterDeviceInput!]!) { registerDevices(input: {devices: $d}) { devices { secret device { endpointId } } } }", json!({"d": rows}))
-        .await;
-    let devices: Vec<Device<'_>> = out["registerDevices"]["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| Device {
-            app,
-            endpoint_id: d["device"]["endpointId"].as_str().unwrap().to_owned(),
-            secret: d["secret"].as_str().unwrap().to_owned(),
-        })
-        .collect();
-    let group = admin
-        .ok(
-            "mutation { createDeviceGroup(input: {name: \"fleet\", model: \"X100\"}) { deviceGroup { id } } }",
-            json!({}),
-        )
-        .await["createDeviceGroup"]["deviceGroup"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let ids: Vec<&str> = devices.iter().map(|d| d.endpoint_id.as_str()).collect();
-    admin
-        .ok(
-            "mutation($g: ID!, $d: [ID!]!) { addGroupMembers(input: {group: $g, devices: $d}) { deviceGroup { id } } }",
-            json!({"g": group, "d": ids}),
-        )
-        .await;
-    (group, devices)
+    let (group, devices) = crate::support::fleet_in_group(app, n, "X100", "fleet").await;
+    (group, devices.into_iter().map(|(endpoint_id, secret)| Device { app, endpoint_id, secret }).collect())
 }
 
 async fn send(app: &TestApp, input: Value) -> Value {

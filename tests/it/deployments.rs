@@ -109,36 +109,8 @@ async fn fleet(app: &TestApp, n: usize) -> (Fleet, Vec<Sim<'_>>) {
         .as_str()
         .unwrap()
         .to_owned();
-    let rows: Vec<Value> = (0..n).map(|i| json!({"endpointId": format!("d{i:02}"), "model": "X100"})).collect();
-    let out = admin
-        .ok("mutation($d: [RegisterDeviceInput!]!) { registerDevices(input: {devices: $d}) { devices { secret device { endpointId } } } }", json!({"d": rows}))
-        .await;
-    let sims: Vec<Sim<'_>> = out["registerDevices"]["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| Sim {
-            app,
-            endpoint_id: d["device"]["endpointId"].as_str().unwrap().to_owned(),
-            secret: d["secret"].as_str().unwrap().to_owned(),
-        })
-        .collect();
-    let group = admin
-        .ok(
-            "mutation { createDeviceGroup(input: {name: \"fleet\", model: \"X100\"}) { deviceGroup { id } } }",
-            json!({}),
-        )
-        .await["createDeviceGroup"]["deviceGroup"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let ids: Vec<&str> = sims.iter().map(|s| s.endpoint_id.as_str()).collect();
-    admin
-        .ok(
-            "mutation($g: ID!, $d: [ID!]!) { addGroupMembers(input: {group: $g, devices: $d}) { deviceGroup { id } } }",
-            json!({"g": group, "d": ids}),
-        )
-        .await;
+    let (group, devices) = crate::support::fleet_in_group(app, n, "X100", "fleet").await;
+    let sims = devices.into_iter().map(|(endpoint_id, secret)| Sim { app, endpoint_id, secret }).collect();
     (Fleet { package, file, group }, sims)
 }
 

@@ -274,3 +274,37 @@ pub async fn query_i64(db: &DatabaseConnection, sql: &str) -> i64 {
         .expect("one row");
     row.try_get("", "n").expect("n")
 }
+
+/// Register devices `d00`, `d01`, ... of `model` (which must exist) and put
+/// them in a new static group `group`: the group id and each device's
+/// (endpoint id, secret).
+pub async fn fleet_in_group(app: &TestApp, n: usize, model: &str, group: &str) -> (String, Vec<(String, String)>) {
+    let admin = app.operator("admin");
+    let rows: Vec<Value> = (0..n).map(|i| json!({"endpointId": format!("d{i:02}"), "model": model})).collect();
+    let out = admin
+        .ok("mutation($d: [RegisterDeviceInput!]!) { registerDevices(input: {devices: $d}) { devices { secret device { endpointId } } } }", json!({"d": rows}))
+        .await;
+    let devices: Vec<(String, String)> = out["registerDevices"]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["device"]["endpointId"].as_str().unwrap().to_owned(), d["secret"].as_str().unwrap().to_owned()))
+        .collect();
+    let group = admin
+        .ok(
+            "mutation($n: String!, $m: ID!) { createDeviceGroup(input: {name: $n, model: $m}) { deviceGroup { id } } }",
+            json!({"n": group, "m": model}),
+        )
+        .await["createDeviceGroup"]["deviceGroup"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ids: Vec<&str> = devices.iter().map(|(e, _)| e.as_str()).collect();
+    admin
+        .ok(
+            "mutation($g: ID!, $d: [ID!]!) { addGroupMembers(input: {group: $g, devices: $d}) { deviceGroup { id } } }",
+            json!({"g": group, "d": ids}),
+        )
+        .await;
+    (group, devices)
+}
