@@ -127,6 +127,15 @@ pub enum Promotion {
 #[serde(deny_unknown_fields)]
 pub struct ContentConfig {
     pub promotion: Promotion,
+    /// A one-shot upload with no bytes arriving for this long is taken as
+    /// abandoned (the server stopped halfway): the content is made
+    /// uploadable again. Uploads in progress mark themselves alive.
+    #[serde(with = "humantime_serde_compat")]
+    pub upload_idle_timeout: Duration,
+    /// A resumable (tus) upload with no PATCH for this long is dropped and
+    /// the content made uploadable again.
+    #[serde(with = "humantime_serde_compat")]
+    pub tus_upload_expiry: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -275,7 +284,11 @@ impl Default for Config {
                 timeout: Duration::from_secs(300),
                 max_attempts: 6,
             },
-            content: ContentConfig { promotion: Promotion::Auto },
+            content: ContentConfig {
+                promotion: Promotion::Auto,
+                upload_idle_timeout: Duration::from_secs(10 * 60),
+                tus_upload_expiry: Duration::from_secs(24 * 3600),
+            },
             packages: PackagesConfig::default(),
             devices: DevicesConfig { seen_flush_interval: Duration::from_secs(10) },
             deployments: DeploymentsConfig {
@@ -418,6 +431,12 @@ impl Config {
         }
         if self.jobs.concurrency == 0 {
             bail!("invalid configuration: jobs.concurrency: must be at least 1");
+        }
+        if self.content.upload_idle_timeout < Duration::from_millis(100) {
+            bail!("invalid configuration: content.upload_idle_timeout: must be at least 100ms");
+        }
+        if self.content.tus_upload_expiry < self.content.upload_idle_timeout {
+            bail!("invalid configuration: content.tus_upload_expiry: must be at least content.upload_idle_timeout");
         }
         for name in &self.commands.custom_names {
             if !crate::service::command::is_command_name(name) {

@@ -32,6 +32,7 @@ impl Runner {
             .with_handler(crate::service::scan::ScanJob)
             .with_handler(crate::service::deployment::ReconcileJob)
             .with_handler(crate::service::command::ExpireJob)
+            .with_handler(crate::service::content::ReleaseAbandonedJob)
     }
 
     pub fn with_handler(mut self, handler: impl Handler) -> Self {
@@ -49,10 +50,10 @@ impl Runner {
         if let Err(err) = super::prune::ensure_scheduled(&self.app.db).await {
             tracing::warn!(error = %err, "could not schedule job pruning");
         }
-        if let Err(err) =
-            super::ensure_queued(&self.app.db, crate::service::command::EXPIRE_JOB, chrono::Utc::now()).await
-        {
-            tracing::warn!(error = %err, "could not schedule command expiry");
+        for kind in [crate::service::command::EXPIRE_JOB, crate::service::content::RELEASE_ABANDONED_JOB] {
+            if let Err(err) = super::ensure_queued(&self.app.db, kind, chrono::Utc::now()).await {
+                tracing::warn!(error = %err, kind, "could not schedule a periodic job");
+            }
         }
         let this = Arc::new(self);
         let mut loops = JoinSet::new();

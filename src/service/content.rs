@@ -447,9 +447,22 @@ where
     let mut md5 = Md5::new();
     let mut received: u64 = 0;
     let mut body = std::pin::pin!(body);
+    // Mark the upload alive now and then, so the sweep for abandoned
+    // uploads (`release_abandoned_uploads`) leaves a long one alone.
+    let beat_every = app.config.content.upload_idle_timeout / 4;
+    let mut last_beat = std::time::Instant::now();
     let outcome: Result<()> = async {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| Error::invalid("body", format!("upload broke off: {e}")))?;
+            if last_beat.elapsed() >= beat_every {
+                last_beat = std::time::Instant::now();
+                content::Entity::update_many()
+                    .col_expr(content::Column::UpdatedAt, Expr::value(Utc::now()))
+                    .filter(content::Column::Id.eq(current.id))
+                    .filter(content::Column::State.eq(ContentState::Uploading.as_str()))
+                    .exec(&app.db)
+                    .await?;
+            }
             received += chunk.len() as u64;
             if received > expected {
                 return Err(Error::invalid("length", format!("more than the declared {expected} bytes")));
@@ -508,6 +521,88 @@ pub(super) async fn finish_upload(
     tx.commit().await?;
     app.wake_workers();
     get_unchecked(&app.db, current.id).await
+}
+
+/// Job kind of the sweep for abandoned uploads.
+pub const RELEASE_ABANDONED_JOB: &str = "content.release_abandoned_uploads";
+
+/// Make uploadable again what an upload left UPLOADING and nobody is
+/// finishing: a one-shot upload idle for `content.upload_idle_timeout`
+/// (uploads in progress mark themselves alive, so this is one whose server
+/// stopped halfway), or a resumable one with no PATCH for
+/// `content.tus_upload_expiry` (its pieces are deleted). Audited as
+/// `content.upload_abandoned`; returns how many.
+pub async fn release_abandoned_uploads(app: &App) -> Result<u64> {
+    let config = &app.config.content;
+    let idle = chrono::TimeDelta::from_std(config.upload_idle_timeout).unwrap_or(chrono::TimeDelta::minutes(10));
+    let expiry = chrono::TimeDelta::from_std(config.tus_upload_expiry).unwrap_or(chrono::TimeDelta::days(1));
+    let now = Utc::now();
+    let candidates = content::Entity::find()
+        .filter(content::Column::State.eq(ContentState::Uploading.as_str()))
+        .filter(content::Column::UpdatedAt.lt(now - idle))
+        .order_by_asc(content::Column::UpdatedAt)
+        .limit(1000)
+        .all(&app.db)
+        .await?;
+    let system = Ctx::system("upload-sweep");
+    let mut released = 0;
+    for candidate in candidates {
+        let tus = crate::service::tus::last_activity(app, candidate.id).await?;
+        let reason = match tus {
+            Some(last) if now - last.max(candidate.updated_at) < expiry => continue,
+            Some(_) => "resumable upload expired",
+            None => "one-shot upload stopped",
+        };
+        let mut tx = WriteTx::begin(app).await?;
+        // Conditional on the row as read: an upload that moved on meanwhile is left alone.
+        let moved = content::Entity::update_many()
+            .col_expr(content::Column::State, Expr::value(ContentState::AwaitingUpload.as_str()))
+            .col_expr(content::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(content::Column::Id.eq(candidate.id))
+            .filter(content::Column::State.eq(ContentState::Uploading.as_str()))
+            .filter(content::Column::UpdatedAt.eq(candidate.updated_at))
+            .exec(tx.conn())
+            .await?;
+        if moved.rows_affected != 1 {
+            continue;
+        }
+        tx.audit(
+            &system,
+            "content.upload_abandoned",
+            "content",
+            &candidate.id.to_string(),
+            json!({ "reason": reason, "idle_since": candidate.updated_at }),
+        )
+        .await?;
+        tx.notify(Event::ContentChanged(candidate.id));
+        tx.commit().await?;
+        if tus.is_some() {
+            crate::service::tus::discard(app, candidate.id).await;
+        }
+        let _ = app.stores.staging.delete(&crate::storage::staging_key(candidate.id)).await;
+        released += 1;
+    }
+    Ok(released)
+}
+
+/// The durable sweep: release abandoned uploads, then run again.
+pub struct ReleaseAbandonedJob;
+
+#[async_trait::async_trait]
+impl crate::jobs::Handler for ReleaseAbandonedJob {
+    fn kind(&self) -> &'static str {
+        RELEASE_ABANDONED_JOB
+    }
+
+    async fn run(&self, app: &App, _job: &entity::job::Model) -> anyhow::Result<()> {
+        let released = release_abandoned_uploads(app).await?;
+        if released > 0 {
+            tracing::warn!(released, "released abandoned uploads");
+        }
+        let every = chrono::TimeDelta::from_std(app.config.content.upload_idle_timeout / 2)
+            .unwrap_or(chrono::TimeDelta::minutes(5));
+        crate::jobs::ensure_queued(&app.db, RELEASE_ABANDONED_JOB, Utc::now() + every).await
+    }
 }
 
 /// UPLOADING → AWAITING_UPLOAD after a refused or broken upload.

@@ -181,6 +181,22 @@ pub async fn terminate(app: &App, grant: &UploadGrant) -> Result<()> {
     Ok(())
 }
 
+/// For a resumable upload of `id`: when its newest piece (or, before the
+/// first, its creation) was written. None when `id` has no tus upload.
+pub(crate) async fn last_activity(app: &App, id: Uuid) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+    let objects: Vec<object_store::ObjectMeta> =
+        app.stores.staging.list(Some(&crate::storage::tus_prefix(id))).try_collect().await.map_err(unavailable)?;
+    if !objects.iter().any(|m| m.location == marker(id)) {
+        return Ok(None);
+    }
+    Ok(objects.iter().map(|m| m.last_modified).max())
+}
+
+/// Delete what a resumable upload of `id` stored.
+pub(crate) async fn discard(app: &App, id: Uuid) {
+    discard_pieces(app, id).await;
+}
+
 async fn discard_pieces(app: &App, id: Uuid) {
     let pieces: Vec<_> = match app.stores.staging.list(Some(&crate::storage::tus_prefix(id))).try_collect().await {
         Ok(pieces) => pieces,

@@ -206,3 +206,123 @@ async fn termination_frees_the_content_for_another_upload() {
     let content = app.operator("viewer").ok(GET, json!({"id": id})).await;
     assert_eq!(content["content"]["state"], "STAGED");
 }
+
+/// Abandoned uploads are swept every `upload_idle_timeout / 2`.
+async fn sweeping_app(idle_ms: u64, tus_expiry_ms: u64) -> TestApp {
+    TestApp::start_with(|c| {
+        c.scanner.mode = otadepot::config::ScannerMode::Disabled;
+        c.jobs.poll_interval = std::time::Duration::from_millis(50);
+        c.content.upload_idle_timeout = std::time::Duration::from_millis(idle_ms);
+        c.content.tus_upload_expiry = std::time::Duration::from_millis(tus_expiry_ms);
+    })
+    .await
+}
+
+async fn wait_for_state(app: &TestApp, id: &str, state: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let content = app.operator("package_admin").ok(GET, json!({"id": id})).await["content"].clone();
+        if content["state"] == state {
+            return content;
+        }
+        assert!(std::time::Instant::now() < deadline, "never {state}: {content}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_upload_the_server_stopped_halfway_becomes_uploadable_again() {
+    let app = sweeping_app(300, 1000).await;
+    let form = app
+        .operator("package_admin")
+        .ok(CREATE, json!({"c": {"name": "fw.bin", "content_type": "x", "type": "firmware", "length": 4}}))
+        .await["createContent"]
+        .clone();
+    let id = form["id"].as_str().unwrap().to_owned();
+    // What a crash in the middle of a one-shot upload leaves: UPLOADING,
+    // and nobody marking it alive.
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    entity::content::Entity::update_many()
+        .col_expr(entity::content::Column::State, sea_orm::sea_query::Expr::value("UPLOADING"))
+        .col_expr(
+            entity::content::Column::UpdatedAt,
+            sea_orm::sea_query::Expr::value(chrono::Utc::now() - chrono::TimeDelta::hours(1)),
+        )
+        .filter(entity::content::Column::Id.eq(uuid::Uuid::parse_str(&id).unwrap()))
+        .exec(app.db())
+        .await
+        .unwrap();
+    wait_for_state(&app, &id, "AWAITING_UPLOAD").await;
+    let audit = app
+        .operator("auditor")
+        .ok("{ auditEvents(filter: {action: \"content.upload_abandoned\"}) { edges { node { objectId details actor { kind } } } } }", json!({}))
+        .await;
+    let event = &audit["auditEvents"]["edges"][0]["node"];
+    assert_eq!(event["objectId"], id.as_str());
+    assert_eq!(event["details"]["reason"], "one-shot upload stopped");
+    assert_eq!(event["actor"]["kind"], "system");
+    // And it can be uploaded.
+    let response = app.client.put(form["url"].as_str().unwrap()).body(b"fw!!".to_vec()).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED, "{}", response.text().await.unwrap());
+    wait_for_state(&app, &id, "PROMOTED").await;
+}
+
+#[tokio::test]
+async fn a_slow_upload_in_progress_is_not_taken_for_abandoned() {
+    let app = sweeping_app(400, 1000).await;
+    let form = app
+        .operator("package_admin")
+        .ok(CREATE, json!({"c": {"name": "slow.bin", "content_type": "x", "type": "firmware", "length": 16}}))
+        .await["createContent"]
+        .clone();
+    let id = form["id"].as_str().unwrap().to_owned();
+    let url = reqwest::Url::parse(form["url"].as_str().unwrap()).unwrap();
+    // 16 bytes over about 2 s, five times the idle timeout.
+    let mut socket = tokio::net::TcpStream::connect(app.server().addr).await.unwrap();
+    let head = format!(
+        "PUT {}?{} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: 16\r\n\r\n",
+        url.path(),
+        url.query().unwrap(),
+        app.server().addr
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..8 {
+        socket.write_all(b"ab").await.unwrap();
+        socket.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let mut answer = vec![0; 4096];
+    let n = tokio::io::AsyncReadExt::read(&mut socket, &mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    wait_for_state(&app, &id, "PROMOTED").await;
+    let audit = app
+        .operator("auditor")
+        .ok("{ auditEvents(filter: {action: \"content.upload_abandoned\"}) { totalCount } }", json!({}))
+        .await;
+    assert_eq!(audit["auditEvents"]["totalCount"], 0);
+}
+
+#[tokio::test]
+async fn a_resumable_upload_left_alone_expires_and_its_pieces_go() {
+    let app = sweeping_app(200, 800).await;
+    let data = bytes(1000);
+    let (id, creation) = content(&app, data.len()).await;
+    let location = create(&app, &creation, data.len()).await;
+    assert_eq!(patch(&app, &location, 0, &data[..400]).await.status(), StatusCode::NO_CONTENT);
+    let pieces = app.dir.path().join("staging/tus").join(&id);
+    assert!(pieces.exists());
+    wait_for_state(&app, &id, "AWAITING_UPLOAD").await;
+    assert!(!pieces.exists() || std::fs::read_dir(&pieces).unwrap().next().is_none(), "pieces deleted");
+    let response = app.client.head(&location).header("tus-resumable", "1.0.0").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let audit = app
+        .operator("auditor")
+        .ok("{ auditEvents(filter: {action: \"content.upload_abandoned\"}) { edges { node { details } } } }", json!({}))
+        .await;
+    assert_eq!(audit["auditEvents"]["edges"][0]["node"]["details"]["reason"], "resumable upload expired");
+    // A new resumable upload of the same content works.
+    let location = create(&app, &creation, data.len()).await;
+    assert_eq!(patch(&app, &location, 0, &data).await.status(), StatusCode::NO_CONTENT);
+    wait_for_state(&app, &id, "PROMOTED").await;
+}
