@@ -181,6 +181,51 @@ async fn public_keys_and_jwks_verify_identity_provider_tokens() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
+/// RS256 and ES256 identity provider keys (PEM files), each refusing a
+/// token signed by another key.
+#[tokio::test]
+async fn rs256_and_es256_keys_verify_identity_provider_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let openssl = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl is installed");
+        assert!(ok.success(), "openssl {args:?}");
+    };
+    openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "rsa.pem"]);
+    openssl(&["pkey", "-pubout", "-in", "rsa.pem", "-out", "rsa.pub.pem"]);
+    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "ec.pem"]);
+    openssl(&["pkey", "-pubout", "-in", "ec.pem", "-out", "ec.pub.pem"]);
+    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "other.pem"]);
+    let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    let token = |algorithm: Algorithm, key: &EncodingKey, sub: &str| {
+        jsonwebtoken::encode(&Header::new(algorithm), &claims(json!({"roles": ["viewer"], "sub": sub})), key).unwrap()
+    };
+    let rs = token(Algorithm::RS256, &EncodingKey::from_rsa_pem(&read("rsa.pem")).unwrap(), "rsa-user");
+    let es = token(Algorithm::ES256, &EncodingKey::from_ec_pem(&read("ec.pem")).unwrap(), "ec-user");
+    let forged = token(Algorithm::ES256, &EncodingKey::from_ec_pem(&read("other.pem")).unwrap(), "mallory");
+
+    let public = |algorithm: &str, file: &str| otadepot::config::PublicKeyConfig {
+        algorithm: algorithm.into(),
+        path: dir.path().join(file),
+        kid: None,
+    };
+    let app = TestApp::start_with(|c| {
+        c.auth.jwt_public_keys = vec![public("RS256", "rsa.pub.pem"), public("ES256", "ec.pub.pem")];
+    })
+    .await;
+    for (token, subject) in [(&rs, "rsa-user"), (&es, "ec-user")] {
+        let (status, body) = me_with(&app, &format!("Bearer {token}")).await;
+        assert_eq!(status, StatusCode::OK, "{subject}: {body}");
+        assert_eq!(body["data"]["me"]["subject"], subject);
+    }
+    let (status, _) = me_with(&app, &format!("Bearer {forged}")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "signed by a key that is not configured");
+}
+
 #[tokio::test]
 async fn a_generated_secret_is_kept_in_the_data_dir() {
     let app = TestApp::start_with(|c| c.auth.jwt_secret = otadepot::config::Secret::default()).await;
