@@ -16,8 +16,7 @@ use md5::Md5;
 use object_store::{ObjectStoreExt, WriteMultipart};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -718,14 +717,9 @@ pub async fn list(
         }
         condition = condition.add(content::Column::Id.in_subquery(sea_orm::QueryTrait::into_query(tag_query)));
     }
-    let total_count = content::Entity::find().filter(condition.clone()).count(&app.db).await?;
-    let mut query = content::Entity::find().filter(condition);
-    if let Some(after) = page.after {
-        query = query.filter(content::Column::Id.lt(after));
-    }
-    let mut rows = query.order_by_desc(content::Column::Id).limit(page.first + 1).all(&app.db).await?;
-    let has_next_page = rows.len() as u64 > page.first;
-    rows.truncate(usize::try_from(page.first).unwrap_or(usize::MAX));
+    let query = content::Entity::find().filter(condition);
+    let (rows, has_next_page, total_count) =
+        crate::service::pagination::newest_first(&app.db, query, content::Column::Id, &page).await?;
     let items = attach_tags(&app.db, rows).await?;
     Ok(Page {
         items: items.into_iter().map(|c| (cursor(CURSOR_KIND, c.model.id), c)).collect(),

@@ -18,10 +18,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use entity::{device, device_attribute, device_installed};
 use rand::RngCore;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
-use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    QueryTrait, Set,
-};
+use sea_orm::{ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, QueryTrait, Set};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -1092,14 +1089,9 @@ pub(crate) async fn list_unchecked(
 ) -> Result<Page<Device>> {
     let page = PageRequest::parse_uuid(CURSOR_KIND, first, after)?;
     let condition = condition(filter)?;
-    let total_count = device::Entity::find().filter(condition.clone()).count(conn).await?;
-    let mut query = device::Entity::find().filter(condition);
-    if let Some(after) = page.after {
-        query = query.filter(device::Column::Id.lt(after));
-    }
-    let mut rows = query.order_by_desc(device::Column::Id).limit(page.first + 1).all(conn).await?;
-    let has_next_page = rows.len() as u64 > page.first;
-    rows.truncate(usize::try_from(page.first).unwrap_or(usize::MAX));
+    let query = device::Entity::find().filter(condition);
+    let (rows, has_next_page, total_count) =
+        crate::service::pagination::newest_first(conn, query, device::Column::Id, &page).await?;
     let items = attach(conn, rows).await?;
     Ok(Page {
         items: items.into_iter().map(|d| (cursor(CURSOR_KIND, d.row.id), d)).collect(),

@@ -13,7 +13,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use entity::{device, enrollment_token};
 use rand::RngCore;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -136,14 +136,13 @@ const CURSOR_KIND: &str = "enrollment_token";
 pub async fn list(app: &App, ctx: &Ctx, first: Option<i32>, after: Option<&str>) -> Result<Page<EnrollmentToken>> {
     ctx.require(Permission::DeviceRead)?;
     let page = PageRequest::parse_uuid(CURSOR_KIND, first, after)?;
-    let total_count = enrollment_token::Entity::find().count(&app.db).await?;
-    let mut query = enrollment_token::Entity::find();
-    if let Some(after) = page.after {
-        query = query.filter(enrollment_token::Column::Id.lt(after));
-    }
-    let mut rows = query.order_by_desc(enrollment_token::Column::Id).limit(page.first + 1).all(&app.db).await?;
-    let has_next_page = rows.len() as u64 > page.first;
-    rows.truncate(usize::try_from(page.first).unwrap_or(usize::MAX));
+    let (rows, has_next_page, total_count) = crate::service::pagination::newest_first(
+        &app.db,
+        enrollment_token::Entity::find(),
+        enrollment_token::Column::Id,
+        &page,
+    )
+    .await?;
     let mut items = Vec::with_capacity(rows.len());
     for row in rows {
         let token = with_model(&app.db, row).await?;
