@@ -74,6 +74,9 @@ pub struct Inner {
     /// Reconcile jobs this process brought forward, and when
     /// (`service::deployment::wake`).
     pub reconcile_wakes: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, std::time::Instant>>,
+    /// Resumable uploads with a PATCH or DELETE under way in this process
+    /// (`service::tus`).
+    pub tus_busy: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
 }
 
 impl std::ops::Deref for App {
@@ -130,6 +133,7 @@ impl App {
             instance: uuid::Uuid::new_v4(),
             device_cache: crate::service::device_cache::DeviceCache::default(),
             reconcile_wakes: std::sync::Mutex::default(),
+            tus_busy: std::sync::Mutex::default(),
         })))
     }
 

@@ -546,6 +546,9 @@ pub async fn release_abandoned_uploads(app: &App) -> Result<u64> {
     let system = Ctx::system("upload-sweep");
     let mut released = 0;
     for candidate in candidates {
+        if crate::service::tus::is_busy(app, candidate.id) {
+            continue;
+        }
         let tus = crate::service::tus::last_activity(app, candidate.id).await?;
         let reason = match tus {
             Some(last) if now - last.max(candidate.updated_at) < expiry => continue,

@@ -98,11 +98,42 @@ async fn received(app: &App, id: Uuid) -> Result<u64> {
     Ok(pieces.iter().filter(|m| m.location != marker(id)).map(|m| m.size).sum())
 }
 
+/// One PATCH or DELETE at a time per upload (in this process): a second one
+/// while the first runs is a CONFLICT, so two writers never race over the
+/// same piece or assemble twice.
+struct Busy {
+    app: App,
+    id: Uuid,
+}
+
+impl Busy {
+    fn take(app: &App, id: Uuid) -> Result<Self> {
+        let mut busy = app.tus_busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !busy.insert(id) {
+            return Err(Error::Conflict(format!("another request is writing upload {id}; retry after it")));
+        }
+        Ok(Self { app: app.clone(), id })
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.app.tus_busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.id);
+    }
+}
+
+/// Whether a PATCH or DELETE of `id` runs in this process right now.
+pub(crate) fn is_busy(app: &App, id: Uuid) -> bool {
+    app.tus_busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&id)
+}
+
 /// PATCH: append the body at `offset` (which must be the current offset).
 pub async fn append<S>(app: &App, ctx: &Ctx, grant: &UploadGrant, offset: u64, body: S) -> Result<TusUpload>
 where
     S: Stream<Item = std::io::Result<Bytes>> + Send,
 {
+    authorized(app, grant).await?;
+    let _busy = Busy::take(app, grant.content_id)?;
     let mut upload = status(app, grant).await?;
     if offset != upload.offset {
         return Err(Error::Conflict(format!("Upload-Offset is {offset}; the upload is at {}", upload.offset)));
@@ -175,6 +206,8 @@ async fn assemble(app: &App, ctx: &Ctx, id: Uuid) -> Result<Content> {
 
 /// DELETE: drop what was received and make the content uploadable again.
 pub async fn terminate(app: &App, grant: &UploadGrant) -> Result<()> {
+    authorized(app, grant).await?;
+    let _busy = Busy::take(app, grant.content_id)?;
     let upload = status(app, grant).await?;
     discard_pieces(app, upload.content_id).await;
     content::release_upload(app, upload.content_id).await;

@@ -326,3 +326,37 @@ async fn a_resumable_upload_left_alone_expires_and_its_pieces_go() {
     assert_eq!(patch(&app, &location, 0, &data).await.status(), StatusCode::NO_CONTENT);
     wait_for_state(&app, &id, "PROMOTED").await;
 }
+
+#[tokio::test]
+async fn a_second_patch_while_one_runs_is_a_conflict() {
+    let app = app().await;
+    let data = bytes(1000);
+    let (id, creation) = content(&app, data.len()).await;
+    let location = create(&app, &creation, data.len()).await;
+    let url = reqwest::Url::parse(&location).unwrap();
+    // A slow PATCH: headers and half its body, then a pause.
+    let mut slow = tokio::net::TcpStream::connect(app.server().addr).await.unwrap();
+    let head = format!(
+        "PATCH {}?{} HTTP/1.1\r\nHost: {}\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: 500\r\n\r\n",
+        url.path(),
+        url.query().unwrap(),
+        app.server().addr
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&data[..250]).await.unwrap();
+    slow.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let second = patch(&app, &location, 0, &data[..500]).await;
+    assert_eq!(second.status(), StatusCode::CONFLICT, "{}", second.text().await.unwrap());
+    let delete = app.client.delete(&location).header("tus-resumable", "1.0.0").send().await.unwrap();
+    assert_eq!(delete.status(), StatusCode::CONFLICT, "no termination under a running PATCH");
+    // The first finishes; the upload goes on from there.
+    slow.write_all(&data[250..500]).await.unwrap();
+    let mut answer = vec![0; 4096];
+    let n = tokio::io::AsyncReadExt::read(&mut slow, &mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 204"));
+    assert_eq!(offset(&app, &location).await, 500);
+    assert_eq!(patch(&app, &location, 500, &data[500..]).await.status(), StatusCode::NO_CONTENT);
+    let content = app.operator("package_admin").ok(GET, json!({"id": id})).await["content"].clone();
+    assert_eq!(content["sha256"], hex::encode(Sha256::digest(&data)));
+}
