@@ -60,8 +60,10 @@ pub struct AuditEventFilter {
     action: Option<String>,
     object_kind: Option<String>,
     object_id: Option<String>,
-    /// A device id: what the device did (its reports, its command results)
-    /// and what was done to it.
+    /// A device id: events with the device as actor (its reports, its
+    /// command results) or as object (registration, approval, secret
+    /// rotation, decommission). Batch-level events (a command sent to a
+    /// group) name the batch, not each device.
     device: Option<ID>,
     /// Inclusive lower bound of `at`.
     from: Option<DateTime<Utc>>,

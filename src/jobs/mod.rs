@@ -190,6 +190,23 @@ fn lease_delta(duration: Duration) -> chrono::TimeDelta {
     chrono::TimeDelta::from_std(duration).unwrap_or(chrono::TimeDelta::MAX)
 }
 
+/// Make sure a periodic job of `kind` exists: queued or running, or else
+/// queued now (for the runner; a job queues its own next run with
+/// [`ensure_queued`]).
+pub async fn ensure_periodic(db: &DatabaseConnection, kind: &str) -> anyhow::Result<()> {
+    let tx = crate::db::begin_write(db).await?;
+    let alive = job::Entity::find()
+        .filter(job::Column::Kind.eq(kind))
+        .filter(job::Column::State.is_in([QUEUED, RUNNING]))
+        .count(&tx)
+        .await?;
+    if alive == 0 {
+        enqueue_at(&tx, kind, serde_json::json!({}), Utc::now(), 3).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Make sure one job of `kind` is queued, at `at` when none is: for the
 /// periodic jobs that queue their own next run.
 pub async fn ensure_queued(db: &DatabaseConnection, kind: &str, at: DateTime<Utc>) -> anyhow::Result<()> {

@@ -3,7 +3,7 @@
 
 use chrono::{TimeDelta, Utc};
 use entity::job::{self, Column};
-use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter};
 
 use super::{DONE, FAILED, Handler};
 use crate::app::App;
@@ -35,9 +35,4 @@ impl Handler for Prune {
         tracing::info!(deleted = deleted.rows_affected, "pruned finished jobs");
         super::ensure_queued(&app.db, PRUNE, now + EVERY).await
     }
-}
-
-/// Make sure one prune job is waiting (called when workers start).
-pub async fn ensure_scheduled(db: &DatabaseConnection) -> anyhow::Result<()> {
-    super::ensure_queued(db, PRUNE, Utc::now()).await
 }

@@ -23,6 +23,13 @@ pub struct Runner {
     worker_id: String,
 }
 
+/// Jobs that run forever, each queueing its own next run.
+const PERIODIC: [&str; 3] =
+    [super::PRUNE, crate::service::command::EXPIRE_JOB, crate::service::content::RELEASE_ABANDONED_JOB];
+/// How often the runner checks that each periodic job is there, in
+/// `jobs.poll_interval`s (a minute by default).
+const PERIODIC_CHECK_POLLS: u32 = 30;
+
 impl Runner {
     /// A runner with every built-in handler.
     pub fn new(app: App) -> Self {
@@ -47,16 +54,27 @@ impl Runner {
     /// Run `jobs.concurrency` loops until `shutdown`; a job in progress
     /// finishes (or loses its lease) before its loop ends.
     pub async fn run(self, shutdown: CancellationToken) {
-        if let Err(err) = super::prune::ensure_scheduled(&self.app.db).await {
-            tracing::warn!(error = %err, "could not schedule job pruning");
-        }
-        for kind in [crate::service::command::EXPIRE_JOB, crate::service::content::RELEASE_ABANDONED_JOB] {
-            if let Err(err) = super::ensure_queued(&self.app.db, kind, chrono::Utc::now()).await {
-                tracing::warn!(error = %err, kind, "could not schedule a periodic job");
-            }
-        }
         let this = Arc::new(self);
         let mut loops = JoinSet::new();
+        // The periodic jobs queue their own next run; this brings one back
+        // if it died (its attempts used up while the database was away).
+        {
+            let app = this.app.clone();
+            let shutdown = shutdown.clone();
+            loops.spawn(async move {
+                loop {
+                    for kind in PERIODIC {
+                        if let Err(err) = super::ensure_periodic(&app.db, kind).await {
+                            tracing::warn!(error = %err, kind, "could not schedule a periodic job");
+                        }
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(app.config.jobs.poll_interval * PERIODIC_CHECK_POLLS) => {}
+                    }
+                }
+            });
+        }
         for slot in 0..this.app.config.jobs.concurrency {
             let this = this.clone();
             let shutdown = shutdown.clone();

@@ -4,13 +4,15 @@
 //! commands with their poll and report how they went.
 //!
 //! `QUEUED → DELIVERED → ACKNOWLEDGED → SUCCEEDED | FAILED`, and `EXPIRED`
-//! or `CANCELLED` from any state that is not final. Delivery is at least
+//! or `CANCELLED` from any state that is not final. A device acknowledges
+//! before it reports the outcome; a repeated acknowledgement changes
+//! nothing. Delivery is at least
 //! once: a DELIVERED command is handed out with every poll until the device
 //! acknowledges it (a device recognizes a repeat by its id), and an
 //! overdue one is never handed out. A durable job marks overdue commands
 //! EXPIRED.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -176,13 +178,16 @@ async fn find(conn: &impl ConnectionTrait, id: Uuid) -> Result<command::Model> {
 pub async fn cancel(app: &App, ctx: &Ctx, id: Uuid) -> Result<command::Model> {
     ctx.require(Permission::CommandSend)?;
     let mut tx = WriteTx::begin(app).await?;
+    // Before reading: a device's report committing in between would
+    // otherwise be overwritten by, or hidden from, this cancel.
+    crate::service::audit::serialize_writes(tx.conn()).await?;
     let row = find(tx.conn(), id).await?;
     let from = CommandState::parse(&row.state)?;
     if from.is_final() {
         return Err(Error::InvalidState(format!("command {id} is {}; it cannot be cancelled", from.as_str())));
     }
     let now = Utc::now();
-    command::Entity::update_many()
+    let changed = command::Entity::update_many()
         .col_expr(Column::State, Expr::value(CommandState::Cancelled.as_str()))
         .col_expr(Column::FinishedAt, Expr::value(now))
         .col_expr(Column::UpdatedAt, Expr::value(now))
@@ -190,6 +195,9 @@ pub async fn cancel(app: &App, ctx: &Ctx, id: Uuid) -> Result<command::Model> {
         .filter(Column::State.eq(from.as_str()))
         .exec(tx.conn())
         .await?;
+    if changed.rows_affected != 1 {
+        return Err(Error::InvalidState(format!("command {id} changed meanwhile; look again")));
+    }
     tx.audit(
         ctx,
         "command.cancel",
@@ -198,32 +206,20 @@ pub async fn cancel(app: &App, ctx: &Ctx, id: Uuid) -> Result<command::Model> {
         json!({ "batch_id": row.batch_id, "device_id": row.device_id, "name": row.name, "was": from.as_str() }),
     )
     .await?;
+    // No DevicesReleased: a cancel only takes work away, and the device's
+    // next poll reads its commands afresh (it is not idle while one is open).
     tx.notify(Event::CommandChanged { batch: row.batch_id, command: id });
-    tx.notify(Event::DevicesReleased(Arc::new(HashSet::from([row.device_id]))));
     tx.commit().await?;
     find(&app.db, id).await
-}
-
-/// Device ids of `batch`'s commands in `states`.
-async fn devices_of(conn: &impl ConnectionTrait, batch: Uuid, states: &[&str]) -> Result<HashSet<Uuid>> {
-    let ids: Vec<Uuid> = command::Entity::find()
-        .select_only()
-        .column(Column::DeviceId)
-        .filter(Column::BatchId.eq(batch))
-        .filter(Column::State.is_in(states.iter().copied()))
-        .into_tuple()
-        .all(conn)
-        .await?;
-    Ok(ids.into_iter().collect())
 }
 
 /// `cancelCommandBatch`: every command of the batch not yet finished.
 pub async fn cancel_batch(app: &App, ctx: &Ctx, batch: Uuid) -> Result<Batch> {
     ctx.require(Permission::CommandSend)?;
     let mut tx = WriteTx::begin(app).await?;
+    crate::service::audit::serialize_writes(tx.conn()).await?;
     batch_unchecked(tx.conn(), batch).await?;
     let open: Vec<&str> = open_states().collect();
-    let devices = devices_of(tx.conn(), batch, &open).await?;
     let now = Utc::now();
     let cancelled = command::Entity::update_many()
         .col_expr(Column::State, Expr::value(CommandState::Cancelled.as_str()))
@@ -237,7 +233,6 @@ pub async fn cancel_batch(app: &App, ctx: &Ctx, batch: Uuid) -> Result<Batch> {
     tx.audit(ctx, "command_batch.cancel", "command_batch", &batch.to_string(), json!({ "cancelled": cancelled }))
         .await?;
     tx.notify(Event::CommandBatchChanged(batch));
-    tx.notify(Event::DevicesReleased(Arc::new(devices)));
     tx.commit().await?;
     batch_unchecked(&app.db, batch).await
 }
@@ -403,16 +398,32 @@ pub async fn report(app: &App, ctx: &Ctx, id: Uuid, outcome: Outcome) -> Result<
             return Err(Error::invalid("status", format!("{other:?}: one of ACKNOWLEDGED, SUCCEEDED, FAILED")));
         }
     };
-    if from.is_final() {
-        return Err(Error::InvalidState(format!(
-            "command {id} is {}; it cannot become {}",
-            from.as_str(),
-            to.as_str()
-        )));
-    }
     let now = Utc::now();
-    if row.expires_at <= now {
+    if !from.is_final() && row.expires_at <= now {
         return Err(Error::InvalidState(format!("command {id} expired at {}", row.expires_at.to_rfc3339())));
+    }
+    use CommandState::*;
+    match (from, to) {
+        // A poll that handed it out may not have been recorded (QUEUED):
+        // the acknowledgement says it was delivered.
+        (Queued | Delivered, Acknowledged) => {}
+        // Acknowledged again (a retried request): nothing changes.
+        (Acknowledged, Acknowledged) => return Ok(row),
+        (Acknowledged, Succeeded | Failed) => {}
+        (Queued | Delivered, Succeeded | Failed) => {
+            return Err(Error::InvalidState(format!(
+                "command {id} is {}; acknowledge it (ACKNOWLEDGED) before reporting {}",
+                from.as_str(),
+                to.as_str()
+            )));
+        }
+        _ => {
+            return Err(Error::InvalidState(format!(
+                "command {id} is {}; it cannot become {}",
+                from.as_str(),
+                to.as_str()
+            )));
+        }
     }
     let mut change = command::Entity::update_many()
         .col_expr(Column::State, Expr::value(to.as_str()))
@@ -457,10 +468,13 @@ pub async fn expire_overdue(app: &App) -> Result<u64> {
     let mut total = 0;
     loop {
         let mut tx = WriteTx::begin(app).await?;
+        // Before selecting: two sweeps (two workers) never count the same
+        // commands.
+        crate::service::audit::serialize_writes(tx.conn()).await?;
         let now = Utc::now();
-        let overdue: Vec<(Uuid, Uuid, Uuid)> = command::Entity::find()
+        let overdue: Vec<(Uuid, Uuid)> = command::Entity::find()
             .select_only()
-            .columns([Column::Id, Column::BatchId, Column::DeviceId])
+            .columns([Column::Id, Column::BatchId])
             .filter(Column::State.is_in(open_states()))
             .filter(Column::ExpiresAt.lte(now))
             .order_by_asc(Column::Id)
@@ -475,12 +489,12 @@ pub async fn expire_overdue(app: &App) -> Result<u64> {
             .col_expr(Column::State, Expr::value(CommandState::Expired.as_str()))
             .col_expr(Column::FinishedAt, Expr::value(now))
             .col_expr(Column::UpdatedAt, Expr::value(now))
-            .filter(Column::Id.is_in(overdue.iter().map(|(id, _, _)| *id)))
+            .filter(Column::Id.is_in(overdue.iter().map(|(id, _)| *id)))
             .filter(Column::State.is_in(open_states()))
             .exec(tx.conn())
             .await?;
         let mut batches: BTreeMap<Uuid, u64> = BTreeMap::new();
-        for (_, batch, _) in &overdue {
+        for (_, batch) in &overdue {
             *batches.entry(*batch).or_default() += 1;
         }
         for (batch, expired) in &batches {
@@ -494,7 +508,6 @@ pub async fn expire_overdue(app: &App) -> Result<u64> {
             .await?;
             tx.notify(Event::CommandBatchChanged(*batch));
         }
-        tx.notify(Event::DevicesReleased(Arc::new(overdue.iter().map(|(_, _, d)| *d).collect())));
         tx.commit().await?;
         total += overdue.len() as u64;
     }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use entity::{content, content_tag};
 use futures::{Stream, StreamExt};
 use md5::Md5;
@@ -390,21 +390,24 @@ where
         transition(&mut tx, current.id, ContentState::AwaitingUpload, ContentState::Uploading).await?;
         tx.commit().await?;
     }
+    // The claim as stored: its `updated_at` is this upload's mark (see `receive`).
+    let current = find(&app.db, current.id).await?;
 
     // If this future is dropped halfway (the client went away and the
     // server cancelled the request), the guard still releases the upload.
-    let mut guard = UploadGuard { app: app.clone(), id: current.id, armed: true };
-    let result = match receive(app, &current, body).await {
+    let mark = std::sync::Arc::new(std::sync::Mutex::new(current.updated_at));
+    let mut guard = UploadGuard { app: app.clone(), id: current.id, mark: mark.clone(), armed: true };
+    let result = match receive(app, &current, body, &mark).await {
         Ok(digests) => match finish_upload(app, ctx, &current, &digests).await {
             Ok(content) => Ok(content),
             Err(err) => {
                 let _ = app.stores.staging.delete(&crate::storage::staging_key(current.id)).await;
-                release_upload(app, current.id).await;
+                release_upload(app, current.id, Some(digests.mark)).await;
                 Err(err)
             }
         },
         Err(err) => {
-            release_upload(app, current.id).await;
+            release_upload(app, current.id, Some(read_mark(&mark))).await;
             Err(err)
         }
     };
@@ -412,17 +415,22 @@ where
     result
 }
 
+fn read_mark(mark: &std::sync::Mutex<DateTime<Utc>>) -> DateTime<Utc> {
+    *mark.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 struct UploadGuard {
     app: App,
     id: Uuid,
+    mark: std::sync::Arc<std::sync::Mutex<DateTime<Utc>>>,
     armed: bool,
 }
 
 impl Drop for UploadGuard {
     fn drop(&mut self) {
         if self.armed {
-            let (app, id) = (self.app.clone(), self.id);
-            tokio::spawn(async move { release_upload(&app, id).await });
+            let (app, id, mark) = (self.app.clone(), self.id, read_mark(&self.mark));
+            tokio::spawn(async move { release_upload(&app, id, Some(mark)).await });
         }
     }
 }
@@ -430,11 +438,22 @@ impl Drop for UploadGuard {
 pub(super) struct Digests {
     sha256: String,
     md5: String,
+    /// The content's `updated_at` as this upload last set it.
+    mark: DateTime<Utc>,
 }
 
 /// Stream the body into `staging/<id>`; aborts the multipart write (so no
-/// object appears) on any mismatch or error.
-pub(super) async fn receive<S>(app: &App, current: &content::Model, body: S) -> Result<Digests>
+/// object appears) on any mismatch or error. `current` is the UPLOADING
+/// row as this upload claimed it: its `updated_at` is the upload's mark,
+/// moved on as bytes arrive. If the mark was moved by anyone else (the
+/// sweep gave the upload up, and another upload claimed the content), this
+/// upload stops and stores nothing.
+pub(super) async fn receive<S>(
+    app: &App,
+    current: &content::Model,
+    body: S,
+    mark: &std::sync::Mutex<DateTime<Utc>>,
+) -> Result<Digests>
 where
     S: Stream<Item = std::io::Result<Bytes>> + Send,
 {
@@ -450,17 +469,32 @@ where
     // uploads (`release_abandoned_uploads`) leaves a long one alone.
     let beat_every = app.config.content.upload_idle_timeout / 4;
     let mut last_beat = std::time::Instant::now();
+    // Move the mark on, or learn that the claim was lost.
+    let beat = || async {
+        let previous = read_mark(mark);
+        let next = Utc::now().trunc_subsecs(6);
+        let kept = content::Entity::update_many()
+            .col_expr(content::Column::UpdatedAt, Expr::value(next))
+            .filter(content::Column::Id.eq(current.id))
+            .filter(content::Column::State.eq(ContentState::Uploading.as_str()))
+            .filter(content::Column::UpdatedAt.eq(previous))
+            .exec(&app.db)
+            .await?;
+        if kept.rows_affected != 1 {
+            return Err(Error::InvalidState(format!(
+                "the upload of content {} was given up (no bytes for too long); upload it again",
+                current.id
+            )));
+        }
+        *mark.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+        Ok(())
+    };
     let outcome: Result<()> = async {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| Error::invalid("body", format!("upload broke off: {e}")))?;
             if last_beat.elapsed() >= beat_every {
                 last_beat = std::time::Instant::now();
-                content::Entity::update_many()
-                    .col_expr(content::Column::UpdatedAt, Expr::value(Utc::now()))
-                    .filter(content::Column::Id.eq(current.id))
-                    .filter(content::Column::State.eq(ContentState::Uploading.as_str()))
-                    .exec(&app.db)
-                    .await?;
+                beat().await?;
             }
             received += chunk.len() as u64;
             if received > expected {
@@ -484,12 +518,17 @@ where
         }
         _ => Ok(()),
     });
+    // Last, still ours? (Then the object written is this upload's.)
+    let outcome = match outcome {
+        Ok(()) => beat().await,
+        err => err,
+    };
     if let Err(err) = outcome {
         let _ = writer.abort().await;
         return Err(err);
     }
     writer.finish().await.map_err(store_error)?;
-    Ok(Digests { sha256, md5: hex::encode(md5.finalize()) })
+    Ok(Digests { sha256, md5: hex::encode(md5.finalize()), mark: read_mark(mark) })
 }
 
 pub(super) async fn finish_upload(
@@ -499,7 +538,22 @@ pub(super) async fn finish_upload(
     digests: &Digests,
 ) -> Result<Content> {
     let mut tx = WriteTx::begin(app).await?;
-    transition(&mut tx, current.id, ContentState::Uploading, ContentState::Staged).await?;
+    // Still this upload's claim (its mark), not a later one's.
+    let staged = content::Entity::update_many()
+        .col_expr(content::Column::State, Expr::value(ContentState::Staged.as_str()))
+        .col_expr(content::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(content::Column::Id.eq(current.id))
+        .filter(content::Column::State.eq(ContentState::Uploading.as_str()))
+        .filter(content::Column::UpdatedAt.eq(digests.mark))
+        .exec(tx.conn())
+        .await?;
+    if staged.rows_affected != 1 {
+        return Err(Error::InvalidState(format!(
+            "the upload of content {} was given up or replaced meanwhile; upload it again",
+            current.id
+        )));
+    }
+    tx.notify(Event::ContentChanged(current.id));
     content::Entity::update_many()
         .col_expr(content::Column::Sha256, Expr::value(digests.sha256.clone()))
         .col_expr(content::Column::Md5, Expr::value(digests.md5.clone()))
@@ -607,11 +661,29 @@ impl crate::jobs::Handler for ReleaseAbandonedJob {
     }
 }
 
-/// UPLOADING → AWAITING_UPLOAD after a refused or broken upload.
-pub(super) async fn release_upload(app: &App, id: Uuid) {
+/// UPLOADING → AWAITING_UPLOAD after a refused or broken upload; with
+/// `mark`, only while the claim is still that upload's (a later upload's
+/// claim is left alone).
+pub(super) async fn release_upload(app: &App, id: Uuid, mark: Option<DateTime<Utc>>) {
     let result = async {
         let mut tx = WriteTx::begin(app).await?;
-        transition(&mut tx, id, ContentState::Uploading, ContentState::AwaitingUpload).await?;
+        match mark {
+            None => transition(&mut tx, id, ContentState::Uploading, ContentState::AwaitingUpload).await?,
+            Some(mark) => {
+                let released = content::Entity::update_many()
+                    .col_expr(content::Column::State, Expr::value(ContentState::AwaitingUpload.as_str()))
+                    .col_expr(content::Column::UpdatedAt, Expr::value(Utc::now()))
+                    .filter(content::Column::Id.eq(id))
+                    .filter(content::Column::State.eq(ContentState::Uploading.as_str()))
+                    .filter(content::Column::UpdatedAt.eq(mark))
+                    .exec(tx.conn())
+                    .await?;
+                if released.rows_affected != 1 {
+                    return Ok(());
+                }
+                tx.notify(Event::ContentChanged(id));
+            }
+        }
         tx.commit().await
     }
     .await;

@@ -133,6 +133,15 @@ pub struct Deployment {
     pub counts: BTreeMap<UpdateState, u64>,
 }
 
+impl Deployment {
+    /// Final, and no device still under way (an abort or cancel lets those
+    /// that are installing finish): nothing will change any more.
+    pub fn settled(&self) -> bool {
+        self.state.is_final()
+            && UpdateState::IN_FLIGHT.iter().all(|s| self.counts.get(s).copied().unwrap_or_default() == 0)
+    }
+}
+
 fn parse_phases(raw: &str) -> Vec<i32> {
     serde_json::from_str(raw).unwrap_or_else(|_| vec![100])
 }
@@ -1042,7 +1051,7 @@ pub async fn watch(
     ctx.require(Permission::DeploymentRead)?;
     let receiver = app.events.subscribe();
     let first = get_unchecked(&app.db, id).await?;
-    if first.state.is_final() {
+    if first.settled() {
         // Nothing will change any more: the state, and the end.
         return Ok(futures::stream::once(async move { (first, None) }).boxed());
     }
@@ -1064,8 +1073,9 @@ pub async fn watch(
                     Some(update) => update_view(&db, update).await.ok(),
                     None => None,
                 };
-                // A finished deployment is the last push: the stream ends.
-                let next = (!deployment.state.is_final()).then_some(receiver);
+                // A finished deployment whose devices have all finished is
+                // the last push: the stream ends.
+                let next = (!deployment.settled()).then_some(receiver);
                 return Some(((deployment, update), next));
             }
         }
@@ -1287,7 +1297,11 @@ pub async fn poll(app: &App, ctx: &Ctx, if_none_match: Option<&str>, fresh: bool
         }
         _ => None,
     };
-    crate::service::command::mark_delivered(app, &commands).await?;
+    // Delivery is at least once: if recording it fails, the commands stay
+    // QUEUED and are handed out again; the device still gets them now.
+    if let Err(err) = crate::service::command::mark_delivered(app, &commands).await {
+        tracing::warn!(device = %device.id, error = %err, "could not record the delivery of commands");
+    }
     Ok(PollAnswer { etag, update, commands: commands.iter().map(crate::service::command::view).collect() })
 }
 

@@ -62,7 +62,7 @@ pub async fn create(app: &App, grant: &UploadGrant, upload_length: u64) -> Resul
     transition(&mut tx, current.id, ContentState::AwaitingUpload, ContentState::Uploading).await?;
     tx.commit().await?;
     if let Err(err) = app.stores.staging.put(&marker(current.id), object_store::PutPayload::new()).await {
-        content::release_upload(app, current.id).await;
+        content::release_upload(app, current.id, None).await;
         return Err(unavailable(err));
     }
     Ok(TusUpload { content_id: current.id, offset: 0, length, finished: None })
@@ -164,6 +164,16 @@ where
         return Ok(upload);
     }
     writer.finish().await.map_err(unavailable)?;
+    // Alive: the sweep for abandoned uploads looks at idle ones first.
+    {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        entity::content::Entity::update_many()
+            .col_expr(entity::content::Column::UpdatedAt, sea_orm::sea_query::Expr::value(chrono::Utc::now()))
+            .filter(entity::content::Column::Id.eq(upload.content_id))
+            .filter(entity::content::Column::State.eq(ContentState::Uploading.as_str()))
+            .exec(&app.db)
+            .await?;
+    }
     upload.offset += got;
     if upload.offset == upload.length {
         upload.finished = Some(assemble(app, ctx, upload.content_id).await?);
@@ -193,13 +203,15 @@ async fn assemble(app: &App, ctx: &Ctx, id: Uuid) -> Result<Content> {
         })
         .try_flatten()
         .boxed();
-    let result = match content::receive(app, &current, stream).await {
+    let mark = std::sync::Mutex::new(current.updated_at);
+    let result = match content::receive(app, &current, stream, &mark).await {
         Ok(digests) => content::finish_upload(app, ctx, &current, &digests).await,
         Err(err) => Err(err),
     };
     discard_pieces(app, id).await;
     if result.is_err() {
-        content::release_upload(app, id).await;
+        let mark = *mark.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        content::release_upload(app, id, Some(mark)).await;
     }
     result
 }
@@ -210,7 +222,7 @@ pub async fn terminate(app: &App, grant: &UploadGrant) -> Result<()> {
     let _busy = Busy::take(app, grant.content_id)?;
     let upload = status(app, grant).await?;
     discard_pieces(app, upload.content_id).await;
-    content::release_upload(app, upload.content_id).await;
+    content::release_upload(app, upload.content_id, None).await;
     Ok(())
 }
 

@@ -131,7 +131,11 @@ async fn reboot_reaches_one_device_and_its_result_comes_back() {
     // The other device has nothing.
     assert_eq!(devices[1].poll(None, None).await.0, StatusCode::NO_CONTENT);
 
+    // The outcome comes after the acknowledgement.
+    let (status, out) = d.report(&id, json!({"status": "SUCCEEDED"})).await;
+    assert_eq!((status, out["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("INVALID_STATE")), "{out}");
     assert_eq!(d.ok(&id, json!({"status": "ACKNOWLEDGED"})).await["state"], "ACKNOWLEDGED");
+    assert_eq!(d.ok(&id, json!({"status": "ACKNOWLEDGED"})).await["state"], "ACKNOWLEDGED", "a retry changes nothing");
     assert!(d.commands().await.is_empty(), "acknowledged: no longer handed out");
     let out = d.ok(&id, json!({"status": "SUCCEEDED", "result": {"uptime": 3}, "message": "rebooted"})).await;
     assert_eq!(out["state"], "SUCCEEDED");
@@ -325,7 +329,9 @@ async fn cancel_before_and_after_delivery() {
     let out = send(&app, json!({"group": group, "name": "REBOOT"})).await;
     let batch_id = out["batchId"].clone();
     let commands = devices[1].commands().await;
-    devices[1].ok(commands[0]["id"].as_str().unwrap(), json!({"status": "SUCCEEDED"})).await;
+    let first = commands[0]["id"].as_str().unwrap();
+    devices[1].ok(first, json!({"status": "ACKNOWLEDGED"})).await;
+    devices[1].ok(first, json!({"status": "SUCCEEDED"})).await;
     let out = manager
         .ok(
             "mutation($id: ID!) { cancelCommandBatch(input: {id: $id}) { batch { counts { succeeded cancelled } } } }",

@@ -143,3 +143,31 @@ fn sql_uuid(db: &sea_orm::DatabaseConnection, id: uuid::Uuid) -> String {
         _ => format!("X'{}'", id.simple()),
     }
 }
+
+#[tokio::test]
+async fn a_periodic_job_that_died_comes_back() {
+    use sea_orm::{ColumnTrait, PaginatorTrait, QueryFilter};
+    let app = TestApp::start_with(|c| c.jobs.poll_interval = Duration::from_millis(50)).await;
+    let db = app.db();
+    let alive = || async {
+        job::Entity::find()
+            .filter(job::Column::Kind.eq("commands.expire"))
+            .filter(job::Column::State.is_in(["queued", "running"]))
+            .count(db)
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while alive().await == 0 {
+        assert!(std::time::Instant::now() < deadline, "never scheduled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its attempts used up (say, while the database was away).
+    db.execute_unprepared("UPDATE job SET state = 'failed' WHERE kind = 'commands.expire'").await.unwrap();
+    assert_eq!(alive().await, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while alive().await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the periodic job did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -360,3 +360,48 @@ async fn a_second_patch_while_one_runs_is_a_conflict() {
     let content = app.operator("package_admin").ok(GET, json!({"id": id})).await["content"].clone();
     assert_eq!(content["sha256"], hex::encode(Sha256::digest(&data)));
 }
+
+#[tokio::test]
+async fn an_upload_whose_claim_was_taken_over_stops_and_leaves_the_new_claim_alone() {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let app = sweeping_app(400, 1000).await;
+    let form = app
+        .operator("package_admin")
+        .ok(CREATE, json!({"c": {"name": "zombie.bin", "content_type": "x", "type": "firmware", "length": 16}}))
+        .await["createContent"]
+        .clone();
+    let id = uuid::Uuid::parse_str(form["id"].as_str().unwrap()).unwrap();
+    let url = reqwest::Url::parse(form["url"].as_str().unwrap()).unwrap();
+    let mut socket = tokio::net::TcpStream::connect(app.server().addr).await.unwrap();
+    let head = format!(
+        "PUT {}?{} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: 16\r\n\r\n",
+        url.path(),
+        url.query().unwrap(),
+        app.server().addr
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(b"abcd").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Meanwhile the content was given up and claimed by another upload,
+    // which marks it as its own (ahead, so the sweep leaves it be here).
+    let other_claim = chrono::Utc::now() + chrono::TimeDelta::hours(1);
+    entity::content::Entity::update_many()
+        .col_expr(entity::content::Column::UpdatedAt, sea_orm::sea_query::Expr::value(other_claim))
+        .filter(entity::content::Column::Id.eq(id))
+        .exec(app.db())
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        if socket.write_all(b"ab").await.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    let mut answer = vec![0; 4096];
+    let n = tokio::io::AsyncReadExt::read(&mut socket, &mut answer).await.unwrap_or(0);
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 409"), "the old upload stops: {answer}");
+    let row = entity::content::Entity::find_by_id(id).one(app.db()).await.unwrap().unwrap();
+    assert_eq!(row.state, "UPLOADING", "the new claim is left alone");
+    assert!(!app.dir.path().join("staging/staging").join(id.to_string()).exists(), "nothing stored");
+}
