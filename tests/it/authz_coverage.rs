@@ -538,7 +538,16 @@ async fn snapshot(app: &TestApp) -> (Vec<i64>, Value) {
     let roles = app.operator("admin").ok("{ roles { name permissions description } }", json!({})).await;
     let mut counts = Vec::new();
     for table in TABLES {
-        counts.push(count_rows(app.db(), table).await);
+        counts.push(if *table == "job" {
+            // The periodic jobs come and go on their own schedule.
+            crate::support::query_i64(
+                app.db(),
+                "SELECT COUNT(*) AS n FROM job WHERE kind NOT IN ('jobs.prune', 'commands.expire', 'content.release_abandoned_uploads')",
+            )
+            .await
+        } else {
+            count_rows(app.db(), table).await
+        });
     }
     (counts, roles)
 }
