@@ -267,25 +267,31 @@ async fn an_upload_the_server_stopped_halfway_becomes_uploadable_again() {
     wait_for_state(&app, &id, "PROMOTED").await;
 }
 
-#[tokio::test]
-async fn a_slow_upload_in_progress_is_not_taken_for_abandoned() {
-    let app = sweeping_app(400, 1000).await;
+/// A content of `length` bytes and a one-shot PUT of it begun by hand
+/// (headers sent, no body yet), to send the body slowly.
+async fn raw_put(app: &TestApp, name: &str, length: usize) -> (String, tokio::net::TcpStream) {
     let form = app
         .operator("package_admin")
-        .ok(CREATE, json!({"c": {"name": "slow.bin", "content_type": "x", "type": "firmware", "length": 16}}))
+        .ok(CREATE, json!({"c": {"name": name, "content_type": "x", "type": "firmware", "length": length}}))
         .await["createContent"]
         .clone();
-    let id = form["id"].as_str().unwrap().to_owned();
     let url = reqwest::Url::parse(form["url"].as_str().unwrap()).unwrap();
-    // 16 bytes over about 2 s, five times the idle timeout.
     let mut socket = tokio::net::TcpStream::connect(app.server().addr).await.unwrap();
     let head = format!(
-        "PUT {}?{} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: 16\r\n\r\n",
+        "PUT {}?{} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {length}\r\n\r\n",
         url.path(),
         url.query().unwrap(),
         app.server().addr
     );
     socket.write_all(head.as_bytes()).await.unwrap();
+    (form["id"].as_str().unwrap().to_owned(), socket)
+}
+
+#[tokio::test]
+async fn a_slow_upload_in_progress_is_not_taken_for_abandoned() {
+    let app = sweeping_app(400, 1000).await;
+    // 16 bytes over about 2 s, five times the idle timeout.
+    let (id, mut socket) = raw_put(&app, "slow.bin", 16).await;
     for _ in 0..8 {
         socket.write_all(b"ab").await.unwrap();
         socket.flush().await.unwrap();
@@ -365,21 +371,8 @@ async fn a_second_patch_while_one_runs_is_a_conflict() {
 async fn an_upload_whose_claim_was_taken_over_stops_and_leaves_the_new_claim_alone() {
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
     let app = sweeping_app(400, 1000).await;
-    let form = app
-        .operator("package_admin")
-        .ok(CREATE, json!({"c": {"name": "zombie.bin", "content_type": "x", "type": "firmware", "length": 16}}))
-        .await["createContent"]
-        .clone();
-    let id = uuid::Uuid::parse_str(form["id"].as_str().unwrap()).unwrap();
-    let url = reqwest::Url::parse(form["url"].as_str().unwrap()).unwrap();
-    let mut socket = tokio::net::TcpStream::connect(app.server().addr).await.unwrap();
-    let head = format!(
-        "PUT {}?{} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: 16\r\n\r\n",
-        url.path(),
-        url.query().unwrap(),
-        app.server().addr
-    );
-    socket.write_all(head.as_bytes()).await.unwrap();
+    let (id, mut socket) = raw_put(&app, "zombie.bin", 16).await;
+    let id = uuid::Uuid::parse_str(&id).unwrap();
     socket.write_all(b"abcd").await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     // Meanwhile the content was given up and claimed by another upload,
