@@ -384,6 +384,9 @@ pub async fn report(app: &App, ctx: &Ctx, id: Uuid, outcome: Outcome) -> Result<
         return Err(Error::invalid("message", "at most 1024 characters"));
     }
     let mut tx = WriteTx::begin(app).await?;
+    // The write lock first, as cancel and expiry take it: the same order
+    // everywhere, so a report and a cancel never deadlock on PostgreSQL.
+    crate::service::audit::serialize_writes(tx.conn()).await?;
     let row = command::Entity::find_by_id(id)
         .filter(Column::DeviceId.eq(device.id))
         .one(tx.conn())
