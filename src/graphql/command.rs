@@ -28,12 +28,13 @@ pub enum CommandStateGql {
 
 /// A remote command to one device.
 #[derive(SimpleObject)]
-#[graphql(complex)]
 pub struct Command {
     id: ID,
     /// Shared by the commands of one `sendCommand`.
     batch_id: ID,
     device_id: ID,
+    /// The device it is for.
+    device: Device,
     /// REBOOT, RESTART_AGENT or a configured custom name.
     name: String,
     args: Json<serde_json::Value>,
@@ -50,17 +51,17 @@ pub struct Command {
     finished_at: Option<DateTime<Utc>>,
 }
 
-impl TryFrom<entity::command::Model> for Command {
-    type Error = crate::error::Error;
-
-    fn try_from(c: entity::command::Model) -> Result<Self, Self::Error> {
+impl From<service::CommandView> for Command {
+    fn from(view: service::CommandView) -> Self {
         let json = |text: &str| serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
-        Ok(Self {
+        let c = view.row;
+        Self {
             id: ID(c.id.to_string()),
             batch_id: ID(c.batch_id.to_string()),
             device_id: ID(c.device_id.to_string()),
+            device: view.device.into(),
             args: Json(json(&c.args)),
-            state: service::CommandState::parse(&c.state)?.into(),
+            state: view.state.into(),
             result: c.result.as_deref().map(|r| Json(json(r))),
             name: c.name,
             message: c.message,
@@ -70,16 +71,7 @@ impl TryFrom<entity::command::Model> for Command {
             updated_at: c.updated_at,
             delivered_at: c.delivered_at,
             finished_at: c.finished_at,
-        })
-    }
-}
-
-#[ComplexObject]
-impl Command {
-    /// The device it is for (DEVICE_READ).
-    async fn device(&self, ctx: &Context<'_>) -> Result<Device> {
-        let id = parse_id_of("deviceId", "device", &self.device_id)?;
-        Ok(crate::service::device::get(app(ctx), caller(ctx), id).await?.into())
+        }
     }
 }
 
@@ -160,13 +152,7 @@ async fn list(
     after: Option<String>,
 ) -> Result<Conn<Command>> {
     let page = service::list(app(ctx), caller(ctx), filter, first, after.as_deref()).await?;
-    let mut items = Vec::with_capacity(page.items.len());
-    for (cursor, row) in page.items {
-        items.push((cursor, Command::try_from(row)?));
-    }
-    let page =
-        crate::service::pagination::Page { items, has_next_page: page.has_next_page, total_count: page.total_count };
-    Ok(from_page(page, after.is_some(), |c| c))
+    Ok(from_page(page, after.is_some(), Command::from))
 }
 
 /// `Device.commands`.
@@ -194,7 +180,7 @@ pub struct CommandQuery;
 #[Object]
 impl CommandQuery {
     async fn command(&self, ctx: &Context<'_>, id: ID) -> Result<Command> {
-        Ok(service::get(app(ctx), caller(ctx), parse_id_of("id", "command", &id)?).await?.try_into()?)
+        Ok(service::get(app(ctx), caller(ctx), parse_id_of("id", "command", &id)?).await?.into())
     }
 
     /// Newest first.
@@ -300,7 +286,7 @@ impl CommandMutation {
     /// Cancel a command that has not finished; its device no longer gets it.
     async fn cancel_command(&self, ctx: &Context<'_>, input: CommandIdInput) -> Result<CancelCommandPayload> {
         let id = parse_id_of("id", "command", &input.id)?;
-        Ok(CancelCommandPayload { command: service::cancel(app(ctx), caller(ctx), id).await?.try_into()? })
+        Ok(CancelCommandPayload { command: service::cancel(app(ctx), caller(ctx), id).await?.into() })
     }
 
     /// Cancel every command of a batch that has not finished.
@@ -338,9 +324,7 @@ impl CommandSubscription {
         use futures::StreamExt;
         let id = parse_id_of("batch", "command batch", &batch)?;
         let stream = service::watch(app(ctx), caller(ctx), id).await?;
-        Ok(stream.map(|(batch, command)| CommandBatchUpdate {
-            batch: batch.into(),
-            command: command.and_then(|c| Command::try_from(c).ok()),
-        }))
+        Ok(stream
+            .map(|(batch, command)| CommandBatchUpdate { batch: batch.into(), command: command.map(Command::from) }))
     }
 }

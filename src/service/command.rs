@@ -169,13 +169,39 @@ pub async fn send(app: &App, ctx: &Ctx, input: NewCommand) -> Result<Batch> {
     batch_unchecked(&app.db, batch).await
 }
 
+/// A command with its device (read for a whole page at once).
+#[derive(Clone, Debug)]
+pub struct CommandView {
+    pub row: command::Model,
+    pub state: CommandState,
+    pub device: crate::service::device::Device,
+}
+
+async fn views(conn: &impl ConnectionTrait, rows: Vec<command::Model>) -> Result<Vec<CommandView>> {
+    let devices = crate::service::device::by_ids(conn, rows.iter().map(|r| r.device_id).collect()).await?;
+    rows.into_iter()
+        .map(|row| {
+            let device = devices
+                .get(&row.device_id)
+                .cloned()
+                .ok_or_else(|| Error::not_found("device", row.device_id.to_string()))?;
+            Ok(CommandView { state: CommandState::parse(&row.state)?, device, row })
+        })
+        .collect()
+}
+
+async fn view_of(conn: &impl ConnectionTrait, id: Uuid) -> Result<CommandView> {
+    let row = find(conn, id).await?;
+    views(conn, vec![row]).await?.pop().ok_or_else(|| Error::not_found("command", id.to_string()))
+}
+
 async fn find(conn: &impl ConnectionTrait, id: Uuid) -> Result<command::Model> {
     command::Entity::find_by_id(id).one(conn).await?.ok_or_else(|| Error::not_found("command", id.to_string()))
 }
 
 /// `cancelCommand`: a command not yet finished becomes CANCELLED; the
 /// device no longer sees it, and its later report is refused.
-pub async fn cancel(app: &App, ctx: &Ctx, id: Uuid) -> Result<command::Model> {
+pub async fn cancel(app: &App, ctx: &Ctx, id: Uuid) -> Result<CommandView> {
     ctx.require(Permission::CommandSend)?;
     let mut tx = WriteTx::begin(app).await?;
     // Before reading: a device's report committing in between would
@@ -210,7 +236,7 @@ pub async fn cancel(app: &App, ctx: &Ctx, id: Uuid) -> Result<command::Model> {
     // next poll reads its commands afresh (it is not idle while one is open).
     tx.notify(Event::CommandChanged { batch: row.batch_id, command: id });
     tx.commit().await?;
-    find(&app.db, id).await
+    view_of(&app.db, id).await
 }
 
 /// `cancelCommandBatch`: every command of the batch not yet finished.
@@ -237,9 +263,9 @@ pub async fn cancel_batch(app: &App, ctx: &Ctx, batch: Uuid) -> Result<Batch> {
     batch_unchecked(&app.db, batch).await
 }
 
-pub async fn get(app: &App, ctx: &Ctx, id: Uuid) -> Result<command::Model> {
+pub async fn get(app: &App, ctx: &Ctx, id: Uuid) -> Result<CommandView> {
     ctx.require(Permission::CommandRead)?;
-    find(&app.db, id).await
+    view_of(&app.db, id).await
 }
 
 pub async fn batch(app: &App, ctx: &Ctx, id: Uuid) -> Result<Batch> {
@@ -293,7 +319,7 @@ pub async fn list(
     filter: &CommandFilter,
     first: Option<i32>,
     after: Option<&str>,
-) -> Result<Page<command::Model>> {
+) -> Result<Page<CommandView>> {
     ctx.require(Permission::CommandRead)?;
     let page = PageRequest::parse_uuid(CURSOR_KIND, first, after)?;
     let mut condition = Condition::all();
@@ -312,7 +338,12 @@ pub async fn list(
     let query = command::Entity::find().filter(condition);
     let (rows, has_next_page, total_count) =
         crate::service::pagination::newest_first(&app.db, query, Column::Id, &page).await?;
-    Ok(Page { items: rows.into_iter().map(|c| (cursor(CURSOR_KIND, c.id), c)).collect(), has_next_page, total_count })
+    let items = views(&app.db, rows).await?;
+    Ok(Page {
+        items: items.into_iter().map(|c| (cursor(CURSOR_KIND, c.row.id), c)).collect(),
+        has_next_page,
+        total_count,
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -542,7 +573,7 @@ pub async fn watch(
     app: &App,
     ctx: &Ctx,
     batch: Uuid,
-) -> Result<futures::stream::BoxStream<'static, (Batch, Option<command::Model>)>> {
+) -> Result<futures::stream::BoxStream<'static, (Batch, Option<CommandView>)>> {
     use futures::StreamExt;
     ctx.require(Permission::CommandRead)?;
     let receiver = app.events.subscribe();
@@ -566,7 +597,7 @@ pub async fn watch(
                 };
                 let Ok(counts) = batch_unchecked(&db, batch).await else { continue };
                 let command = match changed {
-                    Some(id) => find(&db, id).await.ok(),
+                    Some(id) => view_of(&db, id).await.ok(),
                     None => None,
                 };
                 // Every command finished: the last push, and the end.

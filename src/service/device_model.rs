@@ -37,14 +37,6 @@ pub struct DeviceModelChanges {
     pub description: Option<String>,
 }
 
-fn validate_name(name: &str) -> Result<String> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
-        return Err(Error::invalid("name", "1 to 128 characters, no control characters"));
-    }
-    Ok(name.to_owned())
-}
-
 fn optional_text(field: &str, value: Option<String>, max: usize) -> Result<Option<String>> {
     let Some(value) = value else { return Ok(None) };
     let value = value.trim().to_owned();
@@ -56,7 +48,7 @@ fn optional_text(field: &str, value: Option<String>, max: usize) -> Result<Optio
 
 pub async fn create(app: &App, ctx: &Ctx, input: NewDeviceModel) -> Result<DeviceModel> {
     ctx.require(Permission::DeviceWrite)?;
-    let name = validate_name(&input.name)?;
+    let name = crate::service::display_name(&input.name)?;
     let manufacturer = optional_text("manufacturer", input.manufacturer, 255)?;
     let description = optional_text("description", input.description, 4096)?;
     let (_, created_by) = ctx.actor.audit_identity();
@@ -91,7 +83,7 @@ pub async fn create(app: &App, ctx: &Ctx, input: NewDeviceModel) -> Result<Devic
 
 pub async fn update(app: &App, ctx: &Ctx, input: DeviceModelChanges) -> Result<DeviceModel> {
     ctx.require(Permission::DeviceWrite)?;
-    let name = input.name.as_deref().map(validate_name).transpose()?;
+    let name = input.name.as_deref().map(crate::service::display_name).transpose()?;
     let manufacturer = input.manufacturer.map(|m| optional_text("manufacturer", Some(m), 255)).transpose()?;
     let description = input.description.map(|d| optional_text("description", Some(d), 4096)).transpose()?;
 

@@ -174,14 +174,6 @@ pub struct GroupChanges {
     pub filter: Option<GroupFilter>,
 }
 
-fn validate_name(name: &str) -> Result<String> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
-        return Err(Error::invalid("name", "1 to 128 characters, no control characters"));
-    }
-    Ok(name.to_owned())
-}
-
 fn validate_description(description: Option<String>) -> Result<Option<String>> {
     let Some(d) = description else { return Ok(None) };
     if d.chars().count() > 4096 {
@@ -200,7 +192,7 @@ async fn name_taken(conn: &impl ConnectionTrait, name: &str, except: Option<Uuid
 
 pub async fn create(app: &App, ctx: &Ctx, input: NewGroup) -> Result<Group> {
     ctx.require(Permission::GroupWrite)?;
-    let name = validate_name(&input.name)?;
+    let name = crate::service::display_name(&input.name)?;
     let description = validate_description(input.description)?.unwrap_or_default();
     let filter = match (input.kind, input.filter) {
         (GroupKind::Static, Some(_)) => {
@@ -254,7 +246,7 @@ pub async fn create(app: &App, ctx: &Ctx, input: NewGroup) -> Result<Group> {
 
 pub async fn update(app: &App, ctx: &Ctx, input: GroupChanges) -> Result<Group> {
     ctx.require(Permission::GroupWrite)?;
-    let name = input.name.as_deref().map(validate_name).transpose()?;
+    let name = input.name.as_deref().map(crate::service::display_name).transpose()?;
     let description = validate_description(input.description)?;
     let mut tx = WriteTx::begin(app).await?;
     let current = find(tx.conn(), input.id).await?;

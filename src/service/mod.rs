@@ -50,6 +50,16 @@ use crate::app::{App, Event};
 use crate::auth::Ctx;
 use crate::error::Result;
 
+/// A name people give a thing (a device model, a group): trimmed, 1 to 128
+/// characters, no control characters.
+pub(crate) fn display_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
+        return Err(crate::error::Error::invalid("name", "1 to 128 characters, no control characters"));
+    }
+    Ok(name.to_owned())
+}
+
 /// A write transaction that carries its audit events and publishes them
 /// once (and only if) it commits.
 pub struct WriteTx {

@@ -436,3 +436,21 @@ async fn a_long_poll_answers_when_a_command_is_sent() {
     assert_eq!(body["commands"][0]["name"], "REBOOT");
     assert!(started.elapsed() < Duration::from_secs(25), "answered on the send, not at the end of the wait");
 }
+
+#[tokio::test]
+async fn a_page_of_commands_reads_their_devices_at_once() {
+    // No job workers: nothing else queries the database meanwhile.
+    let app = TestApp::start_with(|c| c.jobs.in_process = false).await;
+    let (group, _) = fleet(&app, 4).await;
+    let batch_id = send(&app, json!({"group": group, "name": "REBOOT"})).await["batchId"].clone();
+    let counter = app.server().app.db_queries.clone();
+    let page = "query($b: ID!, $n: Int) { commands(filter: {batch: $b}, first: $n) { edges { node { device { endpointId model { name } } } } } }";
+    let mut costs = Vec::new();
+    for n in [1, 4] {
+        let before = counter.get();
+        let out = app.operator("viewer").ok(page, json!({"b": batch_id, "n": n})).await;
+        assert_eq!(out["commands"]["edges"].as_array().unwrap().len(), n);
+        costs.push(counter.get() - before);
+    }
+    assert_eq!(costs[0], costs[1], "queries for 1 and for 4 commands: {costs:?}");
+}
