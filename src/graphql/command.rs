@@ -162,7 +162,7 @@ pub(crate) async fn device_commands(
     first: Option<i32>,
     after: Option<String>,
 ) -> Result<Conn<Command>> {
-    list(ctx, &service::CommandFilter { device: Some(device), ..Default::default() }, first, after).await
+    list(ctx, &service::CommandFilter { device: Some(device.to_string()), ..Default::default() }, first, after).await
 }
 
 #[derive(InputObject, Default)]
@@ -193,15 +193,8 @@ impl CommandQuery {
         after: Option<String>,
     ) -> Result<Conn<Command>> {
         let f = filter.unwrap_or_default();
-        let device = match &f.device {
-            None => None,
-            Some(d) => Some(match d.parse() {
-                Ok(id) => id,
-                Err(_) => crate::service::device::get_by_endpoint_id(app(ctx), caller(ctx), d).await?.row.id,
-            }),
-        };
         let filter = service::CommandFilter {
-            device,
+            device: f.device.map(|d| d.0),
             batch: f.batch.as_ref().map(|b| parse_id_of("filter.batch", "command batch", b)).transpose()?,
             state: f.state.map(Into::into),
             name: f.name,

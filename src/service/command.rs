@@ -306,7 +306,8 @@ async fn batch_unchecked(conn: &impl ConnectionTrait, id: Uuid) -> Result<Batch>
 
 #[derive(Clone, Debug, Default)]
 pub struct CommandFilter {
-    pub device: Option<Uuid>,
+    /// A device id or endpoint id.
+    pub device: Option<String>,
     pub batch: Option<Uuid>,
     pub state: Option<CommandState>,
     pub name: Option<String>,
@@ -323,8 +324,17 @@ pub async fn list(
     ctx.require(Permission::CommandRead)?;
     let page = PageRequest::parse_uuid(CURSOR_KIND, first, after)?;
     let mut condition = Condition::all();
-    if let Some(device) = filter.device {
-        condition = condition.add(Column::DeviceId.eq(device));
+    if let Some(device) = &filter.device {
+        let by_endpoint = entity::device::Entity::find()
+            .select_only()
+            .column(entity::device::Column::Id)
+            .filter(entity::device::Column::EndpointId.eq(device.as_str()));
+        let mut named =
+            Condition::any().add(Column::DeviceId.in_subquery(sea_orm::QueryTrait::into_query(by_endpoint)));
+        if let Ok(id) = device.parse::<Uuid>() {
+            named = named.add(Column::DeviceId.eq(id));
+        }
+        condition = condition.add(named);
     }
     if let Some(batch) = filter.batch {
         condition = condition.add(Column::BatchId.eq(batch));

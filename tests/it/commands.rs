@@ -248,6 +248,17 @@ async fn a_group_batch_counts_mixed_results_and_the_subscription_follows_it() {
         )
         .await;
     assert_eq!(by_device["commands"]["edges"][0]["node"]["state"], "QUEUED");
+    // By device id as well; a device that does not exist has no commands.
+    let d03 = app.operator("viewer").ok("{ deviceByEndpointId(endpointId: \"d03\") { id } }", json!({})).await
+        ["deviceByEndpointId"]["id"]
+        .clone();
+    for (device, total) in [(d03, 1), (json!("nobody"), 0)] {
+        let out = app
+            .operator("viewer")
+            .ok("query($d: ID!) { commands(filter: {device: $d}) { totalCount } }", json!({"d": device}))
+            .await;
+        assert_eq!(out["commands"]["totalCount"], total, "{device}");
+    }
 
     // The subscription saw every step; its last push has the final counts.
     let mut last = Value::Null;
