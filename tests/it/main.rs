@@ -16,6 +16,7 @@ mod device_models;
 mod devices;
 mod graphql_http;
 mod health;
+mod http_routes;
 mod jobs;
 mod packages;
 mod repository;
