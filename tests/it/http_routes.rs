@@ -506,7 +506,7 @@ fn random_request(rng: &mut StdRng, app: &TestApp, w: &World, rows: &[Row]) -> (
     let row = pick(rng, rows);
     let mut path = row
         .pattern
-        .replace("{file}", *pick(rng, &["graphiql.min.js", "nope.js", "..%2f..%2fetc%2fpasswd", "%00"]))
+        .replace("{file}", pick::<&str>(rng, &["graphiql.min.js", "nope.js", "..%2f..%2fetc%2fpasswd", "%00"]))
         .replace(
             "{id}",
             &pick(
@@ -524,8 +524,8 @@ fn random_request(rng: &mut StdRng, app: &TestApp, w: &World, rows: &[Row]) -> (
             )
             .clone(),
         )
-        .replace("{name}", *pick(rng, &["fw.bin", "x", "%2e%2e"]))
-        .replace("{sha256}", *pick(rng, &[w.sha256.as_str(), "00", "zz", &"a".repeat(64)]));
+        .replace("{name}", pick::<&str>(rng, &["fw.bin", "x", "%2e%2e"]))
+        .replace("{sha256}", pick::<&str>(rng, &[w.sha256.as_str(), "00", "zz", &"a".repeat(64)]));
     match rng.random_range(0..6) {
         0 => path.push_str(&format!("?{}", w.upload_query)),
         1 => path.push_str(&format!("?{}", w.download_url.split_once('?').map(|(_, q)| q).unwrap_or_default())),
