@@ -290,11 +290,21 @@ pub struct SkippedDevice {
     reason: String,
 }
 
+/// How many devices were skipped for one reason.
+#[derive(SimpleObject)]
+pub struct SkipCount {
+    /// `incompatible_model` or `already_installed`.
+    reason: String,
+    count: u64,
+}
+
 #[derive(SimpleObject)]
 pub struct ApplyPackagePayload {
     deployment: Deployment,
     /// Devices of the target that get nothing, and why.
     skipped: Vec<SkippedDevice>,
+    /// The skipped devices counted by reason.
+    skipped_counts: Vec<SkipCount>,
 }
 
 #[derive(InputObject)]
@@ -330,6 +340,16 @@ pub struct SetGroupPackagePayload {
     /// The new deployment (null when cleared).
     deployment: Option<Deployment>,
     skipped: Vec<SkippedDevice>,
+    /// The skipped devices counted by reason.
+    skipped_counts: Vec<SkipCount>,
+}
+
+fn skipped_counts(skipped: &[service::Skipped]) -> Vec<SkipCount> {
+    let mut counts = std::collections::BTreeMap::<&str, u64>::new();
+    for s in skipped {
+        *counts.entry(s.reason).or_default() += 1;
+    }
+    counts.into_iter().map(|(reason, count)| SkipCount { reason: reason.to_owned(), count }).collect()
 }
 
 fn skipped_list(skipped: Vec<service::Skipped>) -> Vec<SkippedDevice> {
@@ -431,7 +451,11 @@ impl DeploymentMutation {
             mode: input.mode.into(),
         };
         let (deployment, skipped) = service::apply(app(ctx), caller(ctx), new).await?;
-        Ok(ApplyPackagePayload { deployment: deployment.into(), skipped: skipped_list(skipped) })
+        Ok(ApplyPackagePayload {
+            deployment: deployment.into(),
+            skipped_counts: skipped_counts(&skipped),
+            skipped: skipped_list(skipped),
+        })
     }
 
     /// Give a group a current package: applied now, and to every device
@@ -450,10 +474,12 @@ impl DeploymentMutation {
             .map(|p| (p, policy_of(input.policy), input.mode.into()));
         let created = service::set_group_package(app(ctx), caller(ctx), group, package).await?;
         Ok(match created {
-            None => SetGroupPackagePayload { deployment: None, skipped: Vec::new() },
-            Some((deployment, skipped)) => {
-                SetGroupPackagePayload { deployment: Some(deployment.into()), skipped: skipped_list(skipped) }
-            }
+            None => SetGroupPackagePayload { deployment: None, skipped: Vec::new(), skipped_counts: Vec::new() },
+            Some((deployment, skipped)) => SetGroupPackagePayload {
+                deployment: Some(deployment.into()),
+                skipped_counts: skipped_counts(&skipped),
+                skipped: skipped_list(skipped),
+            },
         })
     }
 

@@ -234,6 +234,7 @@ async fn apply_in(
 
     let (group_id, targets) = crate::service::group::resolve_targets(conn, input.group, &input.devices).await?;
     let targets: Vec<(Uuid, String, Uuid)> = targets.into_iter().map(|t| (t.id, t.endpoint_id, t.model_id)).collect();
+    refuse_other_models(conn, &package, &models, group_id, &targets).await?;
 
     let id = Uuid::now_v7();
     let now = Utc::now();
@@ -295,6 +296,64 @@ async fn apply_in(
     reconcile_in(tx, &row).await?;
     schedule(tx, id, Utc::now() + interval(app)).await?;
     Ok((id, skipped))
+}
+
+/// A package applied where it cannot run is a mistake, not an empty
+/// rollout: a group of a model the package does not list, or a device list
+/// none of whose devices is of such a model, is BAD_USER_INPUT naming the
+/// models on both sides. A mixed device list goes ahead; the others are
+/// skipped as `incompatible_model`.
+async fn refuse_other_models(
+    conn: &impl ConnectionTrait,
+    package: &entity::package::Model,
+    models: &HashSet<Uuid>,
+    group: Option<Uuid>,
+    targets: &[(Uuid, String, Uuid)],
+) -> Result<()> {
+    let (field, theirs): (&str, Vec<Uuid>) = match group {
+        Some(group) => {
+            let row = entity::device_group::Entity::find_by_id(group)
+                .one(conn)
+                .await?
+                .ok_or_else(|| Error::invalid("group", format!("no device group {group}")))?;
+            if models.contains(&row.model_id) {
+                return Ok(());
+            }
+            ("group", vec![row.model_id])
+        }
+        None => {
+            if targets.is_empty() || targets.iter().any(|(_, _, model)| models.contains(model)) {
+                return Ok(());
+            }
+            ("devices", targets.iter().map(|(_, _, model)| *model).collect())
+        }
+    };
+    let names = |ids: &mut dyn Iterator<Item = Uuid>| {
+        let ids: Vec<Uuid> = ids.collect();
+        async move {
+            let mut names: Vec<String> = entity::device_model::Entity::find()
+                .filter(entity::device_model::Column::Id.is_in(ids))
+                .all(conn)
+                .await?
+                .into_iter()
+                .map(|m| m.name)
+                .collect();
+            names.sort();
+            names.dedup();
+            Ok::<_, Error>(names)
+        }
+    };
+    let listed = names(&mut models.iter().copied()).await?;
+    let listed = if listed.is_empty() { "no device model".to_owned() } else { listed.join(", ") };
+    let theirs = names(&mut theirs.into_iter()).await?.join(", ");
+    let whose = if field == "group" { "the group holds" } else { "the devices are" };
+    Err(Error::invalid(
+        field,
+        format!(
+            "package {} {} is for {listed}; {whose} {theirs} (add the model to the package with setPackageModels, or pick a group of its model)",
+            package.name, package.version
+        ),
+    ))
 }
 
 /// A group's current package: applied to the group now (as `applyPackage`
@@ -1473,7 +1532,7 @@ pub async fn report(app: &App, ctx: &Ctx, update_id: Uuid, report: Report) -> Re
 }
 
 // ---------------------------------------------------------------------------
-// EnOS edge compatibility (../shared/seeds/enos-edge-ota.txt): the same
+// EnOS edge compatibility (the EnOS edge OTA protocol): the same
 // model behind the EnOS sub-device endpoints.
 
 /// What `/checkversion` answers.

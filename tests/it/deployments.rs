@@ -463,6 +463,63 @@ async fn incompatible_and_up_to_date_devices_are_skipped_and_listed() {
 }
 
 #[tokio::test]
+async fn a_package_for_another_model_is_refused_not_applied_to_nobody() {
+    let app = app().await;
+    let (fleet, _sims) = fleet(&app, 1).await;
+    let admin = app.operator("admin");
+    admin.ok("mutation { registerDevice(input: {endpointId: \"s200\", model: \"S200\"}) { secret } }", json!({})).await;
+    let s200 = admin
+        .ok("mutation { createDeviceGroup(input: {name: \"s\", model: \"S200\"}) { deviceGroup { id } } }", json!({}))
+        .await["createDeviceGroup"]["deviceGroup"]["id"]
+        .clone();
+    let before = crate::support::count_rows(app.db(), "deployment").await;
+    let op = app.operator("deployment_manager");
+
+    // A group of another model, empty or not.
+    for with_member in [false, true] {
+        if with_member {
+            admin
+                .ok(
+                    "mutation($g: ID!) { addGroupMembers(input: {group: $g, devices: [\"s200\"]}) { deviceGroup { id } } }",
+                    json!({"g": s200}),
+                )
+                .await;
+        }
+        let body = op.gql(APPLY, json!({"i": {"package": fleet.package, "group": s200}})).await;
+        assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], "group", "{body}");
+        let message = body["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains("X100") && message.contains("S200"), "names both models: {message}");
+    }
+    // The same for a group's current package.
+    let body = op
+        .gql(
+            "mutation($g: ID!, $p: ID) { setGroupPackage(input: {group: $g, package: $p}) { deployment { id } } }",
+            json!({"g": s200, "p": fleet.package}),
+        )
+        .await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("S200"), "{body}");
+    // A device list of another model only.
+    let body = op.gql(APPLY, json!({"i": {"package": fleet.package, "devices": ["s200"]}})).await;
+    assert_eq!(body["errors"][0]["extensions"]["field"], "devices", "{body}");
+    assert_eq!(crate::support::count_rows(app.db(), "deployment").await, before, "nothing was created");
+
+    // A mixed list goes ahead, and says how many were skipped and why.
+    let out = op
+        .ok(
+            "mutation($i: ApplyPackageInput!) { applyPackage(input: $i) { deployment { targetCount skippedCount }
+                skipped { endpointId reason } skippedCounts { reason count } } }",
+            json!({"i": {"package": fleet.package, "devices": ["d00", "s200"]}}),
+        )
+        .await["applyPackage"]
+        .clone();
+    assert_eq!(out["deployment"]["targetCount"], 1);
+    assert_eq!(out["skipped"], json!([{"endpointId": "s200", "reason": "incompatible_model"}]));
+    assert_eq!(out["skippedCounts"], json!([{"reason": "incompatible_model", "count": 1}]));
+}
+
+#[tokio::test]
 async fn download_only_waits_for_release_install() {
     let app = app().await;
     let (fleet, sims) = fleet(&app, 2).await;
