@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use chrono::{DateTime, Utc};
 use sea_orm::{EntityTrait, QueryFilter};
 
@@ -97,17 +97,33 @@ pub async fn export(
     Ok(count)
 }
 
+/// A head printed by an earlier `audit verify`: `SEQ:HASH`.
+#[derive(Clone, Debug)]
+pub struct Anchor {
+    pub seq: i64,
+    pub hash: String,
+}
+
+/// Parse `--anchor`: a malformed one (say, the README's shortened example)
+/// is a usage error, never a verdict on the trail.
+pub fn parse_anchor(value: &str) -> Result<Anchor, String> {
+    let usage = "SEQ:HASH as `otadepot audit verify` prints it after \"head\": the event's number, a colon and its 64-digit hex SHA-256";
+    let (seq, hash) = value.split_once(':').ok_or_else(|| format!("{value:?} is not {usage}"))?;
+    let seq: i64 = seq
+        .parse()
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or_else(|| format!("{seq:?} is not an event number; expected {usage}"))?;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(format!("{hash:?} is not a SHA-256 (64 lowercase hex digits); expected {usage}"));
+    }
+    Ok(Anchor { seq, hash: hash.to_owned() })
+}
+
 /// Check the whole chain and, with `anchor` (`SEQ:HASH` recorded from an
 /// earlier run), that the chain still holds that event: rows cut off the
 /// end since then are caught too. Ok(message) when it holds.
-pub async fn verify(app: &App, anchor: Option<&str>) -> anyhow::Result<Result<String, String>> {
-    let anchor = anchor
-        .map(|a| {
-            let (seq, hash) = a.split_once(':').context("--anchor is SEQ:HASH, as `audit verify` prints it")?;
-            let seq: i64 = seq.parse().context("--anchor: SEQ is a number")?;
-            anyhow::Ok((seq, hash.to_owned()))
-        })
-        .transpose()?;
+pub async fn verify(app: &App, anchor: Option<Anchor>) -> anyhow::Result<Result<String, String>> {
     let outcome = audit::verify_chain(&app.db).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(broken) = outcome.first_broken {
         return Ok(Err(format!(
@@ -119,7 +135,7 @@ pub async fn verify(app: &App, anchor: Option<&str>) -> anyhow::Result<Result<St
         Some((seq, hash)) => format!("head {seq}:{hash}"),
         None => "the trail is empty".to_owned(),
     };
-    if let Some((seq, hash)) = anchor {
+    if let Some(Anchor { seq, hash }) = anchor {
         let found = entity::audit_event::Entity::find()
             .filter(sea_orm::ColumnTrait::eq(&entity::audit_event::Column::Seq, seq))
             .one(&app.db)

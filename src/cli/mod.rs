@@ -85,8 +85,8 @@ pub enum AuditAction {
     Verify {
         /// A head printed by an earlier run (SEQ:HASH): also check that
         /// this event is still there, unchanged (catches cut-off rows).
-        #[arg(long)]
-        anchor: Option<String>,
+        #[arg(long, value_parser = audit::parse_anchor)]
+        anchor: Option<audit::Anchor>,
     },
 }
 
@@ -186,7 +186,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     tracing::info!(count, "exported audit events");
                     Ok(())
                 }
-                AuditAction::Verify { anchor } => match audit::verify(&app, anchor.as_deref()).await? {
+                AuditAction::Verify { anchor } => match audit::verify(&app, anchor).await? {
                     Ok(message) => {
                         writeln!(std::io::stdout().lock(), "{message}")?;
                         Ok(())

@@ -217,6 +217,142 @@ async fn sigterm_finishes_in_flight_requests_then_exits_cleanly() {
     assert!(!logs.contains(JWT_SECRET), "no secret in the logs");
 }
 
+/// Text logs without colour codes.
+fn plain(logs: &str) -> String {
+    let mut out = String::with_capacity(logs.len());
+    let mut chars = logs.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn request_lines_stand_alone_and_idle_polls_log_at_debug() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn_server(
+        dir.path(),
+        &[
+            ("NO_COLOR", "1"),
+            ("OTADEPOT_SCANNER__MODE", "disabled"),
+            ("OTADEPOT_JOBS__POLL_INTERVAL", "50ms"),
+            ("OTADEPOT_DEPLOYMENTS__RECONCILE_INTERVAL", "100ms"),
+        ],
+    )
+    .await;
+    let mut auth = otadepot::config::Config::default().auth;
+    auth.jwt_secret = otadepot::config::Secret::new(JWT_SECRET);
+    let token = otadepot::auth::jwt::JwtAuth::from_config(&auth, dir.path())
+        .unwrap()
+        .issue("logs", &["admin".to_owned()], Duration::from_secs(600))
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    let gql = |query: &'static str, variables: Value| {
+        let request = client
+            .post(format!("{base}/graphql"))
+            .bearer_auth(&token)
+            .json(&json!({"query": query, "variables": variables}));
+        async move {
+            let body: Value = request.send().await.unwrap().json().await.unwrap();
+            assert!(body.get("errors").is_none(), "{body}");
+            body["data"].clone()
+        }
+    };
+    gql("mutation { createDeviceModel(input: {name: \"X100\"}) { deviceModel { id } } }", json!({})).await;
+    let secret = gql("mutation { registerDevice(input: {endpointId: \"d1\", model: \"X100\"}) { secret } }", json!({}))
+        .await["registerDevice"]["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let form = gql(
+        "mutation { createContent(content: {name: \"fw\", content_type: \"x\", type: \"firmware\", length: 2}) { id url } }",
+        json!({}),
+    )
+    .await["createContent"]
+    .clone();
+    client.put(form["url"].as_str().unwrap()).body("fw").send().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gql("query($id: ID!) { content(id: $id) { state } }", json!({"id": form["id"]})).await["content"]["state"]
+        != "PROMOTED"
+    {
+        assert!(Instant::now() < deadline, "not promoted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let package = gql(
+        "mutation($f: ID!) { createSoftwarePackage(input: {name: \"fw\", version: \"2.0.0\", type: \"URL_LIST\", models: [\"X100\"], files: [$f]}) { package { id } } }",
+        json!({"f": form["id"]}),
+    )
+    .await["createSoftwarePackage"]["package"]["id"]
+    .clone();
+    // Polls and reports while the reconciler's jobs run.
+    gql(
+        "mutation($p: ID!) { applyPackage(input: {package: $p, devices: [\"d1\"]}) { deployment { id } } }",
+        json!({"p": package}),
+    )
+    .await;
+    let poll = |etag: Option<String>| {
+        let mut request = client.get(format!("{base}/device/v1/poll")).bearer_auth(&secret);
+        if let Some(etag) = etag {
+            request = request.header("if-none-match", etag);
+        }
+        request.send()
+    };
+    let mut update = Value::Null;
+    let mut etag = None;
+    for _ in 0..200 {
+        let response = poll(None).await.unwrap();
+        etag = response.headers().get("etag").map(|v| v.to_str().unwrap().to_owned());
+        if response.status() == 200 {
+            update = response.json::<Value>().await.unwrap()["update"].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = update["id"].as_str().expect("an update").to_owned();
+    for status in ["ACKNOWLEDGED", "DOWNLOADING", "DOWNLOADED", "INSTALLING"] {
+        let report = client
+            .post(format!("{base}/device/v1/updates/{id}/status"))
+            .bearer_auth(&secret)
+            .json(&json!({"status": status}))
+            .send();
+        let (report, unchanged) = tokio::join!(report, poll(etag.clone()));
+        assert_eq!(report.unwrap().status(), 200);
+        unchanged.unwrap();
+        for _ in 0..5 {
+            let response = poll(None).await.unwrap();
+            let fresh = response.headers().get("etag").map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(poll(fresh.clone()).await.unwrap().status(), 304);
+            etag = fresh;
+        }
+    }
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("http_requests_total") && l.contains("status=\"304\"")),
+        "idle polls are counted: {metrics}"
+    );
+
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut logs = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    let logs = plain(&logs);
+    let requests: Vec<&str> = logs.lines().filter(|l| l.contains("request{")).collect();
+    assert!(requests.iter().any(|l| l.contains("status=200")), "requests are logged: {logs}");
+    let nested: Vec<&&str> = requests.iter().filter(|l| l.contains("job{")).collect();
+    assert!(nested.is_empty(), "request lines inside a job's span: {nested:#?}");
+    let idle: Vec<&&str> = requests.iter().filter(|l| l.contains("status=304") || l.contains("status=204")).collect();
+    assert!(idle.is_empty(), "idle polls logged at INFO: {idle:#?}");
+}
+
 #[tokio::test]
 async fn devices_import_registers_a_fleet_from_csv_and_writes_the_secrets() {
     let dir = tempfile::tempdir().unwrap();
@@ -367,6 +503,14 @@ async fn audit_export_streams_a_time_range_and_verify_catches_tampering_and_cut_
     let anchor = stdout.trim().rsplit("head ").next().unwrap().to_owned();
     assert!(anchor.starts_with("5:"), "{stdout}");
     assert!(run(&["audit", "verify", "--anchor", &anchor]).status.success());
+    // A malformed anchor (the README's shortened example, say) is a usage
+    // error naming the form, never a verdict on the trail.
+    for bad in ["1234:5f0c…", "5", "x:ab", &format!("0:{}", anchor.split_once(':').unwrap().1)] {
+        let output = run(&["audit", "verify", "--anchor", bad]);
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("SEQ:HASH") && !stderr.contains("BROKEN"), "{bad}: {stderr}");
+    }
 
     // A tampered row is named.
     let db = app.db();
