@@ -206,9 +206,9 @@ pub async fn poll(
     Ok(if answer.has_news() {
         (etag, Json(json!({ "update": answer.update, "commands": answer.commands }))).into_response()
     } else if if_none_match == Some(answer.etag.as_str()) {
-        (StatusCode::NOT_MODIFIED, etag).into_response()
+        (StatusCode::NOT_MODIFIED, etag, axum::Extension(super::Routine)).into_response()
     } else {
-        (StatusCode::NO_CONTENT, etag).into_response()
+        (StatusCode::NO_CONTENT, etag, axum::Extension(super::Routine)).into_response()
     })
 }
 

@@ -27,8 +27,8 @@ use axum::routing::get;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use tower_http::trace::{DefaultOnResponse, OnResponse, TraceLayer};
+use tracing::{Level, Span};
 
 use crate::app::App;
 use crate::graphql::ApiSchema;
@@ -107,9 +107,26 @@ pub fn router(app: App, schema: ApiSchema) -> Router {
                     let request_id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
                     tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = %request_id)
                 })
-                .on_response(DefaultOnResponse::new().level(Level::INFO)))
+                .on_response(LogResponse))
                 .layer(CatchPanicLayer::custom(panic_response)),
         )
+}
+
+/// Marks an answer as routine, a device poll with nothing new (204, 304):
+/// logged at DEBUG, so a fleet's polls do not fill the log; they are still
+/// counted in `/metrics` (`http_requests_total`).
+#[derive(Clone, Copy, Debug)]
+pub struct Routine;
+
+/// Log each answer at INFO, a [`Routine`] one at DEBUG.
+#[derive(Clone, Copy)]
+struct LogResponse;
+
+impl<B> OnResponse<B> for LogResponse {
+    fn on_response(self, response: &http::Response<B>, latency: Duration, span: &Span) {
+        let level = if response.extensions().get::<Routine>().is_some() { Level::DEBUG } else { Level::INFO };
+        DefaultOnResponse::new().level(level).on_response(response, latency, span);
+    }
 }
 
 /// The request id (accepted from the client or generated).

@@ -7,6 +7,7 @@ use anyhow::anyhow;
 use entity::job;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::app::App;
 
@@ -114,40 +115,46 @@ impl Runner {
             return;
         };
         let lease = self.app.config.jobs.lease;
+        // The span goes with the job's future (`instrument`), never entered
+        // on the thread: a guard held across an `.await` would make every
+        // request that thread serves meanwhile a child of this job.
         let span = tracing::info_span!("job", id = %job.id, kind = %job.kind, attempt = job.attempts);
-        let _guard = span.enter();
-        let heartbeat = async {
-            loop {
-                tokio::time::sleep(lease / 3).await;
-                match super::heartbeat(&self.app.db, job.id, worker, lease).await {
-                    Ok(true) => {}
-                    Ok(false) => return anyhow!("lease lost to another worker"),
-                    Err(err) => tracing::warn!(error = %err, "heartbeat failed"),
-                }
-            }
-        };
-        let result = tokio::select! {
-            result = handler.run(&self.app, &job) => result,
-            err = heartbeat => Err(err),
-        };
-        let kind = job.kind.clone();
-        match result {
-            Ok(()) => match super::complete(&self.app.db, job.id, worker).await {
-                Ok(true) => metrics::counter!("jobs_completed_total", "kind" => kind).increment(1),
-                Ok(false) => tracing::warn!("job finished after its lease was lost"),
-                Err(err) => tracing::error!(error = %err, "could not mark the job done; it will run again"),
-            },
-            Err(err) => {
-                let message = format!("{err:#}");
-                match super::fail(&self.app.db, job.id, worker, &message).await {
-                    Ok(outcome) => {
-                        tracing::warn!(error = %message, ?outcome, "job attempt failed");
-                        metrics::counter!("jobs_failed_attempts_total", "kind" => kind).increment(1);
+        async move {
+            let heartbeat = async {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    match super::heartbeat(&self.app.db, job.id, worker, lease).await {
+                        Ok(true) => {}
+                        Ok(false) => return anyhow!("lease lost to another worker"),
+                        Err(err) => tracing::warn!(error = %err, "heartbeat failed"),
                     }
-                    Err(err) => tracing::error!(error = %err, "could not record the job failure"),
+                }
+            };
+            let result = tokio::select! {
+                result = handler.run(&self.app, &job) => result,
+                err = heartbeat => Err(err),
+            };
+            let kind = job.kind.clone();
+            match result {
+                Ok(()) => match super::complete(&self.app.db, job.id, worker).await {
+                    Ok(true) => metrics::counter!("jobs_completed_total", "kind" => kind).increment(1),
+                    Ok(false) => tracing::warn!("job finished after its lease was lost"),
+                    Err(err) => tracing::error!(error = %err, "could not mark the job done; it will run again"),
+                },
+                Err(err) => {
+                    let message = format!("{err:#}");
+                    match super::fail(&self.app.db, job.id, worker, &message).await {
+                        Ok(outcome) => {
+                            tracing::warn!(error = %message, ?outcome, "job attempt failed");
+                            metrics::counter!("jobs_failed_attempts_total", "kind" => kind).increment(1);
+                        }
+                        Err(err) => tracing::error!(error = %err, "could not record the job failure"),
+                    }
                 }
             }
         }
+        .instrument(span)
+        .await;
     }
 }
 

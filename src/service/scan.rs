@@ -140,7 +140,16 @@ async fn record_verdict(
         .await?;
     let action = if to == ContentState::ScanFailed { "content.scan_failed" } else { "content.scan" };
     tx.audit(ctx, action, "content", &current.id.to_string(), json!({ "verdict": verdict, "error": error })).await?;
-    tx.commit().await
+    tx.commit().await?;
+    if to == ContentState::ScanFailed {
+        // An operator must hear of it: the content will never be promoted.
+        tracing::warn!(
+            content = %current.id,
+            reason = error.as_deref().unwrap_or_default(),
+            "scan failed: the content stays SCAN_FAILED and is not promoted (rescanContent retries it once the cause is fixed)"
+        );
+    }
+    Ok(())
 }
 
 /// Move the object to `quarantine/<id>` (never served) and record why.
@@ -160,6 +169,7 @@ async fn quarantine(app: &App, ctx: &Ctx, current: &content::Model, signature: &
         .await?;
     tx.audit(ctx, "content.quarantine", "content", &current.id.to_string(), json!({ "signature": signature })).await?;
     tx.commit().await?;
+    tracing::warn!(content = %current.id, signature, "clamd found malware: the content is QUARANTINED");
     let _ = app.stores.staging.delete(&from).await;
     Ok(())
 }
