@@ -1,4 +1,4 @@
-//! EnOS edge compatibility (../shared/seeds/enos-edge-ota.txt), for
+//! EnOS edge compatibility (the EnOS edge OTA protocol), for
 //! constrained devices that speak it: `POST /checkversion`, `GET
 //! /version/{id}`, `POST /downloadresult/{id}`, `POST /updateresult`, with
 //! the seed's JSON bodies. The device secret authenticates; an `assetId`
