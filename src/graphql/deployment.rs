@@ -5,6 +5,7 @@
 use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
+use super::authz::Guarded;
 use super::connection::{Conn, from_page};
 use super::device::{Device, parse_id_of};
 use super::{app, caller};
@@ -191,7 +192,8 @@ pub struct DeviceUpdateFilter {
 pub struct DeviceUpdate {
     id: ID,
     deployment_id: ID,
-    device: Device,
+    /// Null without DEVICE_READ.
+    device: Guarded<Device>,
     state: UpdateStateGql,
     /// `incompatible_model` or `already_installed`, for SKIPPED.
     skip_reason: Option<String>,
@@ -209,7 +211,7 @@ impl From<service::UpdateView> for DeviceUpdate {
         Self {
             id: ID(r.id.to_string()),
             deployment_id: ID(r.deployment_id.to_string()),
-            device: u.device.into(),
+            device: Guarded::new(u.device.into()),
             state: u.state.into(),
             skip_reason: r.skip_reason,
             progress: r.progress,
@@ -292,7 +294,8 @@ pub struct SkippedDevice {
 
 #[derive(SimpleObject)]
 pub struct ApplyPackagePayload {
-    deployment: Deployment,
+    /// Null without DEPLOYMENT_READ.
+    deployment: Guarded<Deployment>,
     /// Devices of the target that get nothing, and why.
     skipped: Vec<SkippedDevice>,
 }
@@ -304,7 +307,8 @@ pub struct DeploymentIdInput {
 
 #[derive(SimpleObject)]
 pub struct DeploymentPayload {
-    deployment: Deployment,
+    /// Null without DEPLOYMENT_READ.
+    deployment: Guarded<Deployment>,
 }
 
 #[derive(InputObject, Default)]
@@ -327,8 +331,8 @@ pub struct SetGroupPackageInput {
 
 #[derive(SimpleObject)]
 pub struct SetGroupPackagePayload {
-    /// The new deployment (null when cleared).
-    deployment: Option<Deployment>,
+    /// The new deployment (null when cleared, or without DEPLOYMENT_READ).
+    deployment: Guarded<Option<Deployment>>,
     skipped: Vec<SkippedDevice>,
 }
 
@@ -431,7 +435,7 @@ impl DeploymentMutation {
             mode: input.mode.into(),
         };
         let (deployment, skipped) = service::apply(app(ctx), caller(ctx), new).await?;
-        Ok(ApplyPackagePayload { deployment: deployment.into(), skipped: skipped_list(skipped) })
+        Ok(ApplyPackagePayload { deployment: Guarded::new(deployment.into()), skipped: skipped_list(skipped) })
     }
 
     /// Give a group a current package: applied now, and to every device
@@ -450,33 +454,36 @@ impl DeploymentMutation {
             .map(|p| (p, policy_of(input.policy), input.mode.into()));
         let created = service::set_group_package(app(ctx), caller(ctx), group, package).await?;
         Ok(match created {
-            None => SetGroupPackagePayload { deployment: None, skipped: Vec::new() },
-            Some((deployment, skipped)) => {
-                SetGroupPackagePayload { deployment: Some(deployment.into()), skipped: skipped_list(skipped) }
-            }
+            None => SetGroupPackagePayload { deployment: Guarded::new(None), skipped: Vec::new() },
+            Some((deployment, skipped)) => SetGroupPackagePayload {
+                deployment: Guarded::new(Some(deployment.into())),
+                skipped: skipped_list(skipped),
+            },
         })
     }
 
     /// No further releases; devices under way go on.
     async fn pause_deployment(&self, ctx: &Context<'_>, input: DeploymentIdInput) -> Result<DeploymentPayload> {
         let id = parse_id_of("id", "deployment", &input.id)?;
-        Ok(DeploymentPayload { deployment: service::pause(app(ctx), caller(ctx), id).await?.into() })
+        Ok(DeploymentPayload { deployment: Guarded::new(service::pause(app(ctx), caller(ctx), id).await?.into()) })
     }
 
     async fn resume_deployment(&self, ctx: &Context<'_>, input: DeploymentIdInput) -> Result<DeploymentPayload> {
         let id = parse_id_of("id", "deployment", &input.id)?;
-        Ok(DeploymentPayload { deployment: service::resume(app(ctx), caller(ctx), id).await?.into() })
+        Ok(DeploymentPayload { deployment: Guarded::new(service::resume(app(ctx), caller(ctx), id).await?.into()) })
     }
 
     /// Devices not yet installing are CANCELLED; they learn it on their next poll.
     async fn cancel_deployment(&self, ctx: &Context<'_>, input: DeploymentIdInput) -> Result<DeploymentPayload> {
         let id = parse_id_of("id", "deployment", &input.id)?;
-        Ok(DeploymentPayload { deployment: service::cancel(app(ctx), caller(ctx), id).await?.into() })
+        Ok(DeploymentPayload { deployment: Guarded::new(service::cancel(app(ctx), caller(ctx), id).await?.into()) })
     }
 
     /// Let the devices of a DOWNLOAD_ONLY (or COORDINATED) deployment install.
     async fn release_install(&self, ctx: &Context<'_>, input: DeploymentIdInput) -> Result<DeploymentPayload> {
         let id = parse_id_of("id", "deployment", &input.id)?;
-        Ok(DeploymentPayload { deployment: service::release_install(app(ctx), caller(ctx), id).await?.into() })
+        Ok(DeploymentPayload {
+            deployment: Guarded::new(service::release_install(app(ctx), caller(ctx), id).await?.into()),
+        })
     }
 }
