@@ -64,16 +64,22 @@ impl fmt::Display for Permission {
 }
 
 /// The wildcard stored for the `admin` role: every permission, also ones
-/// added after the role was created.
+/// added after the role was created. It means that for the built-in
+/// `admin` role alone; in any other role's list it grants nothing.
 pub const ALL_PERMISSIONS: &str = "*";
 
-/// Expand a role's stored permission list (`["*"]` or names) into a set.
+/// Expand a role's stored permission list (`["*"]` or names) into a set;
+/// `wildcard` says whether the role may hold `*` (the built-in `admin`).
 /// Unknown names (from a newer or older version) are skipped, never fatal.
-pub fn expand(stored: &serde_json::Value) -> BTreeSet<Permission> {
+pub fn expand(stored: &serde_json::Value, wildcard: bool) -> BTreeSet<Permission> {
     let mut set = BTreeSet::new();
     for name in stored.as_array().into_iter().flatten().filter_map(|v| v.as_str()) {
         if name == ALL_PERMISSIONS {
-            set.extend(Permission::ALL.iter().copied());
+            if wildcard {
+                set.extend(Permission::ALL.iter().copied());
+            } else {
+                tracing::warn!("a role other than admin holds \"*\"; ignored");
+            }
         } else if let Ok(permission) = name.parse() {
             set.insert(permission);
         } else {
@@ -96,9 +102,17 @@ mod tests {
 
     #[test]
     fn wildcard_expands_to_all() {
-        assert_eq!(expand(&serde_json::json!(["*"])).len(), Permission::ALL.len());
+        assert_eq!(expand(&serde_json::json!(["*"]), true).len(), Permission::ALL.len());
         assert_eq!(
-            expand(&serde_json::json!(["AUDIT_READ", "NOPE"])).into_iter().collect::<Vec<_>>(),
+            expand(&serde_json::json!(["AUDIT_READ", "NOPE"]), true).into_iter().collect::<Vec<_>>(),
+            vec![Permission::AuditRead]
+        );
+    }
+
+    #[test]
+    fn wildcard_grants_nothing_outside_admin() {
+        assert_eq!(
+            expand(&serde_json::json!(["*", "AUDIT_READ"]), false).into_iter().collect::<Vec<_>>(),
             vec![Permission::AuditRead]
         );
     }

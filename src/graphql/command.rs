@@ -5,6 +5,7 @@
 use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Json, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
+use super::authz::Guarded;
 use super::connection::{Conn, from_page};
 use super::device::{Device, parse_id_of};
 use super::{app, caller};
@@ -33,8 +34,8 @@ pub struct Command {
     /// Shared by the commands of one `sendCommand`.
     batch_id: ID,
     device_id: ID,
-    /// The device it is for.
-    device: Device,
+    /// The device it is for (null without DEVICE_READ).
+    device: Guarded<Device>,
     /// REBOOT, RESTART_AGENT or a configured custom name.
     name: String,
     args: Json<serde_json::Value>,
@@ -59,7 +60,7 @@ impl From<service::CommandView> for Command {
             id: ID(c.id.to_string()),
             batch_id: ID(c.batch_id.to_string()),
             device_id: ID(c.device_id.to_string()),
-            device: view.device.into(),
+            device: Guarded::new(view.device.into()),
             args: Json(json(&c.args)),
             state: view.state.into(),
             result: c.result.as_deref().map(|r| Json(json(r))),
@@ -226,19 +227,23 @@ pub struct SendCommandInput {
 #[graphql(complex)]
 pub struct SendCommandPayload {
     batch_id: ID,
-    batch: CommandBatch,
+    /// Null without COMMAND_READ.
+    batch: Guarded<CommandBatch>,
 }
 
 #[ComplexObject]
 impl SendCommandPayload {
-    /// The commands sent, one per device, newest first.
+    /// The commands sent, one per device, newest first (null without COMMAND_READ).
     #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
-    async fn commands(&self, ctx: &Context<'_>, first: Option<i32>, after: Option<String>) -> Result<Conn<Command>> {
-        let filter = service::CommandFilter {
-            batch: Some(parse_id_of("batchId", "command batch", &self.batch_id)?),
-            ..Default::default()
+    async fn commands(&self, ctx: &Context<'_>, first: Option<i32>, after: Option<String>) -> Guarded<Conn<Command>> {
+        let commands = async {
+            let filter = service::CommandFilter {
+                batch: Some(parse_id_of("batchId", "command batch", &self.batch_id)?),
+                ..Default::default()
+            };
+            list(ctx, &filter, first, after).await
         };
-        list(ctx, &filter, first, after).await
+        Guarded::fetched(commands.await)
     }
 }
 
@@ -249,12 +254,14 @@ pub struct CommandIdInput {
 
 #[derive(SimpleObject)]
 pub struct CancelCommandPayload {
-    command: Command,
+    /// Null without COMMAND_READ.
+    command: Guarded<Command>,
 }
 
 #[derive(SimpleObject)]
 pub struct CancelCommandBatchPayload {
-    batch: CommandBatch,
+    /// Null without COMMAND_READ.
+    batch: Guarded<CommandBatch>,
 }
 
 #[derive(Default)]
@@ -273,13 +280,13 @@ impl CommandMutation {
             expires_in_seconds: input.expires_in_seconds,
         };
         let batch = service::send(app(ctx), caller(ctx), new).await?;
-        Ok(SendCommandPayload { batch_id: ID(batch.id.to_string()), batch: batch.into() })
+        Ok(SendCommandPayload { batch_id: ID(batch.id.to_string()), batch: Guarded::new(batch.into()) })
     }
 
     /// Cancel a command that has not finished; its device no longer gets it.
     async fn cancel_command(&self, ctx: &Context<'_>, input: CommandIdInput) -> Result<CancelCommandPayload> {
         let id = parse_id_of("id", "command", &input.id)?;
-        Ok(CancelCommandPayload { command: service::cancel(app(ctx), caller(ctx), id).await?.into() })
+        Ok(CancelCommandPayload { command: Guarded::new(service::cancel(app(ctx), caller(ctx), id).await?.into()) })
     }
 
     /// Cancel every command of a batch that has not finished.
@@ -289,7 +296,8 @@ impl CommandMutation {
         input: CommandIdInput,
     ) -> Result<CancelCommandBatchPayload> {
         let id = parse_id_of("id", "command batch", &input.id)?;
-        Ok(CancelCommandBatchPayload { batch: service::cancel_batch(app(ctx), caller(ctx), id).await?.into() })
+        let batch = service::cancel_batch(app(ctx), caller(ctx), id).await?;
+        Ok(CancelCommandBatchPayload { batch: Guarded::new(batch.into()) })
     }
 }
 

@@ -6,6 +6,7 @@ use async_graphql::{
 };
 use chrono::{DateTime, Utc};
 
+use super::authz::Guarded;
 use super::connection::{Conn, from_page};
 use super::{app, caller};
 use crate::error::Error;
@@ -223,12 +224,13 @@ pub struct ContentIdInput {
 
 #[derive(SimpleObject)]
 pub struct ContentPayload {
-    content: Content,
+    /// Null without CONTENT_READ.
+    content: Guarded<Content>,
 }
 
 impl From<service::Content> for ContentPayload {
     fn from(content: service::Content) -> Self {
-        Self { content: content.into() }
+        Self { content: Guarded::new(content.into()) }
     }
 }
 

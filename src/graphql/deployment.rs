@@ -5,6 +5,7 @@
 use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
+use super::authz::Guarded;
 use super::connection::{Conn, from_page};
 use super::device::{Device, parse_id_of};
 use super::{app, caller};
@@ -191,7 +192,8 @@ pub struct DeviceUpdateFilter {
 pub struct DeviceUpdate {
     id: ID,
     deployment_id: ID,
-    device: Device,
+    /// Null without DEVICE_READ.
+    device: Guarded<Device>,
     state: UpdateStateGql,
     /// `incompatible_model` or `already_installed`, for SKIPPED.
     skip_reason: Option<String>,
@@ -209,7 +211,7 @@ impl From<service::UpdateView> for DeviceUpdate {
         Self {
             id: ID(r.id.to_string()),
             deployment_id: ID(r.deployment_id.to_string()),
-            device: u.device.into(),
+            device: Guarded::new(u.device.into()),
             state: u.state.into(),
             skip_reason: r.skip_reason,
             progress: r.progress,
@@ -300,7 +302,8 @@ pub struct SkipCount {
 
 #[derive(SimpleObject)]
 pub struct ApplyPackagePayload {
-    deployment: Deployment,
+    /// Null without DEPLOYMENT_READ.
+    deployment: Guarded<Deployment>,
     /// Devices of the target that get nothing, and why.
     skipped: Vec<SkippedDevice>,
     /// The skipped devices counted by reason.
@@ -314,7 +317,8 @@ pub struct DeploymentIdInput {
 
 #[derive(SimpleObject)]
 pub struct DeploymentPayload {
-    deployment: Deployment,
+    /// Null without DEPLOYMENT_READ.
+    deployment: Guarded<Deployment>,
 }
 
 #[derive(InputObject, Default)]
@@ -337,8 +341,8 @@ pub struct SetGroupPackageInput {
 
 #[derive(SimpleObject)]
 pub struct SetGroupPackagePayload {
-    /// The new deployment (null when cleared).
-    deployment: Option<Deployment>,
+    /// The new deployment (null when cleared, or without DEPLOYMENT_READ).
+    deployment: Guarded<Option<Deployment>>,
     skipped: Vec<SkippedDevice>,
     /// The skipped devices counted by reason.
     skipped_counts: Vec<SkipCount>,
@@ -452,7 +456,7 @@ impl DeploymentMutation {
         };
         let (deployment, skipped) = service::apply(app(ctx), caller(ctx), new).await?;
         Ok(ApplyPackagePayload {
-            deployment: deployment.into(),
+            deployment: Guarded::new(deployment.into()),
             skipped_counts: skipped_counts(&skipped),
             skipped: skipped_list(skipped),
         })
@@ -474,9 +478,13 @@ impl DeploymentMutation {
             .map(|p| (p, policy_of(input.policy), input.mode.into()));
         let created = service::set_group_package(app(ctx), caller(ctx), group, package).await?;
         Ok(match created {
-            None => SetGroupPackagePayload { deployment: None, skipped: Vec::new(), skipped_counts: Vec::new() },
+            None => SetGroupPackagePayload {
+                deployment: Guarded::new(None),
+                skipped: Vec::new(),
+                skipped_counts: Vec::new(),
+            },
             Some((deployment, skipped)) => SetGroupPackagePayload {
-                deployment: Some(deployment.into()),
+                deployment: Guarded::new(Some(deployment.into())),
                 skipped_counts: skipped_counts(&skipped),
                 skipped: skipped_list(skipped),
             },
@@ -486,23 +494,25 @@ impl DeploymentMutation {
     /// No further releases; devices under way go on.
     async fn pause_deployment(&self, ctx: &Context<'_>, input: DeploymentIdInput) -> Result<DeploymentPayload> {
         let id = parse_id_of("id", "deployment", &input.id)?;
-        Ok(DeploymentPayload { deployment: service::pause(app(ctx), caller(ctx), id).await?.into() })
+        Ok(DeploymentPayload { deployment: Guarded::new(service::pause(app(ctx), caller(ctx), id).await?.into()) })
     }
 
     async fn resume_deployment(&self, ctx: &Context<'_>, input: DeploymentIdInput) -> Result<DeploymentPayload> {
         let id = parse_id_of("id", "deployment", &input.id)?;
-        Ok(DeploymentPayload { deployment: service::resume(app(ctx), caller(ctx), id).await?.into() })
+        Ok(DeploymentPayload { deployment: Guarded::new(service::resume(app(ctx), caller(ctx), id).await?.into()) })
     }
 
     /// Devices not yet installing are CANCELLED; they learn it on their next poll.
     async fn cancel_deployment(&self, ctx: &Context<'_>, input: DeploymentIdInput) -> Result<DeploymentPayload> {
         let id = parse_id_of("id", "deployment", &input.id)?;
-        Ok(DeploymentPayload { deployment: service::cancel(app(ctx), caller(ctx), id).await?.into() })
+        Ok(DeploymentPayload { deployment: Guarded::new(service::cancel(app(ctx), caller(ctx), id).await?.into()) })
     }
 
     /// Let the devices of a DOWNLOAD_ONLY (or COORDINATED) deployment install.
     async fn release_install(&self, ctx: &Context<'_>, input: DeploymentIdInput) -> Result<DeploymentPayload> {
         let id = parse_id_of("id", "deployment", &input.id)?;
-        Ok(DeploymentPayload { deployment: service::release_install(app(ctx), caller(ctx), id).await?.into() })
+        Ok(DeploymentPayload {
+            deployment: Guarded::new(service::release_install(app(ctx), caller(ctx), id).await?.into()),
+        })
     }
 }

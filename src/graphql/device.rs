@@ -4,6 +4,7 @@
 use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
+use super::authz::Guarded;
 use super::connection::{Conn, from_page};
 use super::device_model::DeviceModel;
 use super::{app, caller};
@@ -91,26 +92,26 @@ impl From<service::Device> for Device {
 
 #[async_graphql::ComplexObject]
 impl Device {
-    /// Its updates in every deployment, oldest first (DEPLOYMENT_READ).
+    /// Its updates in every deployment, oldest first (null without DEPLOYMENT_READ).
     #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
     async fn updates(
         &self,
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> Result<Conn<super::deployment::DeviceUpdate>> {
-        super::deployment::device_updates(ctx, self.uuid, first, after).await
+    ) -> Guarded<Conn<super::deployment::DeviceUpdate>> {
+        Guarded::fetched(super::deployment::device_updates(ctx, self.uuid, first, after).await)
     }
 
-    /// Commands sent to it, newest first (COMMAND_READ).
+    /// Commands sent to it, newest first (null without COMMAND_READ).
     #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
     async fn commands(
         &self,
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> Result<Conn<super::command::Command>> {
-        super::command::device_commands(ctx, self.uuid, first, after).await
+    ) -> Guarded<Conn<super::command::Command>> {
+        Guarded::fetched(super::command::device_commands(ctx, self.uuid, first, after).await)
     }
 
     /// What it installed, newest first: from deployments, or reported by
@@ -175,13 +176,14 @@ pub struct DeviceIdInput {
 /// `Authorization: Bearer <secret>`.
 #[derive(SimpleObject)]
 pub struct DeviceCredentialPayload {
-    device: Device,
+    /// Null without DEVICE_READ.
+    device: Guarded<Device>,
     secret: String,
 }
 
 impl From<service::Registered> for DeviceCredentialPayload {
     fn from(r: service::Registered) -> Self {
-        Self { device: r.device.into(), secret: r.secret }
+        Self { device: Guarded::new(r.device.into()), secret: r.secret }
     }
 }
 
@@ -194,7 +196,8 @@ pub struct RegisterDevicesPayload {
 
 #[derive(SimpleObject)]
 pub struct DevicePayload {
-    device: Device,
+    /// Null without DEVICE_READ.
+    device: Guarded<Device>,
 }
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq, Default)]
@@ -347,13 +350,15 @@ pub struct CreateEnrollmentTokenInput {
 /// with `Authorization: Bearer <token>`.
 #[derive(SimpleObject)]
 pub struct CreateEnrollmentTokenPayload {
-    enrollment_token: EnrollmentToken,
+    /// Null without DEVICE_READ.
+    enrollment_token: Guarded<EnrollmentToken>,
     token: String,
 }
 
 #[derive(SimpleObject)]
 pub struct EnrollmentTokenPayload {
-    enrollment_token: EnrollmentToken,
+    /// Null without DEVICE_READ.
+    enrollment_token: Guarded<EnrollmentToken>,
 }
 
 #[derive(InputObject)]
@@ -369,7 +374,8 @@ pub struct DevicesInput {
 
 #[derive(SimpleObject)]
 pub struct DevicesPayload {
-    devices: Vec<Device>,
+    /// Null without DEVICE_READ.
+    devices: Guarded<Vec<Device>>,
 }
 
 #[derive(InputObject)]
@@ -462,7 +468,7 @@ impl DeviceMutation {
             input.expires_in_seconds,
         )
         .await?;
-        Ok(CreateEnrollmentTokenPayload { enrollment_token: token.into(), token: secret })
+        Ok(CreateEnrollmentTokenPayload { enrollment_token: Guarded::new(token.into()), token: secret })
     }
 
     /// Devices can no longer enroll with it (enrolled ones stay).
@@ -473,21 +479,21 @@ impl DeviceMutation {
     ) -> Result<EnrollmentTokenPayload> {
         let id = parse_id_of("id", "enrollment token", &input.id)?;
         let token = crate::service::enrollment::revoke(app(ctx), caller(ctx), id).await?;
-        Ok(EnrollmentTokenPayload { enrollment_token: token.into() })
+        Ok(EnrollmentTokenPayload { enrollment_token: Guarded::new(token.into()) })
     }
 
     /// PENDING (enrolled) devices become REGISTERED; all or none.
     async fn approve_devices(&self, ctx: &Context<'_>, input: DevicesInput) -> Result<DevicesPayload> {
         let refs = input.devices.into_iter().map(|d| d.0).collect();
         let devices = crate::service::enrollment::decide(app(ctx), caller(ctx), refs, true).await?;
-        Ok(DevicesPayload { devices: devices.into_iter().map(Into::into).collect() })
+        Ok(DevicesPayload { devices: Guarded::new(devices.into_iter().map(Into::into).collect()) })
     }
 
     /// PENDING devices become REJECTED: their credential never works.
     async fn reject_devices(&self, ctx: &Context<'_>, input: DevicesInput) -> Result<DevicesPayload> {
         let refs = input.devices.into_iter().map(|d| d.0).collect();
         let devices = crate::service::enrollment::decide(app(ctx), caller(ctx), refs, false).await?;
-        Ok(DevicesPayload { devices: devices.into_iter().map(Into::into).collect() })
+        Ok(DevicesPayload { devices: Guarded::new(devices.into_iter().map(Into::into).collect()) })
     }
 
     /// Let a gateway act for this device on the device API (or stop it).
@@ -499,12 +505,12 @@ impl DeviceMutation {
             input.gateway,
         )
         .await?;
-        Ok(DevicePayload { device: device.into() })
+        Ok(DevicePayload { device: Guarded::new(device.into()) })
     }
 
     /// For good: the credential stops working.
     async fn decommission_device(&self, ctx: &Context<'_>, input: DeviceIdInput) -> Result<DevicePayload> {
         let device = service::decommission(app(ctx), caller(ctx), parse_id("id", &input.id)?).await?;
-        Ok(DevicePayload { device: device.into() })
+        Ok(DevicePayload { device: Guarded::new(device.into()) })
     }
 }

@@ -4,6 +4,7 @@
 use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
+use super::authz::Guarded;
 use super::connection::{Conn, from_page};
 use super::{app, caller};
 use crate::error::Error;
@@ -64,12 +65,13 @@ pub struct DeleteDeviceModelInput {
 
 #[derive(SimpleObject)]
 pub struct DeviceModelPayload {
-    device_model: DeviceModel,
+    /// Null without DEVICE_READ.
+    device_model: Guarded<DeviceModel>,
 }
 
 impl From<service::DeviceModel> for DeviceModelPayload {
     fn from(m: service::DeviceModel) -> Self {
-        Self { device_model: m.into() }
+        Self { device_model: Guarded::new(m.into()) }
     }
 }
 

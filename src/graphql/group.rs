@@ -5,6 +5,7 @@
 use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
+use super::authz::Guarded;
 use super::connection::{Conn, from_page};
 use super::device::{AttributeFilter, Device, InstalledVersionFilter, parse_id_of};
 use super::device_model::DeviceModel;
@@ -144,12 +145,13 @@ pub struct GroupMembersInput {
 
 #[derive(SimpleObject)]
 pub struct DeviceGroupPayload {
-    device_group: DeviceGroup,
+    /// Null without DEVICE_READ.
+    device_group: Guarded<DeviceGroup>,
 }
 
 impl From<service::Group> for DeviceGroupPayload {
     fn from(g: service::Group) -> Self {
-        Self { device_group: g.into() }
+        Self { device_group: Guarded::new(g.into()) }
     }
 }
 

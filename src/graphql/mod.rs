@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod authz;
 pub mod command;
 pub mod connection;
 pub mod content;

@@ -6,6 +6,7 @@
 use async_graphql::{Context, Enum, ID, InputObject, Json, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
+use super::authz::Guarded;
 use super::connection::{Conn, from_page};
 use super::device_model::DeviceModel;
 use super::{app, caller};
@@ -40,8 +41,8 @@ pub struct Package {
     /// `otau_info.author`.
     author: String,
     deprecated: bool,
-    /// Compatible device models.
-    models: Vec<DeviceModel>,
+    /// Compatible device models (null without DEVICE_READ).
+    models: Guarded<Vec<DeviceModel>>,
     /// The uploaded files of the payload, in payload order.
     files: Vec<PackageFile>,
     /// The payload entries that are links.
@@ -78,7 +79,7 @@ impl Package {
             kind: m.kind,
             author: p.author,
             deprecated: m.deprecated,
-            models: p.models.into_iter().map(Into::into).collect(),
+            models: Guarded::new(p.models.into_iter().map(Into::into).collect()),
             files,
             links: p.links,
             config_otau: Json(serde_json::Value::Object(p.config_otau)),
@@ -171,11 +172,12 @@ pub struct DeletePackageInput {
 
 #[derive(SimpleObject)]
 pub struct PackagePayload {
-    package: Package,
+    /// Null without PACKAGE_READ.
+    package: Guarded<Package>,
 }
 
 fn payload(ctx: &Context<'_>, p: service::Package) -> PackagePayload {
-    PackagePayload { package: Package::new(app(ctx), p) }
+    PackagePayload { package: Guarded::new(Package::new(app(ctx), p)) }
 }
 
 #[derive(Default)]

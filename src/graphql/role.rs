@@ -4,6 +4,7 @@ use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
 use super::auth::PermissionGql;
+use super::authz::Guarded;
 use super::{app, caller};
 use crate::service::role as service;
 
@@ -58,7 +59,8 @@ pub struct DeleteRoleInput {
 
 #[derive(SimpleObject)]
 pub struct RolePayload {
-    role: Role,
+    /// Null without ROLE_READ.
+    role: Guarded<Role>,
 }
 
 #[derive(Default)]
@@ -88,7 +90,7 @@ impl RoleMutation {
             },
         )
         .await?;
-        Ok(RolePayload { role: role.into() })
+        Ok(RolePayload { role: Guarded::new(role.into()) })
     }
 
     async fn update_role(&self, ctx: &Context<'_>, input: UpdateRoleInput) -> Result<RolePayload> {
@@ -102,12 +104,12 @@ impl RoleMutation {
             },
         )
         .await?;
-        Ok(RolePayload { role: role.into() })
+        Ok(RolePayload { role: Guarded::new(role.into()) })
     }
 
     /// Deletes a custom role; returns it as it was.
     async fn delete_role(&self, ctx: &Context<'_>, input: DeleteRoleInput) -> Result<RolePayload> {
         let role = service::delete(app(ctx), caller(ctx), &input.name).await?;
-        Ok(RolePayload { role: role.into() })
+        Ok(RolePayload { role: Guarded::new(role.into()) })
     }
 }

@@ -30,6 +30,7 @@ macro_rules! states {
 }
 
 pub mod audit;
+pub mod authz;
 pub mod command;
 pub mod content;
 pub mod deployment;

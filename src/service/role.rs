@@ -2,6 +2,15 @@
 //!
 //! Built-in roles (DESIGN.md §7) are seeded by migration. None can be
 //! deleted or emptied; `admin` holds every permission and cannot change.
+//!
+//! ROLE_ADMIN is not a way to more power: an operator may grant (to a new
+//! role, or add to an existing one) only permissions it holds itself, may
+//! not change or delete a role it holds unless it also holds `admin`, and
+//! `*` means every permission for the built-in `admin` role alone. A refusal
+//! is FORBIDDEN and leaves an audit event (`role.create_denied`,
+//! `role.update_denied`, `role.delete_denied`) in a transaction that writes
+//! nothing else. The rule not to break: every path that gives a role
+//! permissions goes through [`refusal`] before it writes.
 
 use std::collections::BTreeSet;
 
@@ -13,7 +22,7 @@ use uuid::Uuid;
 use crate::app::App;
 use crate::auth::jwt::Claims;
 use crate::auth::permission;
-use crate::auth::{Ctx, Permission, User};
+use crate::auth::{Actor, Ctx, Permission, User};
 use crate::error::{Error, Result};
 use crate::service::WriteTx;
 
@@ -31,13 +40,18 @@ pub struct Role {
     pub updated_at: chrono::DateTime<Utc>,
 }
 
+/// What a stored role grants; `*` only counts for the built-in `admin`.
+fn permissions_of(model: &role::Model) -> BTreeSet<Permission> {
+    permission::expand(&model.permissions, model.built_in && model.name == ADMIN)
+}
+
 impl From<role::Model> for Role {
     fn from(model: role::Model) -> Self {
         Self {
             id: model.id,
+            permissions: permissions_of(&model),
             name: model.name,
             description: model.description,
-            permissions: permission::expand(&model.permissions),
             built_in: model.built_in,
             created_at: model.created_at,
             updated_at: model.updated_at,
@@ -67,7 +81,7 @@ pub async fn resolve_user(db: &impl ConnectionTrait, claims: Claims) -> Result<U
         let rows =
             role::Entity::find().filter(Column::Name.is_in(claims.roles.iter().map(String::as_str))).all(db).await?;
         for row in rows {
-            permissions.extend(permission::expand(&row.permissions));
+            permissions.extend(permissions_of(&row));
         }
     }
     Ok(User { subject: claims.subject, roles: claims.roles, permissions })
@@ -101,6 +115,9 @@ pub async fn create(app: &App, ctx: &Ctx, input: CreateRole) -> Result<Role> {
     }
 
     let mut tx = WriteTx::begin(app).await?;
+    if let Some(refused) = refusal(ctx, &input.name, &permissions) {
+        return Err(refuse(tx, ctx, "role.create_denied", &input.name, refused, Some(&permissions)).await);
+    }
     if find_by_name(tx.conn(), &input.name).await?.is_some() {
         return Err(Error::Conflict(format!("role {:?} already exists", input.name)));
     }
@@ -144,7 +161,11 @@ pub async fn update(app: &App, ctx: &Ctx, input: UpdateRole) -> Result<Role> {
     {
         return Err(Error::invalid("permissions", "a built-in role cannot be emptied"));
     }
-    let before = permission::expand(&existing.permissions);
+    let before = permissions_of(&existing);
+    let added = permissions.as_ref().map(|p| p.difference(&before).copied().collect()).unwrap_or_default();
+    if let Some(refused) = refusal(ctx, &existing.name, &added) {
+        return Err(refuse(tx, ctx, "role.update_denied", &input.name, refused, permissions.as_ref()).await);
+    }
     let mut active: role::ActiveModel = existing.into();
     let mut changes = serde_json::Map::new();
     if let Some(description) = description {
@@ -170,10 +191,65 @@ pub async fn delete(app: &App, ctx: &Ctx, name: &str) -> Result<Role> {
     if existing.built_in {
         return Err(Error::InvalidState(format!("{name:?} is a built-in role and cannot be deleted")));
     }
+    if let Some(refused) = refusal(ctx, name, &BTreeSet::new()) {
+        return Err(refuse(tx, ctx, "role.delete_denied", name, refused, None).await);
+    }
     role::Entity::delete_by_id(existing.id).exec(tx.conn()).await?;
     tx.audit(ctx, "role.delete", "role", name, serde_json::json!({ "id": existing.id })).await?;
     tx.commit().await?;
     Ok(existing.into())
+}
+
+/// Why the caller may not give role `role` the permissions `added` (or
+/// change it at all), if it may not.
+struct Refusal {
+    /// What the caller lacks, as the FORBIDDEN error names it.
+    lacks: &'static str,
+    reason: &'static str,
+    not_held: Vec<&'static str>,
+}
+
+fn refusal(ctx: &Ctx, role: &str, added: &BTreeSet<Permission>) -> Option<Refusal> {
+    let Actor::User(user) = &ctx.actor else {
+        // The system (the CLI, jobs) acts with the server's own authority;
+        // anyone else was refused by `ctx.require` already.
+        return None;
+    };
+    let not_held: Vec<&'static str> = added.difference(&user.permissions).map(|p| p.as_str()).collect();
+    let is_admin = user.roles.iter().any(|r| r == ADMIN);
+    if !is_admin && user.roles.iter().any(|r| r == role) {
+        return Some(Refusal {
+            lacks: "the admin role (to change a role the caller holds)",
+            reason: "the caller holds this role",
+            not_held,
+        });
+    }
+    let first = *not_held.first()?;
+    Some(Refusal { lacks: first, reason: "the caller does not hold every permission it grants", not_held })
+}
+
+/// Record a refused attempt (in `tx`, which has written nothing) and
+/// return the FORBIDDEN error for it.
+async fn refuse(
+    mut tx: WriteTx,
+    ctx: &Ctx,
+    action: &str,
+    role: &str,
+    refused: Refusal,
+    requested: Option<&BTreeSet<Permission>>,
+) -> Error {
+    let mut details = serde_json::json!({ "reason": refused.reason, "not_held": refused.not_held });
+    if let Some(requested) = requested {
+        details["permissions"] = serde_json::json!(names(requested));
+    }
+    let recorded = async {
+        tx.audit(ctx, action, "role", role, details).await?;
+        tx.commit().await
+    };
+    match recorded.await {
+        Ok(()) => Error::Forbidden { permission: refused.lacks },
+        Err(err) => err,
+    }
 }
 
 async fn find_by_name(db: &impl ConnectionTrait, name: &str) -> Result<Option<role::Model>> {

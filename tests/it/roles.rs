@@ -106,3 +106,103 @@ async fn role_rules_are_enforced_and_leave_nothing_behind() {
     let data = admin.ok(UPDATE, json!({"input": {"name": "viewer", "permissions": ["DEVICE_READ"]}})).await;
     assert_eq!(data["updateRole"]["role"]["permissions"], json!(["DEVICE_READ"]));
 }
+
+const ROLES: &str = "{ roles { name permissions description } }";
+
+fn role_named<'a>(roles: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    roles["roles"].as_array().unwrap().iter().find(|r| r["name"] == name)
+}
+
+#[tokio::test]
+async fn a_role_admin_grants_only_what_it_holds_and_refusals_are_audited() {
+    let app = TestApp::start().await;
+    let admin = app.operator("admin");
+    let keeper_permissions = json!(["DEVICE_READ", "ROLE_READ", "ROLE_ADMIN"]);
+    admin.ok(CREATE, json!({"input": {"name": "role-keeper", "permissions": keeper_permissions}})).await;
+    admin.ok(CREATE, json!({"input": {"name": "ops", "permissions": ["AUDIT_READ"]}})).await;
+    let keeper = app.with_token(&app.token_for("keeper", &["role-keeper"]));
+    let roles_before = admin.ok(ROLES, json!({})).await;
+
+    // The escalation: its own role, with four permissions it lacks.
+    let escalation = json!({"input": {"name": "role-keeper", "permissions": ["DEVICE_READ", "ROLE_READ", "ROLE_ADMIN",
+        "CONTENT_PROMOTE", "DEVICE_WRITE", "AUDIT_READ", "PACKAGE_WRITE"]}});
+    assert_eq!(keeper.error_code(UPDATE, escalation).await, "FORBIDDEN");
+    // Nor through a role it does not hold, nor a new one.
+    let body =
+        keeper.gql(UPDATE, json!({"input": {"name": "ops", "permissions": ["AUDIT_READ", "CONTENT_PROMOTE"]}})).await;
+    assert_eq!(crate::support::error_code(&body), "FORBIDDEN", "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["permission"], "CONTENT_PROMOTE");
+    let body = keeper.gql(CREATE, json!({"input": {"name": "sidekick", "permissions": ["DEVICE_WRITE"]}})).await;
+    assert_eq!(body["errors"][0]["extensions"]["permission"], "DEVICE_WRITE", "{body}");
+    // A role it holds does not change at all, not even its description.
+    assert_eq!(
+        keeper.error_code(UPDATE, json!({"input": {"name": "role-keeper", "description": "mine"}})).await,
+        "FORBIDDEN"
+    );
+    assert_eq!(keeper.error_code(DELETE, json!({"input": {"name": "role-keeper"}})).await, "FORBIDDEN");
+
+    assert_eq!(admin.ok(ROLES, json!({})).await, roles_before, "a refused change changes no role");
+    assert_eq!(keeper.ok("{ me { permissions } }", json!({})).await["me"]["permissions"], keeper_permissions);
+
+    // Every refusal is in the audit trail, with what was asked for.
+    let events = app
+        .operator("auditor")
+        .ok("{ auditEvents(filter: {objectKind: \"role\"}) { edges { node { action objectId actor { id } details } } } }", json!({}))
+        .await;
+    let denied: Vec<(String, String)> = events["auditEvents"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["node"])
+        .filter(|n| n["action"].as_str().unwrap().ends_with("_denied"))
+        .map(|n| (n["action"].as_str().unwrap().to_owned(), n["objectId"].as_str().unwrap().to_owned()))
+        .collect();
+    let expected = [
+        ("role.delete_denied", "role-keeper"),
+        ("role.update_denied", "role-keeper"),
+        ("role.create_denied", "sidekick"),
+        ("role.update_denied", "ops"),
+        ("role.update_denied", "role-keeper"),
+    ];
+    assert_eq!(denied, expected.map(|(a, o)| (a.to_owned(), o.to_owned())), "{events}");
+    let first = events["auditEvents"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["node"])
+        .rfind(|n| n["action"] == "role.update_denied")
+        .unwrap();
+    assert_eq!(first["actor"]["id"], "keeper");
+    assert_eq!(first["details"]["not_held"], json!(["CONTENT_PROMOTE", "PACKAGE_WRITE", "DEVICE_WRITE", "AUDIT_READ"]));
+
+    // What it holds, it may grant: to a role it does not hold (keeping a
+    // permission of that role it lacks), or to a new one.
+    let data = keeper.ok(UPDATE, json!({"input": {"name": "ops", "permissions": ["AUDIT_READ", "DEVICE_READ"]}})).await;
+    assert_eq!(data["updateRole"]["role"]["permissions"], json!(["DEVICE_READ", "AUDIT_READ"]));
+    keeper.ok(CREATE, json!({"input": {"name": "reader", "permissions": ["DEVICE_READ"]}})).await;
+    keeper.ok(DELETE, json!({"input": {"name": "reader"}})).await;
+    // An admin may change a role it holds (other than admin itself).
+    let both = app.with_token(&app.token_for("boss", &["admin", "role-keeper"]));
+    both.ok(UPDATE, json!({"input": {"name": "role-keeper", "description": "changed by an admin"}})).await;
+}
+
+#[tokio::test]
+async fn the_wildcard_grants_every_permission_to_admin_alone() {
+    use sea_orm::ConnectionTrait;
+    let app = TestApp::start().await;
+    let admin = app.operator("admin");
+    admin.ok(CREATE, json!({"input": {"name": "sneaky", "permissions": ["AUDIT_READ"]}})).await;
+    // What only a database edit (or a bug) could store.
+    app.db()
+        .execute_unprepared(
+            "UPDATE role SET permissions = '[\"*\", \"AUDIT_READ\"]' WHERE name IN ('sneaky', 'viewer')",
+        )
+        .await
+        .unwrap();
+
+    let sneaky = app.with_token(&app.token_for("s", &["sneaky", "viewer"]));
+    assert_eq!(sneaky.ok("{ me { permissions } }", json!({})).await["me"]["permissions"], json!(["AUDIT_READ"]));
+    let roles = admin.ok(ROLES, json!({})).await;
+    assert_eq!(role_named(&roles, "sneaky").unwrap()["permissions"], json!(["AUDIT_READ"]));
+    assert_eq!(role_named(&roles, "admin").unwrap()["permissions"].as_array().unwrap().len(), 15);
+}
