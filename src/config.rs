@@ -251,6 +251,11 @@ pub struct GraphqlConfig {
     pub introspection: bool,
     /// Serve GraphiQL to a browser's GET on `/graphql`.
     pub graphiql: bool,
+    /// Most operations in one batched request (a JSON array); their
+    /// complexities share the one `max_complexity` budget.
+    pub max_batch: usize,
+    /// Most subscriptions live at once on one WebSocket.
+    pub max_subscriptions_per_connection: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -321,7 +326,14 @@ impl Default for Config {
                 public_url: String::new(),
                 upload_url_ttl: Duration::from_secs(24 * 3600),
             },
-            graphql: GraphqlConfig { max_depth: 15, max_complexity: 2000, introspection: true, graphiql: true },
+            graphql: GraphqlConfig {
+                max_depth: 15,
+                max_complexity: 2000,
+                introspection: true,
+                graphiql: true,
+                max_batch: 10,
+                max_subscriptions_per_connection: 20,
+            },
             jobs: JobsConfig {
                 in_process: true,
                 concurrency: 4,
@@ -428,6 +440,12 @@ impl Config {
         }
         if self.graphql.max_depth == 0 || self.graphql.max_complexity == 0 {
             bail!("invalid configuration: graphql.max_depth and graphql.max_complexity must be at least 1");
+        }
+        if self.graphql.max_batch == 0 {
+            bail!("invalid configuration: graphql.max_batch: must be at least 1");
+        }
+        if self.graphql.max_subscriptions_per_connection == 0 {
+            bail!("invalid configuration: graphql.max_subscriptions_per_connection: must be at least 1");
         }
         if self.jobs.concurrency == 0 {
             bail!("invalid configuration: jobs.concurrency: must be at least 1");

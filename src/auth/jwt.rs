@@ -38,6 +38,9 @@ pub struct JwtAuth {
 pub struct Claims {
     pub subject: String,
     pub roles: Vec<String>,
+    /// The token's `exp` (seconds since the epoch; always present, it is
+    /// required).
+    pub expires_at: i64,
 }
 
 impl JwtAuth {
@@ -163,12 +166,15 @@ impl JwtAuth {
         if subject.is_empty() {
             return None;
         }
+        let exp = claims.get("exp")?;
+        // Validation accepted it as a number; some providers write a float.
+        let expires_at = exp.as_i64().or_else(|| exp.as_f64().map(|f| f as i64))?;
         let roles = match claims.get(&self.roles_claim) {
             Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
             Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
             _ => Vec::new(),
         };
-        Some(Claims { subject, roles })
+        Some(Claims { subject, roles, expires_at })
     }
 
     /// Mint an HS256 operator token (needs a configured or generated secret).

@@ -1,4 +1,5 @@
-//! Content: `createContent` (the ExoSense shape, as-is), `content`, `contents`.
+//! Content: `createContent` (the ExoSense shape, as-is), `uploadContent`
+//! (the GraphQL multipart request), `content`, `contents`.
 
 use async_graphql::{
     Context, Enum, ID, InputObject, InputValueError, InputValueResult, Json, Object, Result, Scalar, ScalarType,
@@ -8,6 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::authz::Guarded;
 use super::connection::{Conn, from_page};
+use super::upload::Upload;
 use super::{app, caller};
 use crate::error::Error;
 use crate::service::content as service;
@@ -55,6 +57,22 @@ pub struct ContentInput {
     /// Hex SHA-256 the upload must match, when given.
     #[graphql(name = "sha256")]
     sha256: Option<String>,
+}
+
+/// `uploadContent`'s content; the file comes beside it, as `file`.
+#[derive(InputObject)]
+pub struct UploadContentInput {
+    /// Metadata only (never a path).
+    name: String,
+    /// firmware, application, config, script, manifest, ...
+    #[graphql(name = "type")]
+    kind: String,
+    content_type: String,
+    /// Exact size in bytes; the file must match it.
+    length: i64,
+    /// Hex SHA-256 the file must match, when given.
+    sha256: Option<String>,
+    tags: Option<Vec<TagInput>>,
 }
 
 /// Where and how to send the bytes: a multipart POST of every field of
@@ -282,6 +300,29 @@ impl ContentMutation {
             enctype: form.enctype.into(),
             expires_at: form.expires_at,
         }))
+    }
+
+    /// Create a content and upload its file in one GraphQL multipart
+    /// request (github.com/jaydenseric/graphql-multipart-request-spec, one
+    /// file per request). The file streams into staging; the content is
+    /// STAGED and its scan queued when this returns. A failed upload leaves
+    /// the content it created DELETED.
+    async fn upload_content(
+        &self,
+        ctx: &Context<'_>,
+        input: UploadContentInput,
+        file: Upload,
+    ) -> Result<Option<ContentPayload>> {
+        let new = service::NewContent {
+            name: input.name,
+            content_type: input.content_type,
+            kind: input.kind,
+            length: input.length,
+            tags: input.tags.unwrap_or_default().into_iter().map(|t| (t.name, t.value.0)).collect(),
+            product_id: None,
+            sha256: input.sha256,
+        };
+        Ok(Some(service::create_with_upload(app(ctx), caller(ctx), new, file.take(ctx)).await?.into()))
     }
 
     /// Replace a content's tags.

@@ -12,8 +12,10 @@ pub mod deployment;
 pub mod device;
 pub mod device_model;
 pub mod group;
+pub mod limits;
 pub mod package;
 pub mod role;
+pub mod upload;
 
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema, SchemaBuilder};
 
@@ -63,7 +65,11 @@ fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
 
 /// The schema the server runs, with its limits.
 pub fn build(app: App, config: &GraphqlConfig) -> ApiSchema {
-    let mut builder = builder().data(app).limit_depth(config.max_depth).limit_complexity(config.max_complexity);
+    let mut builder = builder()
+        .data(app)
+        .limit_depth(config.max_depth)
+        .limit_complexity(config.max_complexity)
+        .extension(limits::ComplexityProbe);
     if !config.introspection {
         builder = builder.disable_introspection();
     }

@@ -6,23 +6,25 @@
 //!   (parse, validation, variables) is a 400 without a `data` key;
 //! - a POST must be JSON or multipart (415 otherwise), so a browser form
 //!   cannot run a mutation; a mutation over GET is a 405 with `Allow: POST`;
-//! - bodies and uploads are size-limited (413).
+//! - bodies are size-limited (413); a batch holds at most
+//!   `graphql.max_batch` operations, whose complexities share one budget,
+//!   both checked before any operation runs (400).
 //!
-//! Operators authenticate with `Authorization: Bearer <jwt>`; over the
-//! WebSocket, in the `connection_init` payload (or the upgrade request).
+//! Operators authenticate with `Authorization: Bearer <jwt>`, checked
+//! before the body is read; a multipart request (an upload, see
+//! `multipart`) needs a token. Over the WebSocket the token comes in the
+//! `connection_init` payload (or the upgrade request); see `ws`.
 
-use std::time::Duration;
+mod multipart;
+mod ws;
 
-use async_graphql::ParseRequestError;
-use async_graphql::http::{MultipartOptions, WebSocketProtocols};
+use async_graphql::http::WebSocketProtocols;
 use async_graphql::parser::types::OperationType;
-use async_graphql::{BatchRequest, BatchResponse, Data};
+use async_graphql::{BatchRequest, BatchResponse};
 use axum::body::Body;
-use axum::extract::ws::{CloseFrame, Message as WsMessage};
 use axum::extract::{RawQuery, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use futures::TryStreamExt;
 use serde_json::{Value, json};
 
 use super::{HttpState, request_id};
@@ -31,7 +33,6 @@ use crate::auth::{Actor, Ctx};
 use crate::error::Error;
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
-const MAX_UPLOAD_FILES: usize = 16;
 
 /// Which media type the client gets.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -99,6 +100,12 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body
     let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     let config = &state.app.config.http;
 
+    // Who calls is known before a byte of the body is read.
+    let ctx = match caller(&state.app, &headers).await {
+        Ok(ctx) => ctx,
+        Err(err) => return reply.request_error(err.status(), &err),
+    };
+
     let batch = match essence.as_str() {
         "application/json" | "application/graphql+json" => {
             let limit = config.max_body_bytes;
@@ -119,20 +126,15 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body
             }
         }
         "multipart/form-data" => {
-            let options = MultipartOptions::default()
-                .max_file_size(usize::try_from(config.max_upload_bytes).unwrap_or(usize::MAX))
-                .max_num_files(MAX_UPLOAD_FILES);
-            let reader = body.into_data_stream().map_err(std::io::Error::other).into_async_read();
-            match async_graphql::http::receive_batch_body(Some(&content_type), reader, options).await {
+            // Multipart is for uploads, and uploads need a token: an
+            // anonymous caller never gets the server to read a multipart body.
+            if matches!(ctx.actor, Actor::Anonymous) {
+                let err = Error::Unauthenticated("a multipart request is an upload: it needs an operator token".into());
+                return reply.request_error(StatusCode::UNAUTHORIZED, &err);
+            }
+            match multipart::receive(config, &content_type, &headers, body).await {
                 Ok(batch) => batch,
-                Err(ParseRequestError::PayloadTooLarge) => {
-                    let err = Error::PayloadTooLarge { limit: config.max_upload_bytes };
-                    return reply.request_error(StatusCode::PAYLOAD_TOO_LARGE, &err);
-                }
-                Err(err) => {
-                    let err = Error::invalid("body", format!("not a GraphQL multipart request: {err}"));
-                    return reply.request_error(StatusCode::BAD_REQUEST, &err);
-                }
+                Err(err) => return reply.request_error(err.status(), &err),
             }
         }
         _ => {
@@ -141,10 +143,29 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body
         }
     };
 
-    let ctx = match caller(&state.app, &headers).await {
-        Ok(ctx) => ctx,
-        Err(err) => return reply.request_error(err.status(), &err),
-    };
+    if let BatchRequest::Batch(requests) = &batch {
+        let graphql = &state.app.config.graphql;
+        if requests.len() > graphql.max_batch {
+            let err = Error::invalid(
+                "body",
+                format!("a batch holds at most {} operations; this one has {}", graphql.max_batch, requests.len()),
+            );
+            return reply.request_error(StatusCode::BAD_REQUEST, &err);
+        }
+        if requests.len() > 1 {
+            let complexity = crate::graphql::limits::batch_complexity(&state.schema, requests).await;
+            if complexity > graphql.max_complexity {
+                let err = Error::invalid(
+                    "body",
+                    format!(
+                        "the batch's operations are {complexity} complex together; the limit is {}",
+                        graphql.max_complexity
+                    ),
+                );
+                return reply.request_error(StatusCode::BAD_REQUEST, &err);
+            }
+        }
+    }
     let response = state.schema.execute_batch(batch.data(ctx)).await;
     shape(reply, response)
 }
@@ -260,7 +281,8 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
-/// GraphQL over WebSocket (graphql-transport-ws, and the legacy graphql-ws).
+/// GraphQL over WebSocket (graphql-transport-ws, and the legacy graphql-ws);
+/// the session rules are in `ws`.
 pub async fn ws(State(state): State<HttpState>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
     let Some(protocol) = headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)
@@ -276,62 +298,10 @@ pub async fn ws(State(state): State<HttpState>, headers: HeaderMap, upgrade: Web
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
     let request_id = request_id(&headers);
-    let schema = state.schema.clone();
-    let app = state.app.clone();
-    upgrade.protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| async move {
-        use futures::{SinkExt, StreamExt};
-        // A refused connection_init closes with 4403 (graphql-transport-ws's
-        // "Forbidden"); async-graphql itself closes with 1002.
-        let refused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let refused_in_init = refused.clone();
-        let (mut sink, stream) = socket.split();
-        let input = stream.take_while(|message| futures::future::ready(message.is_ok())).filter_map(|message| {
-            futures::future::ready(match message {
-                Ok(message @ (WsMessage::Text(_) | WsMessage::Binary(_))) => Some(message.into_data()),
-                _ => None,
-            })
-        });
-        let mut output = async_graphql::http::WebSocket::new(schema, input, protocol)
-            .on_connection_init(move |payload| async move {
-                let token = token_from_init(&payload).or(header_token);
-                let actor = match token {
-                    Some(token) => match crate::auth::authenticate_operator(&app, &token).await {
-                        Ok(user) => Actor::User(user),
-                        Err(err) => {
-                            refused_in_init.store(true, std::sync::atomic::Ordering::Release);
-                            return Err(err.into_graphql());
-                        }
-                    },
-                    None => Actor::Anonymous,
-                };
-                let mut data = Data::default();
-                data.insert(Ctx::new(actor, request_id));
-                Ok(data)
-            })
-            .keepalive_timeout(Duration::from_secs(60))
-            .boxed();
-        while let Some(message) = output.next().await {
-            let message = match message {
-                async_graphql::http::WsMessage::Text(text) => WsMessage::Text(text.into()),
-                async_graphql::http::WsMessage::Close(code, reason) => {
-                    let code = if refused.load(std::sync::atomic::Ordering::Acquire) { 4403 } else { code };
-                    WsMessage::Close(Some(CloseFrame { code, reason: reason.into() }))
-                }
-            };
-            if sink.send(message).await.is_err() {
-                break;
-            }
-        }
-    })
-}
-
-/// `{"Authorization": "Bearer x"}`, `{"authorization": ...}` or `{"token": "x"}`.
-fn token_from_init(payload: &Value) -> Option<String> {
-    let object = payload.as_object()?;
-    object
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-        .and_then(|(_, v)| v.as_str())
-        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).to_owned())
-        .or_else(|| object.get("token").and_then(Value::as_str).map(str::to_owned))
+    let (schema, app) = (state.schema.clone(), state.app.clone());
+    upgrade
+        .max_message_size(ws::TRANSPORT_MAX_BYTES)
+        .max_frame_size(ws::TRANSPORT_MAX_BYTES)
+        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| ws::serve(socket, schema, app, protocol, header_token, request_id))
 }

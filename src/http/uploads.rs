@@ -1,8 +1,10 @@
 //! Upload URLs handed out by `createContent`: multipart POST (the form
 //! `ContentUpload` describes) or a raw PUT of the bytes.
 //!
-//! The signed URL is the authorization; the service checks it before a
-//! byte is read.
+//! The signed URL is the authorization; it is checked before a byte of the
+//! body is read (for the form, before its first field), and the form's
+//! fields other than the file are few and small, so a caller without a
+//! valid URL cannot make the server read a body.
 
 use axum::Json;
 use axum::body::Body;
@@ -20,6 +22,8 @@ use crate::service::content::{self, Content, UPLOAD_FIELD, UploadGrant};
 
 /// Largest non-file field of an upload form.
 const MAX_FORM_FIELD: usize = 64 * 1024;
+/// Most non-file fields before the file (`inputs` has one).
+const MAX_FORM_FIELDS: usize = 16;
 
 /// `?exp=…&sig=…` of an upload URL.
 #[derive(Deserialize)]
@@ -66,9 +70,11 @@ pub async fn post(
     mut form: Multipart,
 ) -> Result<Response> {
     let grant = UploadGrant::parse(&id, signature.exp, signature.sig)?;
+    content::check_upload_grant(&state.app, &grant).await?;
     let bad = |e: axum::extract::multipart::MultipartError| {
         Error::invalid("body", format!("not a valid multipart form: {e}"))
     };
+    let mut fields = 0;
     while let Some(mut field) = form.next_field().await.map_err(bad)? {
         let name = field.name().unwrap_or_default().to_owned();
         if name == UPLOAD_FIELD {
@@ -76,7 +82,14 @@ pub async fn post(
             let content = content::upload(&state.app, &ctx(&headers), &grant, None, stream).await?;
             return Ok(created(&content));
         }
-        // Every other field is one of `inputs`: small, and checked when known.
+        // Every other field is one of `inputs`: few, small, and checked when known.
+        fields += 1;
+        if fields > MAX_FORM_FIELDS {
+            return Err(Error::invalid(
+                "body",
+                format!("at most {MAX_FORM_FIELDS} form fields come before the {UPLOAD_FIELD:?} field"),
+            ));
+        }
         let mut value = Vec::new();
         while let Some(chunk) = field.chunk().await.map_err(bad)? {
             value.extend_from_slice(&chunk);

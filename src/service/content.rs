@@ -348,6 +348,20 @@ impl UploadGrant {
     }
 }
 
+/// Check an upload URL's signature without reading anything else: the
+/// upload form's route calls this before it reads a single form field, so
+/// a caller without a valid URL cannot make the server read its body.
+/// ([`upload`] checks it again: it is that function's authorization.)
+pub async fn check_upload_grant(app: &App, grant: &UploadGrant) -> Result<()> {
+    let current = find(&app.db, grant.content_id).await?;
+    verify_grant(app, &current, grant)
+}
+
+fn verify_grant(app: &App, current: &content::Model, grant: &UploadGrant) -> Result<()> {
+    // The signature is bound to the id and the declared length.
+    app.signer.verify(UPLOAD_PURPOSE, &[&current.id.to_string(), &current.length.to_string()], grant.exp, &grant.sig)
+}
+
 /// Receive the bytes of a content through its signed upload URL: stream
 /// them into the staging store while hashing, check length and SHA-256,
 /// then mark the content STAGED and queue its scan, in one transaction.
@@ -365,14 +379,82 @@ where
     S: Stream<Item = std::io::Result<Bytes>> + Send,
 {
     let current = find(&app.db, grant.content_id).await?;
-    // The signature is bound to the id and the declared length: it is this
-    // endpoint's authorization.
-    app.signer.verify(
-        UPLOAD_PURPOSE,
-        &[&current.id.to_string(), &current.length.to_string()],
-        grant.exp,
-        &grant.sig,
-    )?;
+    // The signature is this endpoint's authorization.
+    verify_grant(app, &current, grant)?;
+    receive_upload(app, ctx, current, declared_length, body).await
+}
+
+/// `uploadContent`: create a content and receive its bytes in one call (the
+/// GraphQL multipart request). The same checks as `createContent` (and
+/// CONTENT_WRITE), then the same upload path as the signed upload URL:
+/// AWAITING_UPLOAD → UPLOADING → STAGED with its audit events and scan job.
+///
+/// `body` is None when the request carried no file (a JSON request): that
+/// is refused once the caller and the input are known to be good. A
+/// package's `otau_info` is refused here: packages are made with
+/// `createSoftwarePackage` or `createContent`. When the upload fails, the
+/// content this call created is DELETED (audited), so a failed call leaves
+/// nothing uploadable behind; a call cut off by its client leaves it
+/// AWAITING_UPLOAD, like a broken upload through the URL.
+pub async fn create_with_upload<S>(app: &App, ctx: &Ctx, input: NewContent, body: Option<S>) -> Result<Content>
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Send,
+{
+    ctx.require(Permission::ContentWrite)?;
+    let input = validate(app, input)?;
+    if input.tags.iter().any(|(name, _)| name == package::OTAU_INFO_TAG) {
+        return Err(Error::invalid(
+            "tags.name",
+            format!("{:?}: packages are made with createSoftwarePackage or createContent", package::OTAU_INFO_TAG),
+        ));
+    }
+    let Some(body) = body else {
+        return Err(Error::invalid("file", "send the file in a GraphQL multipart request (the `Upload` of the map)"));
+    };
+    let (created, _) = create(app, ctx, input).await?;
+    let id = created.model.id;
+    match receive_upload(app, ctx, created.model, None, body).await {
+        Ok(content) => Ok(content),
+        Err(err) => {
+            discard_failed_upload(app, ctx, id, &err).await;
+            Err(err)
+        }
+    }
+}
+
+/// The content `create_with_upload` made, once its upload failed: DELETED.
+async fn discard_failed_upload(app: &App, ctx: &Ctx, id: Uuid, cause: &Error) {
+    let result = async {
+        let mut tx = WriteTx::begin(app).await?;
+        transition(&mut tx, id, ContentState::AwaitingUpload, ContentState::Deleted).await?;
+        tx.audit(
+            ctx,
+            "content.delete",
+            "content",
+            &id.to_string(),
+            json!({ "state_before": ContentState::AwaitingUpload.as_str(), "reason": format!("the upload failed: {cause}") }),
+        )
+        .await?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(err) = result {
+        tracing::error!(content = %id, error = %err, "could not delete the content of a failed uploadContent");
+    }
+}
+
+/// Claim `current` (AWAITING_UPLOAD → UPLOADING), stream `body` into
+/// staging and mark it STAGED, or put it back to AWAITING_UPLOAD.
+async fn receive_upload<S>(
+    app: &App,
+    ctx: &Ctx,
+    current: content::Model,
+    declared_length: Option<u64>,
+    body: S,
+) -> Result<Content>
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Send,
+{
     let expected = u64::try_from(current.length).unwrap_or_default();
     if let Some(declared) = declared_length
         && declared != expected

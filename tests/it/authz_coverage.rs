@@ -108,6 +108,15 @@ fn table() -> Vec<Entry> {
         },
         Entry {
             root: Mutation,
+            field: "uploadContent",
+            needs: Permission("CONTENT_WRITE"),
+            // Over the upload limit: an authorized caller gets PAYLOAD_TOO_LARGE
+            // before any file is asked for (a JSON request carries none).
+            operation: "mutation { uploadContent(input: {name: \"a\", type: \"firmware\", contentType: \"x\", length: 1099511627776}, file: \"0\") { content { id } } }",
+            variables: || json!({}),
+        },
+        Entry {
+            root: Mutation,
             field: "setContentTags",
             needs: Permission("CONTENT_WRITE"),
             operation: "mutation { setContentTags(input: {id: \"00000000-0000-7000-8000-000000000000\", tags: []}) { content { id } } }",
