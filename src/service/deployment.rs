@@ -1494,18 +1494,13 @@ pub struct EnosCheck {
 
 /// The device reports `version` (its firmware) and asks for an update:
 /// the reported version is recorded, a released update is acknowledged
-/// and described. It is the EnOS device's poll: only a call that writes
-/// (a new version, the acknowledgement) counts against the rate limit.
+/// and described. It is the EnOS device's poll: only what writes counts
+/// against the rate limit (a new version, the acknowledgement: one write
+/// each).
 pub async fn enos_check_version(app: &App, ctx: &Ctx, version: &str) -> Result<Option<EnosCheck>> {
     let device = ctx.require_device()?.clone();
     let version = version.trim();
-    let mut charged = false;
     if !version.is_empty() {
-        let before = crate::service::device::me(app, ctx).await?;
-        if before.installed.get("firmware").map(|i| i.version.as_str()) != Some(version) {
-            app.rate_limits.device_write(device.id)?;
-            charged = true;
-        }
         crate::service::device::apply_inventory(
             app,
             ctx,
@@ -1513,7 +1508,7 @@ pub async fn enos_check_version(app: &App, ctx: &Ctx, version: &str) -> Result<O
                 installed: vec![("firmware".to_owned(), Some(version.to_owned()))],
                 attributes: Vec::new(),
             },
-            false,
+            true,
         )
         .await?;
     }
@@ -1523,9 +1518,7 @@ pub async fn enos_check_version(app: &App, ctx: &Ctx, version: &str) -> Result<O
     }
     let package = crate::service::package::get_any(&app.db, deployment.package_id).await?;
     if update.state == UpdateState::Released.as_str() {
-        if !charged {
-            app.rate_limits.device_write(device.id)?;
-        }
+        app.rate_limits.device_write(device.id)?;
         report_uncharged(app, ctx, update.id, Report { status: "ACKNOWLEDGED".into(), ..Report::default() }).await?;
     }
     let md5 = package.files.first().and_then(|f| f.md5.clone()).unwrap_or_default();
