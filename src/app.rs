@@ -65,12 +65,20 @@ pub struct Inner {
     pub stores: Stores,
     pub clamd: Option<Clamd>,
     pub events: broadcast::Sender<Event>,
+    /// Only the events that give devices news on their next poll
+    /// (`DevicesReleased`, `AllPollersWake`): long polls wait on this, so
+    /// the other events (audit events, reports, changes of content) never
+    /// wake them.
+    pub poll_events: broadcast::Sender<Event>,
     /// Wakes this process's job workers when a job was enqueued here.
     pub job_wake: tokio::sync::Notify,
     /// This process, in the events it sends to others (`events.rs`).
     pub instance: uuid::Uuid,
     /// The device API's hot-path caches (`service/device_cache.rs`).
     pub device_cache: crate::service::device_cache::DeviceCache,
+    /// Device writes per device and enrollments per token
+    /// (`service/rate_limit.rs`).
+    pub rate_limits: crate::service::rate_limit::RateLimits,
     /// Reconcile jobs this process brought forward, and when
     /// (`service::deployment::wake`).
     pub reconcile_wakes: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, std::time::Instant>>,
@@ -118,6 +126,8 @@ impl App {
             }
         };
         let (events, _) = broadcast::channel(1024);
+        let (poll_events, _) = broadcast::channel(1024);
+        let rate_limits = crate::service::rate_limit::RateLimits::new(&config.devices);
         Ok(Self(Arc::new(Inner {
             config,
             db,
@@ -129,9 +139,11 @@ impl App {
             stores,
             clamd,
             events,
+            poll_events,
             job_wake: tokio::sync::Notify::new(),
             instance: uuid::Uuid::new_v4(),
             device_cache: crate::service::device_cache::DeviceCache::default(),
+            rate_limits,
             reconcile_wakes: std::sync::Mutex::default(),
             tus_busy: std::sync::Mutex::default(),
         })))
@@ -150,6 +162,9 @@ impl App {
 
     pub fn publish(&self, event: Event) {
         // No subscriber is fine: events are notifications, not the record.
+        if matches!(event, Event::DevicesReleased(_) | Event::AllPollersWake) {
+            let _ = self.poll_events.send(event.clone());
+        }
         let _ = self.events.send(event);
     }
 }

@@ -145,6 +145,13 @@ pub struct DevicesConfig {
     /// on a first call), in one batch: at most once a minute per device.
     #[serde(with = "humantime_serde_compat")]
     pub seen_flush_interval: Duration,
+    /// Writes one device may make per minute (inventory, status reports,
+    /// command results, EnOS results), per process; more answer 429 with
+    /// `Retry-After`. A whole update takes about 6 to 10. 0: no limit.
+    pub max_writes_per_minute: u32,
+    /// Enrollments one enrollment token may make per minute, per process;
+    /// more answer 429 with `Retry-After`. 0: no limit.
+    pub max_enrollments_per_minute: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -295,7 +302,11 @@ impl Default for Config {
                 tus_upload_expiry: Duration::from_secs(24 * 3600),
             },
             packages: PackagesConfig::default(),
-            devices: DevicesConfig { seen_flush_interval: Duration::from_secs(10) },
+            devices: DevicesConfig {
+                seen_flush_interval: Duration::from_secs(10),
+                max_writes_per_minute: 60,
+                max_enrollments_per_minute: 60,
+            },
             deployments: DeploymentsConfig {
                 reconcile_interval: Duration::from_secs(5),
                 max_poll_wait: Duration::from_secs(60),

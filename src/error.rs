@@ -42,6 +42,9 @@ pub enum Error {
     PayloadTooLarge { limit: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// A rate limit (`service::rate_limit`): try again after this long.
+    #[error("too many requests; retry after {retry_after_secs} s")]
+    TooManyRequests { retry_after_secs: u64 },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -90,6 +93,7 @@ impl Error {
             Self::InvalidState(_) => "INVALID_STATE",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::Unavailable(_) => "UNAVAILABLE",
+            Self::TooManyRequests { .. } => "TOO_MANY_REQUESTS",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -106,7 +110,16 @@ impl Error {
             Self::InvalidState(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `Retry-After` header an HTTP answer of this error carries.
+    pub fn retry_after(&self) -> Option<http::HeaderValue> {
+        match self {
+            Self::TooManyRequests { retry_after_secs } => Some(http::HeaderValue::from(*retry_after_secs)),
+            _ => None,
         }
     }
 
@@ -127,6 +140,7 @@ impl Error {
             match &self {
                 Self::InvalidInput { field, .. } => ext.set("field", field.as_str()),
                 Self::Forbidden { permission } => ext.set("permission", *permission),
+                Self::TooManyRequests { retry_after_secs } => ext.set("retryAfterSeconds", *retry_after_secs),
                 Self::Rows { rows } => {
                     let rows: Vec<async_graphql::Value> = rows
                         .iter()
@@ -166,7 +180,11 @@ impl IntoResponse for Error {
         if let Self::InvalidInput { field, .. } = &self {
             error["field"] = serde_json::Value::String(field.clone());
         }
+        let retry_after = self.retry_after();
         let mut response = (status, Json(serde_json::json!({ "error": error }))).into_response();
+        if let Some(value) = retry_after {
+            response.headers_mut().insert(http::header::RETRY_AFTER, value);
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
         }

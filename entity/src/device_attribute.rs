@@ -1,4 +1,6 @@
-//! `device_attribute`: a device's attributes, one row per key.
+//! `device_attribute`: a device's attributes as operators set them
+//! (registration, CSV import), one row per key; what the device reports
+//! itself is `device_reported_attribute`.
 
 use sea_orm::entity::prelude::*;
 

@@ -14,6 +14,10 @@ pub struct Model {
     pub token_hash: String,
     pub expires_at: Option<DateTimeUtc>,
     pub revoked_at: Option<DateTimeUtc>,
+    /// Most enrollments the token answers (none: no quota).
+    pub max_devices: Option<i32>,
+    /// Enrollments answered so far (counted against `max_devices`).
+    pub enrolled_count: i32,
     pub created_by: String,
     pub created_at: DateTimeUtc,
 }

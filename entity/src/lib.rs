@@ -12,6 +12,7 @@ pub mod device_group;
 pub mod device_group_member;
 pub mod device_installed;
 pub mod device_model;
+pub mod device_reported_attribute;
 pub mod device_update;
 pub mod enrollment_token;
 pub mod installation;

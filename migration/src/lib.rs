@@ -21,6 +21,8 @@ mod m20261130_000010_create_deployment;
 mod m20261130_000011_add_group_auto_deployment;
 mod m20261130_000012_add_deployment_install_quorum;
 mod m20261130_000013_create_command;
+mod m20261202_000014_add_enrollment_token_quota;
+mod m20261202_000015_create_device_reported_attribute;
 
 pub struct Migrator;
 
@@ -40,6 +42,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000011_add_group_auto_deployment::Migration),
             Box::new(m20261130_000012_add_deployment_install_quorum::Migration),
             Box::new(m20261130_000013_create_command::Migration),
+            Box::new(m20261202_000014_add_enrollment_token_quota::Migration),
+            Box::new(m20261202_000015_create_device_reported_attribute::Migration),
         ]
     }
 }

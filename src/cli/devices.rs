@@ -2,7 +2,7 @@
 //!
 //! Columns (a header row names them, in any order): `endpoint_id` and
 //! `model` (required), `serial`, `gateway`, and `attr.<key>` for each
-//! attribute. Rows go in batches of up to 10,000, each all or nothing;
+//! operator attribute. Rows go in batches of up to 10,000, each all or nothing;
 //! the secrets go to `--secrets-out` (created new, readable by its owner
 //! only) as `endpoint_id,device_id,secret`, since they are shown once.
 
@@ -65,6 +65,7 @@ pub async fn import(app: &App, file: &Path, secrets_out: &Path, batch: usize) ->
                         .iter()
                         .filter_map(|(i, key)| get(Some(*i)).map(|v| (key.clone(), v)))
                         .collect(),
+                    reported_attributes: Vec::new(),
                 },
             ));
         }

@@ -53,7 +53,12 @@ pub struct Device {
     serial: Option<String>,
     model: DeviceModel,
     status: DeviceStatusGql,
+    /// Set by operators (registration, CSV import). Dynamic groups read
+    /// these unless a condition says `source: REPORTED`.
     attributes: Vec<Attribute>,
+    /// What the device reported about itself (inventory, enrollment); it
+    /// never changes `attributes`.
+    reported_attributes: Vec<Attribute>,
     installed: Vec<InstalledVersion>,
     /// The gateway that may act for this device.
     gateway_id: Option<ID>,
@@ -75,6 +80,11 @@ impl From<service::Device> for Device {
             model: d.model.into(),
             status: d.status.into(),
             attributes: d.attributes.into_iter().map(|(key, value)| Attribute { key, value }).collect(),
+            reported_attributes: d
+                .reported_attributes
+                .into_iter()
+                .map(|(key, value)| Attribute { key, value })
+                .collect(),
             installed: d
                 .installed
                 .into_iter()
@@ -155,6 +165,7 @@ impl From<RegisterDeviceInput> for service::NewDevice {
             serial: i.serial,
             model: i.model.0,
             attributes: i.attributes.unwrap_or_default().into_iter().map(|a| (a.key, a.value)).collect(),
+            reported_attributes: Vec::new(),
             gateway: i.gateway,
         }
     }
@@ -221,12 +232,26 @@ impl From<FilterOpGql> for service::FilterOp {
     }
 }
 
+/// Which of a device's attribute sets a filter condition reads.
+#[derive(Enum, Clone, Copy, PartialEq, Eq, Default)]
+#[graphql(name = "AttributeSource", remote = "crate::service::device::AttributeSource")]
+pub enum AttributeSourceGql {
+    /// `Device.attributes`, set by operators.
+    #[default]
+    Operator,
+    /// `Device.reportedAttributes`, what devices reported about themselves.
+    Reported,
+}
+
 #[derive(InputObject, SimpleObject, Clone)]
 #[graphql(input_name = "AttributeFilterInput")]
 pub struct AttributeFilter {
     key: String,
     #[graphql(default)]
     op: FilterOpGql,
+    /// The operator's attributes (the default) or the device's reported ones.
+    #[graphql(default)]
+    source: AttributeSourceGql,
     /// For EQUALS and PREFIX.
     value: Option<String>,
     /// For IN.
@@ -245,9 +270,9 @@ pub struct InstalledVersionFilter {
     versions: Option<Vec<String>>,
 }
 
-impl From<crate::service::device::ValueFilter> for AttributeFilter {
-    fn from(f: crate::service::device::ValueFilter) -> Self {
-        Self { key: f.name, op: f.op.into(), value: f.value, values: Some(f.values) }
+impl From<(service::AttributeSource, service::ValueFilter)> for AttributeFilter {
+    fn from((source, f): (service::AttributeSource, service::ValueFilter)) -> Self {
+        Self { key: f.name, op: f.op.into(), source: source.into(), value: f.value, values: Some(f.values) }
     }
 }
 
@@ -268,9 +293,12 @@ impl From<service::FilterOp> for FilterOpGql {
     }
 }
 
-impl From<AttributeFilter> for service::ValueFilter {
+impl From<AttributeFilter> for (service::AttributeSource, service::ValueFilter) {
     fn from(f: AttributeFilter) -> Self {
-        Self { name: f.key, op: f.op.into(), value: f.value, values: f.values.unwrap_or_default() }
+        (
+            f.source.into(),
+            service::ValueFilter { name: f.key, op: f.op.into(), value: f.value, values: f.values.unwrap_or_default() },
+        )
     }
 }
 
@@ -296,10 +324,16 @@ pub struct DeviceFilter {
 
 impl DeviceFilter {
     fn into_service(self) -> Result<service::DeviceFilter> {
+        let (reported, operator): (Vec<_>, Vec<_>) = self
+            .attribute
+            .into_iter()
+            .map(<(service::AttributeSource, service::ValueFilter)>::from)
+            .partition(|(source, _)| *source == service::AttributeSource::Reported);
         Ok(service::DeviceFilter {
             model: self.model.as_ref().map(|m| super::device_model::parse_id("filter.model", m)).transpose()?,
             status: self.status.map(Into::into),
-            attributes: self.attribute.into_iter().map(Into::into).collect(),
+            attributes: operator.into_iter().map(|(_, f)| f).collect(),
+            reported_attributes: reported.into_iter().map(|(_, f)| f).collect(),
             installed: self.installed_version.into_iter().map(Into::into).collect(),
             last_seen_before: self.last_seen_before,
             last_seen_after: self.last_seen_after,
@@ -318,6 +352,10 @@ pub struct EnrollmentToken {
     model: Option<DeviceModel>,
     expires_at: Option<DateTime<Utc>>,
     revoked_at: Option<DateTime<Utc>>,
+    /// Most devices that may enroll with it (no quota when null).
+    max_devices: Option<i32>,
+    /// Enrollments it has answered, counted against `maxDevices`.
+    enrolled_count: i32,
     created_by: String,
     created_at: DateTime<Utc>,
 }
@@ -331,6 +369,8 @@ impl From<crate::service::enrollment::EnrollmentToken> for EnrollmentToken {
             model: t.model.map(Into::into),
             expires_at: r.expires_at,
             revoked_at: r.revoked_at,
+            max_devices: r.max_devices,
+            enrolled_count: r.enrolled_count,
             created_by: r.created_by,
             created_at: r.created_at,
         }
@@ -344,6 +384,8 @@ pub struct CreateEnrollmentTokenInput {
     model: Option<ID>,
     /// Lifetime (60 s to a year); without one it lasts until revoked.
     expires_in_seconds: Option<i64>,
+    /// Most devices that may enroll with it; without one, no quota.
+    max_devices: Option<i32>,
 }
 
 /// The token, shown this once: devices enroll at `POST /device/v1/enroll`
@@ -460,14 +502,13 @@ impl DeviceMutation {
         ctx: &Context<'_>,
         input: CreateEnrollmentTokenInput,
     ) -> Result<CreateEnrollmentTokenPayload> {
-        let (token, secret) = crate::service::enrollment::create(
-            app(ctx),
-            caller(ctx),
-            &input.name,
-            input.model.map(|m| m.0),
-            input.expires_in_seconds,
-        )
-        .await?;
+        let new = crate::service::enrollment::NewToken {
+            name: input.name,
+            model: input.model.map(|m| m.0),
+            expires_in_seconds: input.expires_in_seconds,
+            max_devices: input.max_devices.map(i64::from),
+        };
+        let (token, secret) = crate::service::enrollment::create(app(ctx), caller(ctx), new).await?;
         Ok(CreateEnrollmentTokenPayload { enrollment_token: Guarded::new(token.into()), token: secret })
     }
 

@@ -26,6 +26,8 @@ pub enum GroupKindGql {
 #[derive(SimpleObject, InputObject, Clone, Default)]
 #[graphql(input_name = "DeviceGroupFilterInput")]
 pub struct DeviceGroupFilter {
+    /// Each reads the operator's attributes unless its `source` is
+    /// REPORTED (what the device says of itself).
     #[graphql(default)]
     attributes: Vec<AttributeFilter>,
     #[graphql(default)]

@@ -62,7 +62,9 @@ fn text(body: &Map<String, Value>, field: &str) -> Result<Option<String>> {
     }
 }
 
-/// What the device API shows a device of itself.
+/// What the device API shows a device of itself: `attributes` are the ones
+/// it reported (what its inventory posts), `operatorAttributes` the ones
+/// operators set, which it cannot change.
 fn view(device: &Device) -> Value {
     json!({
         "id": device.row.id,
@@ -70,7 +72,8 @@ fn view(device: &Device) -> Value {
         "model": device.model.name,
         "status": device.status.as_str(),
         "installed": device.installed.iter().map(|(c, i)| (c.clone(), Value::String(i.version.clone()))).collect::<Map<_, _>>(),
-        "attributes": device.attributes,
+        "attributes": device.reported_attributes,
+        "operatorAttributes": device.attributes,
     })
 }
 
@@ -124,7 +127,9 @@ pub async fn enroll(
         endpoint_id: text("endpointId")?.ok_or_else(|| Error::invalid("endpointId", "is required"))?,
         serial: text("serial")?,
         model: text("model")?.unwrap_or_default(),
+        // The service keeps these as reported attributes.
         attributes: entries(&body, "attributes")?.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect(),
+        reported_attributes: Vec::new(),
         gateway: None,
     };
     let registered = crate::service::enrollment::enroll(&state.app, token, input, request_id(&headers)).await?;
@@ -166,8 +171,10 @@ pub async fn poll(
     let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::trim);
     let wait = query.wait.map(|w| std::time::Duration::from_secs(w).min(state.app.config.deployments.max_poll_wait));
     // Subscribed before the first look, so nothing released in between is
-    // missed (only by long polls: a plain poll never waits).
-    let mut events = wait.map(|_| state.app.events.subscribe());
+    // missed (only by long polls: a plain poll never waits). The poll
+    // channel carries only releases, so other devices' reports and audit
+    // events do not wake this one.
+    let mut events = wait.map(|_| state.app.poll_events.subscribe());
     let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
     let mut fresh = false;
     let answer = loop {

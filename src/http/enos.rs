@@ -26,7 +26,12 @@ fn enos_error(err: Error) -> Response {
     if let Error::Internal(inner) = &err {
         tracing::error!(error = format!("{inner:#}"), "internal error");
     }
-    (status, Json(json!({ "httpstatus": status.as_u16(), "message": message }))).into_response()
+    let retry_after = err.retry_after();
+    let mut response = (status, Json(json!({ "httpstatus": status.as_u16(), "message": message }))).into_response();
+    if let Some(value) = retry_after {
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
+    }
+    response
 }
 
 fn body_object(body: &Bytes) -> Result<Map<String, Value>, Error> {

@@ -412,9 +412,11 @@ pub struct Outcome {
     pub message: Option<String>,
 }
 
-/// `POST /device/v1/commands/{id}`: ACKNOWLEDGED, then SUCCEEDED or FAILED.
+/// `POST /device/v1/commands/{id}`: ACKNOWLEDGED, then SUCCEEDED or FAILED;
+/// one write against the device's rate limit.
 pub async fn report(app: &App, ctx: &Ctx, id: Uuid, outcome: Outcome) -> Result<command::Model> {
     let device = ctx.require_device()?.clone();
+    app.rate_limits.device_write(device.id)?;
     let result = outcome
         .result
         .as_ref()

@@ -1374,8 +1374,15 @@ pub struct Report {
     pub message: Option<String>,
 }
 
-/// `POST /device/v1/updates/{id}/status`.
+/// `POST /device/v1/updates/{id}/status`: one write against the device's
+/// rate limit.
 pub async fn report(app: &App, ctx: &Ctx, update_id: Uuid, report: Report) -> Result<device_update::Model> {
+    app.rate_limits.device_write(ctx.require_device()?.id)?;
+    report_uncharged(app, ctx, update_id, report).await
+}
+
+/// [`report`] as a step of a call charged already (the EnOS routes).
+async fn report_uncharged(app: &App, ctx: &Ctx, update_id: Uuid, report: Report) -> Result<device_update::Model> {
     let device = ctx.require_device()?.clone();
     if let Some(p) = report.progress
         && !(0..=100).contains(&p)
@@ -1546,18 +1553,21 @@ pub struct EnosCheck {
 
 /// The device reports `version` (its firmware) and asks for an update:
 /// the reported version is recorded, a released update is acknowledged
-/// and described.
+/// and described. It is the EnOS device's poll: only what writes counts
+/// against the rate limit (a new version, the acknowledgement: one write
+/// each).
 pub async fn enos_check_version(app: &App, ctx: &Ctx, version: &str) -> Result<Option<EnosCheck>> {
     let device = ctx.require_device()?.clone();
     let version = version.trim();
     if !version.is_empty() {
-        crate::service::device::report_inventory(
+        crate::service::device::apply_inventory(
             app,
             ctx,
             crate::service::device::Inventory {
                 installed: vec![("firmware".to_owned(), Some(version.to_owned()))],
                 attributes: Vec::new(),
             },
+            true,
         )
         .await?;
     }
@@ -1567,7 +1577,8 @@ pub async fn enos_check_version(app: &App, ctx: &Ctx, version: &str) -> Result<O
     }
     let package = crate::service::package::get_any(&app.db, deployment.package_id).await?;
     if update.state == UpdateState::Released.as_str() {
-        report(app, ctx, update.id, Report { status: "ACKNOWLEDGED".into(), ..Report::default() }).await?;
+        app.rate_limits.device_write(device.id)?;
+        report_uncharged(app, ctx, update.id, Report { status: "ACKNOWLEDGED".into(), ..Report::default() }).await?;
     }
     let md5 = package.files.first().and_then(|f| f.md5.clone()).unwrap_or_default();
     Ok(Some(EnosCheck { update_id: update.id, version: package.model.version.clone(), md5 }))
@@ -1616,6 +1627,8 @@ pub async fn enos_update_result(
     desc: Option<String>,
 ) -> Result<device_update::Model> {
     let device = ctx.require_device()?;
+    // One call, one write charged, whatever steps it takes.
+    app.rate_limits.device_write(device.id)?;
     let (update, deployment) = current_update(&app.db, device.id)
         .await?
         .ok_or_else(|| Error::not_found("update in progress", device.endpoint_id.clone()))?;
@@ -1656,7 +1669,7 @@ pub async fn enos_update_result(
     }
     let mut last = update;
     for step in steps {
-        last = report(app, ctx, last.id, step).await?;
+        last = report_uncharged(app, ctx, last.id, step).await?;
     }
     Ok(last)
 }

@@ -6,7 +6,16 @@
 //!   `otd_<device id, 32 hex>_<43 base64url characters>`; only its SHA-256
 //!   is stored, compared in constant time.
 //! - Attributes and installed versions are rows (`device_attribute`,
-//!   `device_installed`), so filters are indexed SQL on both backends.
+//!   `device_reported_attribute`, `device_installed`), so filters are
+//!   indexed SQL on both backends.
+//! - Operator attributes (`device_attribute`: registration, CSV import)
+//!   and reported attributes (`device_reported_attribute`: the device's
+//!   inventory and enrollment) are kept apart: nothing a device sends
+//!   writes an operator attribute, so a device cannot move itself into a
+//!   group defined on one.
+//! - Gateways act one level deep: a gateway may not itself have a
+//!   gateway, a device that is a gateway may not be given one, and a
+//!   device acted for through its gateway acts for nobody.
 //! - `last_seen_at` is written at most once a minute per device: the
 //!   update is conditional on the stored value being older.
 
@@ -15,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, TimeDelta, Utc};
-use entity::{device, device_attribute, device_installed};
+use entity::{device, device_attribute, device_installed, device_reported_attribute};
 use rand::RngCore;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
 use sea_orm::{ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, QueryTrait, Set};
@@ -89,7 +98,11 @@ pub struct Device {
     pub row: device::Model,
     pub status: DeviceStatus,
     pub model: DeviceModel,
+    /// Set by operators (registration, CSV import); dynamic groups read
+    /// these unless a condition names the reported ones.
     pub attributes: BTreeMap<String, String>,
+    /// What the device reported about itself (inventory, enrollment).
+    pub reported_attributes: BTreeMap<String, String>,
     pub installed: BTreeMap<String, Installed>,
 }
 
@@ -99,7 +112,10 @@ pub struct NewDevice {
     pub serial: Option<String>,
     /// A device model id or name.
     pub model: String,
+    /// Operator attributes.
     pub attributes: Vec<(String, String)>,
+    /// Attributes the device gave about itself (enrollment).
+    pub reported_attributes: Vec<(String, String)>,
     /// The gateway's device id or endpoint id (registered earlier, or
     /// earlier in the same batch).
     pub gateway: Option<String>,
@@ -295,6 +311,11 @@ pub(crate) async fn flush_seen(app: &App, seen: HashMap<Uuid, bool>) -> Result<(
 pub async fn act_for(app: &App, gateway: &Ctx, endpoint_id: &str) -> Result<Ctx> {
     let acting = gateway.require_device()?;
     let not_found = || Error::not_found("device", endpoint_id);
+    // One level deep: a sub-device reached through its gateway (X-Device-Id)
+    // acts for nobody else (EnOS `assetId`), whatever the rows say.
+    if acting.via_gateway.is_some() {
+        return Err(not_found());
+    }
     let row = device::Entity::find()
         .filter(device::Column::EndpointId.eq(endpoint_id))
         .filter(device::Column::GatewayId.eq(acting.id))
@@ -321,6 +342,10 @@ pub async fn act_for(app: &App, gateway: &Ctx, endpoint_id: &str) -> Result<Ctx>
 pub async fn set_gateway(app: &App, ctx: &Ctx, id: Uuid, gateway: Option<String>) -> Result<Device> {
     ctx.require(Permission::DeviceWrite)?;
     let mut tx = WriteTx::begin(app).await?;
+    // Gateway changes run one at a time (PostgreSQL; SQLite's write lock
+    // does it there), so two concurrent ones cannot build a chain that
+    // each alone would not.
+    crate::service::audit::serialize_writes(tx.conn()).await?;
     let current = find(tx.conn(), id).await?;
     let gateway = match gateway.as_deref().map(str::trim).filter(|g| !g.is_empty()) {
         None => None,
@@ -334,7 +359,27 @@ pub async fn set_gateway(app: &App, ctx: &Ctx, id: Uuid, gateway: Option<String>
             if g.gateway_id == Some(id) {
                 return Err(Error::invalid(
                     "gateway",
-                    format!("{} is a sub-device of {}", g.endpoint_id, current.endpoint_id),
+                    format!("{} is a sub-device of {}: that would be a cycle", g.endpoint_id, current.endpoint_id),
+                ));
+            }
+            if let Some(parent) = g.gateway_id {
+                let parent = find(tx.conn(), parent).await?;
+                return Err(Error::invalid(
+                    "gateway",
+                    format!(
+                        "{} is itself a sub-device of {}; gateways act one level deep, so a gateway has no gateway",
+                        g.endpoint_id, parent.endpoint_id
+                    ),
+                ));
+            }
+            let subs = sub_device_count(tx.conn(), id).await?;
+            if subs > 0 {
+                return Err(Error::invalid(
+                    "gateway",
+                    format!(
+                        "{} is the gateway of {subs} device(s); gateways act one level deep, so a gateway has no gateway",
+                        current.endpoint_id
+                    ),
                 ));
             }
             if matches!(DeviceStatus::parse(&g.status)?, DeviceStatus::Decommissioned | DeviceStatus::Rejected) {
@@ -359,6 +404,12 @@ pub async fn set_gateway(app: &App, ctx: &Ctx, id: Uuid, gateway: Option<String>
     .await?;
     tx.commit().await?;
     get_unchecked(&app.db, id).await
+}
+
+/// How many devices name `id` as their gateway.
+async fn sub_device_count(conn: &impl ConnectionTrait, id: Uuid) -> Result<u64> {
+    use sea_orm::PaginatorTrait;
+    Ok(device::Entity::find().filter(device::Column::GatewayId.eq(id)).count(conn).await?)
 }
 
 // ---------------------------------------------------------------------------
@@ -391,6 +442,23 @@ struct CheckedDevice {
     endpoint_id: String,
     serial: Option<String>,
     attributes: Vec<(String, String)>,
+    reported_attributes: Vec<(String, String)>,
+}
+
+/// Keys and values of one attribute set.
+fn check_attributes(field: &str, attributes: &[(String, String)]) -> std::result::Result<(), (String, String)> {
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Err((field.into(), format!("at most {MAX_ATTRIBUTES}")));
+    }
+    let mut seen = BTreeSet::new();
+    for (key, value) in attributes {
+        validate_key(key).map_err(|m| (format!("{field}.key"), m))?;
+        validate_value(value, 256).map_err(|m| (format!("{field}.value"), format!("{key}: {m}")))?;
+        if !seen.insert(key) {
+            return Err((format!("{field}.key"), format!("{key:?} appears twice")));
+        }
+    }
+    Ok(())
 }
 
 fn check(input: &NewDevice) -> std::result::Result<CheckedDevice, (String, String)> {
@@ -402,18 +470,14 @@ fn check(input: &NewDevice) -> std::result::Result<CheckedDevice, (String, Strin
             Some(serial.to_owned())
         }
     };
-    if input.attributes.len() > MAX_ATTRIBUTES {
-        return Err(("attributes".into(), format!("at most {MAX_ATTRIBUTES}")));
-    }
-    let mut seen = BTreeSet::new();
-    for (key, value) in &input.attributes {
-        validate_key(key).map_err(|m| ("attributes.key".to_owned(), m))?;
-        validate_value(value, 256).map_err(|m| ("attributes.value".to_owned(), format!("{key}: {m}")))?;
-        if !seen.insert(key) {
-            return Err(("attributes.key".into(), format!("{key:?} appears twice")));
-        }
-    }
-    Ok(CheckedDevice { endpoint_id, serial, attributes: input.attributes.clone() })
+    check_attributes("attributes", &input.attributes)?;
+    check_attributes("attributes", &input.reported_attributes)?;
+    Ok(CheckedDevice {
+        endpoint_id,
+        serial,
+        attributes: input.attributes.clone(),
+        reported_attributes: input.reported_attributes.clone(),
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -432,11 +496,15 @@ pub async fn register(app: &App, ctx: &Ctx, input: NewDevice) -> Result<Register
 }
 
 /// One device, its row error as a plain error.
-pub(crate) async fn register_one(app: &App, ctx: &Ctx, input: NewDevice, status: DeviceStatus) -> Result<Registered> {
-    match insert_devices(app, ctx, vec![input], status).await {
-        Ok(mut registered) => Ok(registered.remove(0)),
-        // One row: its error as a plain one.
-        Err(Error::Rows { rows }) => {
+async fn register_one(app: &App, ctx: &Ctx, input: NewDevice, status: DeviceStatus) -> Result<Registered> {
+    insert_devices(app, ctx, vec![input], status).await.map(|mut r| r.remove(0)).map_err(one_row_error)
+}
+
+/// The error of a one-row registration as a plain error: CONFLICT for a
+/// duplicate, BAD_USER_INPUT with the row's field otherwise.
+pub(crate) fn one_row_error(err: Error) -> Error {
+    match err {
+        Error::Rows { rows } => {
             let row = rows.into_iter().next().unwrap_or_else(|| RowError {
                 row: 0,
                 key: String::new(),
@@ -444,9 +512,9 @@ pub(crate) async fn register_one(app: &App, ctx: &Ctx, input: NewDevice, status:
                 message: "refused".into(),
                 duplicate: false,
             });
-            Err(if row.duplicate { Error::Conflict(row.message) } else { Error::invalid(row.field, row.message) })
+            if row.duplicate { Error::Conflict(row.message) } else { Error::invalid(row.field, row.message) }
         }
-        Err(other) => Err(other),
+        other => other,
     }
 }
 
@@ -457,10 +525,18 @@ pub async fn register_many(app: &App, ctx: &Ctx, inputs: Vec<NewDevice>) -> Resu
     insert_devices(app, ctx, inputs, DeviceStatus::Registered).await
 }
 
-/// The registration itself, for callers that authorized it (an operator, or
-/// an enrollment token for one PENDING device).
-pub(crate) async fn insert_devices(
-    app: &App,
+async fn insert_devices(app: &App, ctx: &Ctx, inputs: Vec<NewDevice>, status: DeviceStatus) -> Result<Vec<Registered>> {
+    let mut tx = WriteTx::begin(app).await?;
+    let registered = insert_devices_in(&mut tx, ctx, inputs, status).await?;
+    tx.commit().await?;
+    Ok(registered)
+}
+
+/// The registration itself inside `tx` (the caller commits), for callers
+/// that authorized it (an operator, or an enrollment token for one PENDING
+/// device). A refused batch writes nothing and leaves `tx` usable.
+pub(crate) async fn insert_devices_in(
+    tx: &mut WriteTx,
     ctx: &Ctx,
     inputs: Vec<NewDevice>,
     status: DeviceStatus,
@@ -476,7 +552,10 @@ pub(crate) async fn insert_devices(
         errors.push(RowError { row, key: key.to_owned(), field: field.to_owned(), message, duplicate });
     };
 
-    let mut tx = WriteTx::begin(app).await?;
+    if inputs.iter().any(|i| i.gateway.as_deref().is_some_and(|g| !g.trim().is_empty())) {
+        // Like setDeviceGateway: gateway checks run one at a time.
+        crate::service::audit::serialize_writes(tx.conn()).await?;
+    }
     let conn = tx.conn();
     // Models: each distinct reference looked up once.
     let mut models: HashMap<String, Option<DeviceModel>> = HashMap::new();
@@ -526,7 +605,8 @@ pub(crate) async fn insert_devices(
         taken.extend(found);
     }
     let new_ids: Vec<Uuid> = inputs.iter().map(|_| Uuid::now_v7()).collect();
-    // Gateways: a device of the fleet, or an earlier row of this batch.
+    // Gateways: a device of the fleet, or an earlier row of this batch;
+    // one level deep, so never a device that has a gateway itself.
     let mut gateways: Vec<Option<Uuid>> = Vec::with_capacity(inputs.len());
     for (i, input) in inputs.iter().enumerate() {
         let key = checked[i].as_ref().map_or(input.endpoint_id.trim(), |c| c.endpoint_id.as_str());
@@ -539,13 +619,32 @@ pub(crate) async fn insert_devices(
             gateways.push(None);
             continue;
         };
-        let gateway = match in_batch.get(reference) {
-            Some(&row) if row < i => Some(new_ids[row]),
-            _ => find_by_ref(conn, reference).await?.map(|g| g.id),
+        // (its id, whether it has a gateway itself)
+        let found: Option<(Uuid, bool)> = match in_batch.get(reference) {
+            Some(&row) if row < i => {
+                Some((new_ids[row], inputs[row].gateway.as_deref().is_some_and(|g| !g.trim().is_empty())))
+            }
+            _ => find_by_ref(conn, reference).await?.map(|g| (g.id, g.gateway_id.is_some())),
         };
-        if gateway.is_none() {
-            push(i, key, "gateway", format!("no device {reference} (registered, or earlier in this batch)"), false);
-        }
+        let gateway = match found {
+            None => {
+                push(i, key, "gateway", format!("no device {reference} (registered, or earlier in this batch)"), false);
+                None
+            }
+            Some((_, true)) => {
+                push(
+                    i,
+                    key,
+                    "gateway",
+                    format!(
+                        "{reference} is itself a sub-device; gateways act one level deep, so a gateway has no gateway"
+                    ),
+                    false,
+                );
+                None
+            }
+            Some((id, false)) => Some(id),
+        };
         gateways.push(gateway);
     }
     if !errors.is_empty() {
@@ -558,6 +657,7 @@ pub(crate) async fn insert_devices(
     let mut registered = Vec::with_capacity(inputs.len());
     let mut rows = Vec::with_capacity(inputs.len());
     let mut attribute_rows = Vec::new();
+    let mut reported_rows = Vec::new();
     for (i, (input, row)) in inputs.iter().zip(checked).enumerate() {
         let row = row.ok_or_else(|| Error::internal(anyhow::anyhow!("unchecked row {i}")))?;
         let id = new_ids[i];
@@ -586,6 +686,11 @@ pub(crate) async fn insert_devices(
             key: Set(k.clone()),
             value: Set(v.clone()),
         }));
+        reported_rows.extend(row.reported_attributes.iter().map(|(k, v)| device_reported_attribute::ActiveModel {
+            device_id: Set(id),
+            key: Set(k.clone()),
+            value: Set(v.clone()),
+        }));
         rows.push(device::ActiveModel::from(model_row.clone()));
         registered.push(Registered {
             device: Device {
@@ -593,6 +698,7 @@ pub(crate) async fn insert_devices(
                 status,
                 model,
                 attributes: row.attributes.into_iter().collect(),
+                reported_attributes: row.reported_attributes.into_iter().collect(),
                 installed: BTreeMap::new(),
             },
             secret,
@@ -609,6 +715,12 @@ pub(crate) async fn insert_devices(
         let chunk: Vec<device_attribute::ActiveModel> = attribute_rows.by_ref().take(INSERT_CHUNK * 3).collect();
         device_attribute::Entity::insert_many(chunk).exec(conn).await?;
     }
+    let mut reported_rows = reported_rows.into_iter().peekable();
+    while reported_rows.peek().is_some() {
+        let chunk: Vec<device_reported_attribute::ActiveModel> =
+            reported_rows.by_ref().take(INSERT_CHUNK * 3).collect();
+        device_reported_attribute::Entity::insert_many(chunk).exec(conn).await?;
+    }
     let endpoint_ids: Vec<&str> = registered.iter().map(|r| r.device.row.endpoint_id.as_str()).collect();
     let (action, object_id) = if status == DeviceStatus::Pending {
         ("device.enroll", registered[0].device.row.id.to_string())
@@ -619,8 +731,55 @@ pub(crate) async fn insert_devices(
     };
     tx.audit(ctx, action, "device", &object_id, json!({ "count": endpoint_ids.len(), "endpoint_ids": endpoint_ids }))
         .await?;
-    tx.commit().await?;
     Ok(registered)
+}
+
+/// An enrollment's input checked as a registration would check it (the
+/// same errors), without writing: its model.
+pub(crate) async fn check_enrollment(conn: &impl ConnectionTrait, input: &NewDevice) -> Result<DeviceModel> {
+    let row_error = |field: String, message: String| Error::Rows {
+        rows: vec![RowError { row: 0, key: input.endpoint_id.trim().to_owned(), field, message, duplicate: false }],
+    };
+    check(input).map_err(|(field, message)| row_error(field, message))?;
+    device_model::resolve(conn, "model", std::slice::from_ref(&input.model))
+        .await
+        .ok()
+        .and_then(|mut m| m.pop())
+        .ok_or_else(|| row_error("model".into(), format!("no device model {}", input.model)))
+}
+
+/// What an enrollment of an endpoint id that exists answers: a PENDING
+/// device of the same shape as a new one, under an id that exists nowhere,
+/// with a secret that authenticates nothing. Nothing is written.
+pub(crate) fn decoy(input: NewDevice, model: DeviceModel) -> Registered {
+    let id = Uuid::now_v7();
+    let (secret, hash) = new_secret(id);
+    let now = Utc::now();
+    let serial = input.serial.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+    Registered {
+        device: Device {
+            row: device::Model {
+                id,
+                endpoint_id: input.endpoint_id.trim().to_owned(),
+                serial,
+                model_id: model.id,
+                status: DeviceStatus::Pending.as_str().to_owned(),
+                credential_hash: hash,
+                credential_rotated_at: now,
+                gateway_id: None,
+                last_seen_at: None,
+                created_by: String::new(),
+                created_at: now,
+                updated_at: now,
+            },
+            status: DeviceStatus::Pending,
+            model,
+            attributes: BTreeMap::new(),
+            reported_attributes: input.reported_attributes.into_iter().collect(),
+            installed: BTreeMap::new(),
+        },
+        secret,
+    }
 }
 
 /// A device by id or endpoint id.
@@ -700,8 +859,21 @@ pub struct Inventory {
     pub attributes: Vec<(String, Option<String>)>,
 }
 
-/// Apply a device's inventory report; writes (and audits) only what changed.
+/// Apply a device's inventory report (`POST /device/v1/inventory`); one
+/// write against the device's rate limit. Writes (and audits) only what
+/// changed: a report that changes nothing writes nothing, audits nothing
+/// and wakes nobody. Its attributes are reported attributes, never the
+/// operator's.
 pub async fn report_inventory(app: &App, ctx: &Ctx, report: Inventory) -> Result<Device> {
+    let device = ctx.require_device()?;
+    app.rate_limits.device_write(device.id)?;
+    apply_inventory(app, ctx, report, false).await
+}
+
+/// [`report_inventory`] for callers that charge the call themselves; with
+/// `charge_on_write` one write is charged only if something changes (EnOS
+/// `/checkversion` is a poll that reports the firmware version).
+pub(crate) async fn apply_inventory(app: &App, ctx: &Ctx, report: Inventory, charge_on_write: bool) -> Result<Device> {
     let device = ctx.require_device()?.clone();
     let mut names = BTreeSet::new();
     for (component, version) in &report.installed {
@@ -748,7 +920,7 @@ pub async fn report_inventory(app: &App, ctx: &Ctx, report: Inventory) -> Result
             format!("at most {MAX_COMPONENTS} components (firmware and 8 applications)"),
         ));
     }
-    let mut attributes = current.attributes.clone();
+    let mut attributes = current.reported_attributes.clone();
     let mut changed_attributes = Vec::new();
     for (key, value) in &report.attributes {
         if attributes.get(key) != value.as_ref() {
@@ -764,6 +936,9 @@ pub async fn report_inventory(app: &App, ctx: &Ctx, report: Inventory) -> Result
     }
     if changed_components.is_empty() && changed_attributes.is_empty() {
         return Ok(current);
+    }
+    if charge_on_write {
+        app.rate_limits.device_write(device.id)?;
     }
 
     let mut tx = WriteTx::begin(app).await?;
@@ -783,13 +958,13 @@ pub async fn report_inventory(app: &App, ctx: &Ctx, report: Inventory) -> Result
         }
     }
     for key in &changed_attributes {
-        device_attribute::Entity::delete_many()
-            .filter(device_attribute::Column::DeviceId.eq(device.id))
-            .filter(device_attribute::Column::Key.eq(key.as_str()))
+        device_reported_attribute::Entity::delete_many()
+            .filter(device_reported_attribute::Column::DeviceId.eq(device.id))
+            .filter(device_reported_attribute::Column::Key.eq(key.as_str()))
             .exec(conn)
             .await?;
         if let Some(value) = attributes.get(key) {
-            device_attribute::Entity::insert(device_attribute::ActiveModel {
+            device_reported_attribute::Entity::insert(device_reported_attribute::ActiveModel {
                 device_id: Set(device.id),
                 key: Set(key.clone()),
                 value: Set(value.clone()),
@@ -808,7 +983,7 @@ pub async fn report_inventory(app: &App, ctx: &Ctx, report: Inventory) -> Result
         "device.inventory",
         "device",
         &device.id.to_string(),
-        json!({ "installed": changed_components, "attributes": changed_attributes }),
+        json!({ "installed": changed_components, "reported_attributes": changed_attributes }),
     )
     .await?;
     tx.commit().await?;
@@ -822,11 +997,12 @@ pub(crate) async fn find(conn: &impl ConnectionTrait, id: Uuid) -> Result<device
     device::Entity::find_by_id(id).one(conn).await?.ok_or_else(|| Error::not_found("device", id.to_string()))
 }
 
-/// Models, attributes and installed versions of many devices, in a fixed
-/// number of queries (three, whatever the page size).
+/// Models, attributes (both sets) and installed versions of many devices,
+/// in a fixed number of queries (four, whatever the page size).
 async fn attach(conn: &impl ConnectionTrait, rows: Vec<device::Model>) -> Result<Vec<Device>> {
     let ids: Vec<Uuid> = rows.iter().map(|d| d.id).collect();
     let mut attributes: HashMap<Uuid, BTreeMap<String, String>> = HashMap::new();
+    let mut reported: HashMap<Uuid, BTreeMap<String, String>> = HashMap::new();
     let mut installed: HashMap<Uuid, BTreeMap<String, Installed>> = HashMap::new();
     let mut models: HashMap<Uuid, DeviceModel> = HashMap::new();
     if !ids.is_empty() {
@@ -836,6 +1012,13 @@ async fn attach(conn: &impl ConnectionTrait, rows: Vec<device::Model>) -> Result
             .await?
         {
             attributes.entry(a.device_id).or_default().insert(a.key, a.value);
+        }
+        for a in device_reported_attribute::Entity::find()
+            .filter(device_reported_attribute::Column::DeviceId.is_in(ids.iter().copied()))
+            .all(conn)
+            .await?
+        {
+            reported.entry(a.device_id).or_default().insert(a.key, a.value);
         }
         for i in device_installed::Entity::find()
             .filter(device_installed::Column::DeviceId.is_in(ids.iter().copied()))
@@ -865,6 +1048,7 @@ async fn attach(conn: &impl ConnectionTrait, rows: Vec<device::Model>) -> Result
                     .cloned()
                     .ok_or_else(|| Error::internal(anyhow::anyhow!("device {} has no model", row.id)))?,
                 attributes: attributes.remove(&row.id).unwrap_or_default(),
+                reported_attributes: reported.remove(&row.id).unwrap_or_default(),
                 installed: installed.remove(&row.id).unwrap_or_default(),
                 row,
             })
@@ -947,6 +1131,16 @@ pub async fn get_by_endpoint_id(app: &App, ctx: &Ctx, endpoint_id: &str) -> Resu
     Ok(attach(&app.db, vec![row]).await?.remove(0))
 }
 
+/// Which of a device's two attribute sets a filter reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttributeSource {
+    /// Set by operators (registration, CSV import).
+    #[default]
+    Operator,
+    /// Reported by the device (inventory, enrollment).
+    Reported,
+}
+
 /// How a filter compares a value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FilterOp {
@@ -971,7 +1165,10 @@ pub struct ValueFilter {
 pub struct DeviceFilter {
     pub model: Option<Uuid>,
     pub status: Option<DeviceStatus>,
+    /// On operator attributes.
     pub attributes: Vec<ValueFilter>,
+    /// On reported attributes.
+    pub reported_attributes: Vec<ValueFilter>,
     pub installed: Vec<ValueFilter>,
     pub last_seen_before: Option<DateTime<Utc>>,
     pub last_seen_after: Option<DateTime<Utc>>,
@@ -987,9 +1184,17 @@ fn like_escape(text: &str) -> String {
     text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
 }
 
+/// What a value filter reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FilterOn {
+    Attribute,
+    ReportedAttribute,
+    Installed,
+}
+
 /// One value filter as an `id IN (subquery)` condition.
-fn value_condition(filter: &ValueFilter, attributes: bool) -> Result<sea_orm::sea_query::SimpleExpr> {
-    let field = if attributes { "attribute" } else { "installedVersion" };
+fn value_condition(filter: &ValueFilter, on: FilterOn) -> Result<sea_orm::sea_query::SimpleExpr> {
+    let field = if on == FilterOn::Installed { "installedVersion" } else { "attribute" };
     let need =
         |v: &Option<String>| v.clone().ok_or_else(|| Error::invalid(field, format!("{:?} needs a value", filter.op)));
     macro_rules! subquery {
@@ -1015,10 +1220,10 @@ fn value_condition(filter: &ValueFilter, attributes: bool) -> Result<sea_orm::se
             device::Column::Id.in_subquery(q.into_query())
         }};
     }
-    Ok(if attributes {
-        subquery!(device_attribute, Key, Value)
-    } else {
-        subquery!(device_installed, Component, Version)
+    Ok(match on {
+        FilterOn::Attribute => subquery!(device_attribute, Key, Value),
+        FilterOn::ReportedAttribute => subquery!(device_reported_attribute, Key, Value),
+        FilterOn::Installed => subquery!(device_installed, Component, Version),
     })
 }
 
@@ -1032,10 +1237,13 @@ pub(crate) fn condition(filter: &DeviceFilter) -> Result<Condition> {
         condition = condition.add(device::Column::Status.eq(status.as_str()));
     }
     for f in &filter.attributes {
-        condition = condition.add(value_condition(f, true)?);
+        condition = condition.add(value_condition(f, FilterOn::Attribute)?);
+    }
+    for f in &filter.reported_attributes {
+        condition = condition.add(value_condition(f, FilterOn::ReportedAttribute)?);
     }
     for f in &filter.installed {
-        condition = condition.add(value_condition(f, false)?);
+        condition = condition.add(value_condition(f, FilterOn::Installed)?);
     }
     if let Some(before) = filter.last_seen_before {
         condition = condition.add(device::Column::LastSeenAt.lt(before));

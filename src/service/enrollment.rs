@@ -5,15 +5,22 @@
 //!
 //! A token reads `ote_<token id, 32 hex>_<43 base64url characters>`; only
 //! its SHA-256 is stored. It may be limited to one device model, expire,
-//! and be revoked.
+//! be revoked, and have a quota (`maxDevices`); enrollments per token are
+//! rate-limited (`devices.max_enrollments_per_minute`).
+//!
+//! Rule: an enrollment never tells whether an endpoint id exists. An
+//! endpoint id that is taken gets the same 201 and body shape as a new one,
+//! with a secret that authenticates nothing; the existing device is never
+//! touched, and the attempt is audited (`device.enroll_duplicate`) for the
+//! operators. Both count against the quota alike.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, TimeDelta, Utc};
 use entity::{device, enrollment_token};
 use rand::RngCore;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{ActiveModelTrait, ColumnTrait, Condition, EntityTrait, QueryFilter, Set};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -30,6 +37,19 @@ use crate::service::pagination::{Page, PageRequest, cursor};
 const TOKEN_PREFIX: &str = "ote_";
 /// Longest lifetime of a token: a year.
 const MAX_TTL_SECONDS: i64 = 366 * 24 * 3600;
+/// Largest `maxDevices`.
+const MAX_QUOTA: i64 = 10_000_000;
+
+/// What `createEnrollmentToken` takes.
+#[derive(Clone, Debug, Default)]
+pub struct NewToken {
+    pub name: String,
+    /// A device model id or name.
+    pub model: Option<String>,
+    pub expires_in_seconds: Option<i64>,
+    /// Most devices that may enroll with it.
+    pub max_devices: Option<i64>,
+}
 
 #[derive(Clone, Debug)]
 pub struct EnrollmentToken {
@@ -46,14 +66,9 @@ pub fn is_enrollment_token(token: &str) -> bool {
 }
 
 /// Create a token; it is in the result this once.
-pub async fn create(
-    app: &App,
-    ctx: &Ctx,
-    name: &str,
-    model: Option<String>,
-    expires_in_seconds: Option<i64>,
-) -> Result<(EnrollmentToken, String)> {
+pub async fn create(app: &App, ctx: &Ctx, input: NewToken) -> Result<(EnrollmentToken, String)> {
     ctx.require(Permission::DeviceWrite)?;
+    let NewToken { name, model, expires_in_seconds, max_devices } = input;
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
         return Err(Error::invalid("name", "1 to 128 characters, no control characters"));
@@ -62,6 +77,11 @@ pub async fn create(
         None => None,
         Some(s) if (60..=MAX_TTL_SECONDS).contains(&s) => Some(Utc::now() + TimeDelta::seconds(s)),
         Some(_) => return Err(Error::invalid("expiresInSeconds", format!("between 60 and {MAX_TTL_SECONDS}"))),
+    };
+    let max_devices = match max_devices {
+        None => None,
+        Some(n) if (1..=MAX_QUOTA).contains(&n) => i32::try_from(n).ok(),
+        Some(_) => return Err(Error::invalid("maxDevices", format!("between 1 and {MAX_QUOTA}"))),
     };
     let mut tx = WriteTx::begin(app).await?;
     let model = match model {
@@ -80,6 +100,8 @@ pub async fn create(
         token_hash: Set(hash(&token)),
         expires_at: Set(expires_at),
         revoked_at: Set(None),
+        max_devices: Set(max_devices),
+        enrolled_count: Set(0),
         created_by: Set(created_by),
         created_at: Set(Utc::now()),
     }
@@ -90,7 +112,10 @@ pub async fn create(
         "enrollment_token.create",
         "enrollment_token",
         &id.to_string(),
-        json!({ "name": row.name, "model": model.as_ref().map(|m| &m.name), "expires_at": expires_at }),
+        json!({
+            "name": row.name, "model": model.as_ref().map(|m| &m.name), "expires_at": expires_at,
+            "max_devices": max_devices,
+        }),
     )
     .await?;
     tx.commit().await?;
@@ -152,7 +177,11 @@ pub async fn list(app: &App, ctx: &Ctx, first: Option<i32>, after: Option<&str>)
 }
 
 /// A device enrolls itself with `token`: it is PENDING, with a secret of its
-/// own (in the result, this once). Every token failure is UNAUTHENTICATED.
+/// own (in the result, this once). Every token failure is UNAUTHENTICATED;
+/// too many enrollments a minute are TOO_MANY_REQUESTS; a token whose
+/// quota is used up is INVALID_STATE. An endpoint id that exists already
+/// gets an answer of the same shape whose secret works nowhere (see the
+/// module's rule). The attributes a device sends are reported attributes.
 pub async fn enroll(app: &App, token: &str, input: NewDevice, request_id: Option<String>) -> Result<Registered> {
     let unauthenticated = || Error::Unauthenticated("invalid enrollment token".into());
     let id = token
@@ -167,6 +196,8 @@ pub async fn enroll(app: &App, token: &str, input: NewDevice, request_id: Option
     if row.revoked_at.is_some() || row.expires_at.is_some_and(|at: DateTime<Utc>| at <= Utc::now()) {
         return Err(Error::Unauthenticated(format!("enrollment token {:?} is revoked or expired", row.name)));
     }
+    // After the token is verified: nobody without it can use up its rate.
+    app.rate_limits.enrollment(row.id)?;
     let mut input = input;
     if let Some(model_id) = row.model_id {
         let model = device_model::find(&app.db, model_id).await?;
@@ -180,8 +211,64 @@ pub async fn enroll(app: &App, token: &str, input: NewDevice, request_id: Option
         return Err(Error::invalid("model", "is required"));
     }
     input.gateway = None;
+    // What the device says of itself is never an operator attribute.
+    input.reported_attributes = std::mem::take(&mut input.attributes);
     let ctx = Ctx::new(Actor::System(format!("enrollment:{}", row.name)), request_id);
-    devices::register_one(app, &ctx, input, DeviceStatus::Pending).await
+
+    let mut tx = WriteTx::begin(app).await?;
+    // Enrollments (and registrations) run one at a time from here, so the
+    // existence check below cannot race another enrollment of the same id
+    // (PostgreSQL; SQLite's write lock does it there).
+    crate::service::audit::serialize_writes(tx.conn()).await?;
+    // The quota: a conditional UPDATE, so concurrent enrollments cannot
+    // both take the last place.
+    let counted = enrollment_token::Entity::update_many()
+        .col_expr(
+            enrollment_token::Column::EnrolledCount,
+            ExprTrait::add(Expr::col(enrollment_token::Column::EnrolledCount), 1),
+        )
+        .filter(enrollment_token::Column::Id.eq(row.id))
+        .filter(enrollment_token::Column::RevokedAt.is_null())
+        .filter(Condition::any().add(enrollment_token::Column::MaxDevices.is_null()).add(
+            Expr::col(enrollment_token::Column::EnrolledCount).lt(Expr::col(enrollment_token::Column::MaxDevices)),
+        ))
+        .exec(tx.conn())
+        .await?;
+    if counted.rows_affected == 0 {
+        let now = enrollment_token::Entity::find_by_id(row.id).one(tx.conn()).await?.ok_or_else(unauthenticated)?;
+        if now.revoked_at.is_some() {
+            return Err(Error::Unauthenticated(format!("enrollment token {:?} is revoked or expired", now.name)));
+        }
+        return Err(Error::InvalidState(format!(
+            "enrollment token {:?} has enrolled its maxDevices ({}) devices; an operator can make a new token",
+            now.name,
+            now.max_devices.unwrap_or_default()
+        )));
+    }
+    let taken =
+        device::Entity::find().filter(device::Column::EndpointId.eq(input.endpoint_id.trim())).one(tx.conn()).await?;
+    let registered = match taken {
+        None => devices::insert_devices_in(&mut tx, &ctx, vec![input], DeviceStatus::Pending)
+            .await
+            .map_err(devices::one_row_error)?
+            .remove(0),
+        Some(existing) => {
+            // The input is still checked like a new one (a bad input is the
+            // same 400 either way); the existing device is left alone.
+            let model = devices::check_enrollment(tx.conn(), &input).await.map_err(devices::one_row_error)?;
+            tx.audit(
+                &ctx,
+                "device.enroll_duplicate",
+                "device",
+                &existing.id.to_string(),
+                json!({ "endpoint_id": existing.endpoint_id }),
+            )
+            .await?;
+            devices::decoy(input, model)
+        }
+    };
+    tx.commit().await?;
+    Ok(registered)
 }
 
 /// PENDING → REGISTERED (approve) or REJECTED, for devices named by id or

@@ -3,6 +3,10 @@
 //! dynamic one holds every device of its model that matches its filter,
 //! evaluated in SQL at the moment it is read (never by loading devices).
 //! Decommissioned devices belong to no group.
+//!
+//! A filter's attribute condition reads the operator's attributes unless it
+//! says `REPORTED` (what the device reported about itself): a device must
+//! not be able to move itself into a group an operator defined.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -21,7 +25,9 @@ use crate::app::App;
 use crate::auth::{Ctx, Permission};
 use crate::error::{Error, Result, RowError};
 use crate::service::WriteTx;
-use crate::service::device::{self as devices, Device, DeviceFilter, DeviceStatus, FilterOp, ValueFilter};
+use crate::service::device::{
+    self as devices, AttributeSource, Device, DeviceFilter, DeviceStatus, FilterOp, ValueFilter,
+};
 use crate::service::device_model::{self, DeviceModel};
 use crate::service::pagination::{Page, PageRequest, cursor};
 
@@ -55,7 +61,8 @@ impl GroupKind {
 /// One condition of a dynamic group, as stored (JSON).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredCondition {
-    /// `attribute` or `installed`.
+    /// `attribute` (operator attributes), `reported_attribute` or
+    /// `installed`.
     pub on: String,
     pub name: String,
     /// EQUALS, IN, EXISTS, PREFIX.
@@ -69,7 +76,8 @@ pub struct StoredCondition {
 /// A dynamic group's filter: every condition must hold.
 #[derive(Clone, Debug, Default)]
 pub struct GroupFilter {
-    pub attributes: Vec<ValueFilter>,
+    /// Each on the operator's attributes or on the reported ones.
+    pub attributes: Vec<(AttributeSource, ValueFilter)>,
     pub installed: Vec<ValueFilter>,
 }
 
@@ -97,8 +105,10 @@ impl GroupFilter {
         if self.attributes.len() + self.installed.len() > MAX_FILTERS {
             return Err(Error::invalid("filter", format!("at most {MAX_FILTERS} conditions")));
         }
-        for (field, list) in [("filter.attributes", &self.attributes), ("filter.installedVersions", &self.installed)] {
-            for (i, f) in list.iter().enumerate() {
+        let attributes: Vec<&ValueFilter> = self.attributes.iter().map(|(_, f)| f).collect();
+        let installed: Vec<&ValueFilter> = self.installed.iter().collect();
+        for (field, list) in [("filter.attributes", attributes), ("filter.installedVersions", installed)] {
+            for (i, f) in list.into_iter().enumerate() {
                 let field = format!("{field}[{i}]");
                 if f.name.trim().is_empty() || f.name.len() > 64 {
                     return Err(Error::invalid(field, "a name of 1 to 64 characters"));
@@ -121,7 +131,10 @@ impl GroupFilter {
         let conditions: Vec<StoredCondition> = self
             .attributes
             .iter()
-            .map(|f| ("attribute", f))
+            .map(|(source, f)| match source {
+                AttributeSource::Operator => ("attribute", f),
+                AttributeSource::Reported => ("reported_attribute", f),
+            })
             .chain(self.installed.iter().map(|f| ("installed", f)))
             .map(|(on, f)| StoredCondition {
                 on: on.to_owned(),
@@ -140,7 +153,11 @@ impl GroupFilter {
         let mut filter = Self::default();
         for c in conditions {
             let f = ValueFilter { name: c.name, op: op_parse(&c.op)?, value: c.value, values: c.values };
-            if c.on == "attribute" { filter.attributes.push(f) } else { filter.installed.push(f) }
+            match c.on.as_str() {
+                "attribute" => filter.attributes.push((AttributeSource::Operator, f)),
+                "reported_attribute" => filter.attributes.push((AttributeSource::Reported, f)),
+                _ => filter.installed.push(f),
+            }
         }
         Ok(filter)
     }
@@ -526,7 +543,18 @@ pub(crate) fn members_query(group: &Group) -> Result<SelectStatement> {
         GroupKind::Dynamic => {
             let filter = group.filter.clone().unwrap_or_default();
             let condition = devices::condition(&DeviceFilter {
-                attributes: filter.attributes,
+                attributes: filter
+                    .attributes
+                    .iter()
+                    .filter(|(s, _)| *s == AttributeSource::Operator)
+                    .map(|(_, f)| f.clone())
+                    .collect(),
+                reported_attributes: filter
+                    .attributes
+                    .iter()
+                    .filter(|(s, _)| *s == AttributeSource::Reported)
+                    .map(|(_, f)| f.clone())
+                    .collect(),
                 installed: filter.installed,
                 ..DeviceFilter::default()
             })?;

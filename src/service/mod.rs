@@ -41,6 +41,7 @@ pub mod enrollment;
 pub mod group;
 pub mod package;
 pub mod pagination;
+pub mod rate_limit;
 pub mod role;
 pub mod scan;
 pub mod tus;

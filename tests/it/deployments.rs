@@ -1013,7 +1013,7 @@ async fn devices_joining_a_group_get_its_current_package_without_an_operator() {
 
     // A dynamic group: a device that starts to match gets it too.
     let dynamic = admin
-        .ok("mutation { createDeviceGroup(input: {name: \"eu\", model: \"X100\", kind: DYNAMIC, filter: {attributes: [{key: \"region\", value: \"eu\"}]}}) { deviceGroup { id } } }", json!({}))
+        .ok("mutation { createDeviceGroup(input: {name: \"eu\", model: \"X100\", kind: DYNAMIC, filter: {attributes: [{key: \"region\", value: \"eu\", source: REPORTED}]}}) { deviceGroup { id } } }", json!({}))
         .await["createDeviceGroup"]["deviceGroup"]["id"]
         .clone();
     admin
