@@ -145,6 +145,10 @@ pub struct DevicesConfig {
     /// on a first call), in one batch: at most once a minute per device.
     #[serde(with = "humantime_serde_compat")]
     pub seen_flush_interval: Duration,
+    /// Lifetime of the signed file URLs in a device's manifest (at least
+    /// 2s). A poll hands out a fresh one once less than half of it is left.
+    #[serde(with = "humantime_serde_compat")]
+    pub download_url_ttl: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -208,8 +212,8 @@ pub struct AuthConfig {
     /// Claim that carries the role names (an array of strings, or one string).
     pub roles_claim: String,
     pub leeway_seconds: u64,
-    /// Key of signed upload / download URLs; empty means one is generated
-    /// into `<data_dir>/url-secret`. Replicas must share it.
+    /// Key of signed upload / download URLs, at least 32 bytes; empty means
+    /// one is generated into `<data_dir>/url-secret`. Replicas must share it.
     pub url_secret: Secret,
 }
 
@@ -290,7 +294,10 @@ impl Default for Config {
                 tus_upload_expiry: Duration::from_secs(24 * 3600),
             },
             packages: PackagesConfig::default(),
-            devices: DevicesConfig { seen_flush_interval: Duration::from_secs(10) },
+            devices: DevicesConfig {
+                seen_flush_interval: Duration::from_secs(10),
+                download_url_ttl: Duration::from_secs(24 * 3600),
+            },
             deployments: DeploymentsConfig {
                 reconcile_interval: Duration::from_secs(5),
                 max_poll_wait: Duration::from_secs(60),
@@ -331,6 +338,9 @@ impl Default for Config {
         }
     }
 }
+
+/// Shortest `auth.url_secret`: the HMAC key of every signed URL.
+pub const MIN_URL_SECRET_BYTES: usize = 32;
 
 /// Where the clamd daemon listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -461,6 +471,12 @@ impl Config {
                     key.algorithm
                 );
             }
+        }
+        if self.devices.download_url_ttl < Duration::from_secs(2) {
+            bail!("invalid configuration: devices.download_url_ttl: must be at least 2s");
+        }
+        if !self.auth.url_secret.is_empty() && self.auth.url_secret.expose().len() < MIN_URL_SECRET_BYTES {
+            bail!("invalid configuration: auth.url_secret: must be at least {MIN_URL_SECRET_BYTES} bytes");
         }
         if self.auth.roles_claim.is_empty() {
             bail!("invalid configuration: auth.roles_claim: must not be empty");
