@@ -112,6 +112,9 @@ pub struct ScannerConfig {
     /// Attempts while clamd is unreachable before SCAN_FAILED (backing off
     /// 5 s, 10 s, 20 s, ...).
     pub max_attempts: i32,
+    /// Size of the test object `otadepot scanner check` streams; none means
+    /// `http.max_upload_bytes` (the largest object clamd must scan whole).
+    pub check_bytes: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -232,7 +235,9 @@ pub struct PublicKeyConfig {
 pub struct HttpConfig {
     /// Largest request body for JSON endpoints (GraphQL, device API).
     pub max_body_bytes: usize,
-    /// Largest single upload (GraphQL multipart, upload URLs, tus).
+    /// Largest single upload (GraphQL multipart, upload URLs, tus). With
+    /// the scanner on, at most [`MAX_SCANNABLE_UPLOAD`] (what clamd can
+    /// scan whole), the default.
     pub max_upload_bytes: u64,
     /// Origins allowed to call `/graphql` from a browser; none by default.
     pub cors_allowed_origins: Vec<String>,
@@ -287,6 +292,7 @@ impl Default for Config {
                 clamd: "unix:/var/run/clamav/clamd.ctl".into(),
                 timeout: Duration::from_secs(300),
                 max_attempts: 6,
+                check_bytes: None,
             },
             content: ContentConfig {
                 promotion: Promotion::Auto,
@@ -322,7 +328,7 @@ impl Default for Config {
             },
             http: HttpConfig {
                 max_body_bytes: 16 * 1024 * 1024,
-                max_upload_bytes: 4 * 1024 * 1024 * 1024,
+                max_upload_bytes: MAX_SCANNABLE_UPLOAD,
                 cors_allowed_origins: Vec::new(),
                 shutdown_grace: Duration::from_secs(30),
                 public_url: String::new(),
@@ -338,6 +344,10 @@ impl Default for Config {
         }
     }
 }
+
+/// The largest upload clamd can scan whole: libclamav scans no file over
+/// 2 GiB (it clamps `MaxFileSize` there), less a margin of 64 MiB.
+pub const MAX_SCANNABLE_UPLOAD: u64 = 2 * 1024 * 1024 * 1024 - 64 * 1024 * 1024;
 
 /// Shortest `auth.url_secret`: the HMAC key of every signed URL.
 pub const MIN_URL_SECRET_BYTES: usize = 32;
@@ -413,6 +423,15 @@ impl Config {
         }
         if self.scanner.mode == ScannerMode::Clamd {
             self.clamd_address()?;
+            if self.http.max_upload_bytes > MAX_SCANNABLE_UPLOAD {
+                bail!(
+                    "invalid configuration: http.max_upload_bytes: {} is more than clamd can scan whole (at most {MAX_SCANNABLE_UPLOAD}: libclamav scans no file over 2 GiB); lower it, or set scanner.mode = \"disabled\"",
+                    self.http.max_upload_bytes
+                );
+            }
+        }
+        if self.scanner.check_bytes.is_some_and(|n| n < 68) {
+            bail!("invalid configuration: scanner.check_bytes: must be at least 68 (the EICAR string's length)");
         }
         for origin in &self.http.cors_allowed_origins {
             let parsed = url::Url::parse(origin).with_context(|| {
@@ -482,6 +501,11 @@ impl Config {
             bail!("invalid configuration: auth.roles_claim: must not be empty");
         }
         Ok(self)
+    }
+
+    /// Size of `otadepot scanner check`'s test object.
+    pub fn scanner_check_bytes(&self) -> u64 {
+        self.scanner.check_bytes.unwrap_or(self.http.max_upload_bytes)
     }
 
     pub fn is_sqlite(&self) -> bool {

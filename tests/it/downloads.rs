@@ -335,3 +335,76 @@ async fn the_download_check_reads_no_database_once_warm() {
         "statements for 5 downloads: device URL {device_url}, operator URL {operator_url}"
     );
 }
+
+#[tokio::test]
+async fn another_replica_refuses_the_url_as_soon_as_the_change_reaches_it() {
+    let app = app_with_ttl(Duration::from_secs(3600)).await;
+    let r = rollout(&app, 3).await;
+    // On PostgreSQL, downloads go to a second server on the same database,
+    // whose caches only the events of the first one (LISTEN/NOTIFY) can
+    // keep right; on SQLite (one process) to the same server.
+    let second = match crate::support::backend() {
+        crate::support::Backend::Postgres => {
+            let mut config = app.server().app.config.clone();
+            config.listen = "127.0.0.1:0".parse().unwrap();
+            config.jobs.in_process = false;
+            Some(otadepot::server::Server::start(config).await.unwrap())
+        }
+        crate::support::Backend::Sqlite => None,
+    };
+    let there = format!("http://{}", second.as_ref().map_or(app.server().addr, |s| s.addr));
+    let mut urls = Vec::new();
+    for (_, secret) in &r.devices {
+        let (update, url, _) = update_and_url(&app, secret).await;
+        let url = url.replace(&app.base, &there);
+        // Warm the other server's caches.
+        assert_eq!(app.client.get(&url).send().await.unwrap().status(), StatusCode::OK);
+        urls.push((update, url));
+    }
+    let refused_soon = |url: String| {
+        let client = app.client.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let status = client.get(&url).send().await.unwrap().status();
+                if status == StatusCode::FORBIDDEN {
+                    return;
+                }
+                assert_eq!(status, StatusCode::OK);
+                assert!(Instant::now() < deadline, "{url} still served");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // A rotated credential (d00).
+    let me: Value = app
+        .client
+        .get(app.url("/device/v1/device"))
+        .bearer_auth(&r.devices[0].1)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    app.operator("device_admin")
+        .ok("mutation($id: ID!) { rotateDeviceCredential(input: {id: $id}) { secret } }", json!({"id": me["id"]}))
+        .await;
+    refused_soon(urls[0].1.clone()).await;
+    // An update that failed (d01's report, to the first server).
+    let status = report(&app, &r.devices[1].1, &urls[1].0, "FAILED", json!({"errcode": "e"})).await;
+    assert_eq!(status, StatusCode::OK);
+    refused_soon(urls[1].1.clone()).await;
+    // A cancelled deployment (d02).
+    app.operator("deployment_manager")
+        .ok(
+            "mutation($id: ID!) { cancelDeployment(input: {id: $id}) { deployment { state } } }",
+            json!({"id": r.deployment}),
+        )
+        .await;
+    refused_soon(urls[2].1.clone()).await;
+    if let Some(second) = second {
+        second.shutdown();
+        second.wait().await.unwrap();
+    }
+}

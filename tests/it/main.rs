@@ -23,6 +23,7 @@ mod packages;
 mod repository;
 mod roles;
 mod scan;
+mod scanner;
 mod schema;
 mod support;
 mod tus;
