@@ -36,7 +36,7 @@ fn check(socket: &str, extra: &[(&str, String)]) -> (bool, String, String) {
 async fn the_upload_limit_defaults_to_what_clamd_scans_whole_and_a_larger_one_is_refused() {
     let defaults = otadepot::config::Config::default();
     assert_eq!(defaults.http.max_upload_bytes, otadepot::config::MAX_SCANNABLE_UPLOAD);
-    assert!(otadepot::config::MAX_SCANNABLE_UPLOAD < 2 * 1024 * MIB);
+    const { assert!(otadepot::config::MAX_SCANNABLE_UPLOAD < 2 * 1024 * MIB) };
     let dir = tempfile::tempdir().unwrap();
     let start = |extra: &[(&str, &str)]| {
         let mut command = Command::new(binary());
