@@ -174,17 +174,19 @@ done
 curl -sS -f -o /dev/null "$durl" || die "device URL download failed" # warm the caches
 t0=$(now); curl -sS -f -o /dev/null "$durl" || die "device URL download failed"; t1=$(now)
 device_mbps=$(mbps "$bytes" "$t0" "$t1")
-# Small ranges, where a per-request database read would show.
-ranges=2000
+# Many small requests, where a per-request database read would show: HEAD
+# (the whole access check, headers only; a small streamed body would wait
+# on Nagle and the client's delayed ACK, about 40 ms, and hide the rest).
+ranges=5000
 t0=$(now)
 python3 - "$durl" "$ranges" <<'PY' || die "range requests failed"
 import http.client, sys, urllib.parse
 url = urllib.parse.urlsplit(sys.argv[1]); n = int(sys.argv[2])
 c = http.client.HTTPConnection(url.hostname, url.port)
 for i in range(n):
-    c.request("GET", url.path + "?" + url.query, headers={"Range": f"bytes={i * 4096}-{i * 4096 + 4095}"})
+    c.request("HEAD", url.path + "?" + url.query)
     r = c.getresponse(); r.read()
-    assert r.status == 206, r.status
+    assert r.status == 200, r.status
 PY
 t1=$(now)
 device_ranges_rps=$(python3 -c "print(f'{$ranges / ($t1 - $t0):.0f}')")
@@ -194,9 +196,9 @@ import http.client, sys, urllib.parse
 url = urllib.parse.urlsplit(sys.argv[1]); n = int(sys.argv[2])
 c = http.client.HTTPConnection(url.hostname, url.port)
 for i in range(n):
-    c.request("GET", url.path + "?" + url.query, headers={"Range": f"bytes={i * 4096}-{i * 4096 + 4095}"})
+    c.request("HEAD", url.path + "?" + url.query)
     r = c.getresponse(); r.read()
-    assert r.status == 206, r.status
+    assert r.status == 200, r.status
 PY
 t1=$(now)
 signed_ranges_rps=$(python3 -c "print(f'{$ranges / ($t1 - $t0):.0f}')")
@@ -243,7 +245,7 @@ cat <<TABLE
 | upload ${size_mib} MiB (PUT, loopback) | ${upload_mbps} MiB/s | – | – |
 | download ${size_mib} MiB | ${download_mbps} MiB/s | nginx ${nginx_mbps} MiB/s | $(python3 -c "print(f'{$download_mbps / $nginx_mbps:.0%}')") |
 | download ${size_mib} MiB through a device's manifest URL | ${device_mbps} MiB/s | nginx ${nginx_mbps} MiB/s | $(python3 -c "print(f'{$device_mbps / $nginx_mbps:.0%}')") |
-| ${ranges} sequential 4 KiB Range requests, device manifest URL | ${device_ranges_rps} req/s | operator signed URL ${signed_ranges_rps} req/s | $(python3 -c "print(f'{$device_ranges_rps / $signed_ranges_rps:.0%}')") |
+| ${ranges} sequential HEAD requests (one connection), device manifest URL | ${device_ranges_rps} req/s | operator signed URL ${signed_ranges_rps} req/s | $(python3 -c "print(f'{$device_ranges_rps / $signed_ranges_rps:.0%}')") |
 | scan + promote ${size_mib} MiB (upload end → PROMOTED) | ${scan_promote_s} s | clamd INSTREAM alone ${clamd_s} s | $(python3 -c "print(f'{$scan_promote_s / $clamd_s:.2f}x')") |
 | scan + promote ${concurrent_mib} MiB | ${small_scan_promote_s} s | clamd INSTREAM alone ${small_clamd_s} s | $(python3 -c "print(f'{$small_scan_promote_s / $small_clamd_s:.2f}x')") |
 | ${concurrent} concurrent downloads of ${concurrent_mib} MiB | ${concurrent_mbps} MiB/s total | nginx ${nginx_concurrent_mbps} MiB/s total | $(python3 -c "print(f'{$concurrent_mbps / $nginx_concurrent_mbps:.0%}')") |
