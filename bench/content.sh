@@ -151,6 +151,58 @@ nginx -p "$work/nginx" -c "$work/nginx/nginx.conf"
 t0=$(now); curl -sS -f -o /dev/null "http://127.0.0.1:$nginx_port/big.bin" || die "nginx download failed"; t1=$(now)
 nginx_mbps=$(mbps "$bytes" "$t0" "$t1")
 
+# The same file through a device's manifest URL (signed for its update and
+# checked at download time: device, update and credential, from the caches).
+log "download ${size_mib} MiB through a device's manifest URL"
+gql_py() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); assert 'errors' not in d, d; print($2)" "$1"; }
+gql '{"query":"mutation { createDeviceModel(input: {name: \"BENCH\"}) { deviceModel { id } } }"}' >/dev/null
+pkg=$(gql "{\"query\":\"mutation(\$f: ID!) { createSoftwarePackage(input: {name: \\\"bench\\\", version: \\\"1.0.0\\\", type: \\\"URL_LIST\\\", models: [\\\"BENCH\\\"], files: [\$f]}) { package { id } } }\",\"variables\":{\"f\":\"$id\"}}")
+pkg=$(gql_py "$pkg" 'd["data"]["createSoftwarePackage"]["package"]["id"]')
+dev=$(gql '{"query":"mutation { registerDevice(input: {endpointId: \"bench-0\", model: \"BENCH\"}) { secret } }"}')
+secret=$(gql_py "$dev" 'd["data"]["registerDevice"]["secret"]')
+gql "{\"query\":\"mutation(\$p: ID!) { applyPackage(input: {package: \$p, devices: [\\\"bench-0\\\"]}) { deployment { id } } }\",\"variables\":{\"p\":\"$pkg\"}}" >/dev/null
+durl=""
+for _ in $(seq 100); do
+  poll=$(curl -s "$base/device/v1/poll" -H "Authorization: Bearer $secret")
+  durl=$(python3 -c 'import json,sys
+try: print(json.loads(sys.argv[1])["update"]["manifest"]["files"][0]["url"])
+except Exception: pass' "$poll")
+  [ -n "$durl" ] && break
+  sleep 0.1
+done
+[ -n "$durl" ] || die "the device got no manifest URL"
+curl -sS -f -o /dev/null "$durl" || die "device URL download failed" # warm the caches
+t0=$(now); curl -sS -f -o /dev/null "$durl" || die "device URL download failed"; t1=$(now)
+device_mbps=$(mbps "$bytes" "$t0" "$t1")
+# Many small requests, where a per-request database read would show: HEAD
+# (the whole access check, headers only; a small streamed body would wait
+# on Nagle and the client's delayed ACK, about 40 ms, and hide the rest).
+ranges=5000
+t0=$(now)
+python3 - "$durl" "$ranges" <<'PY' || die "range requests failed"
+import http.client, sys, urllib.parse
+url = urllib.parse.urlsplit(sys.argv[1]); n = int(sys.argv[2])
+c = http.client.HTTPConnection(url.hostname, url.port)
+for i in range(n):
+    c.request("HEAD", url.path + "?" + url.query)
+    r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+PY
+t1=$(now)
+device_ranges_rps=$(python3 -c "print(f'{$ranges / ($t1 - $t0):.0f}')")
+t0=$(now)
+python3 - "$url" "$ranges" <<'PY' || die "range requests failed"
+import http.client, sys, urllib.parse
+url = urllib.parse.urlsplit(sys.argv[1]); n = int(sys.argv[2])
+c = http.client.HTTPConnection(url.hostname, url.port)
+for i in range(n):
+    c.request("HEAD", url.path + "?" + url.query)
+    r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+PY
+t1=$(now)
+signed_ranges_rps=$(python3 -c "print(f'{$ranges / ($t1 - $t0):.0f}')")
+
 log "$concurrent concurrent downloads of ${concurrent_mib} MiB"
 small="$work/small.bin"
 head -c "$((concurrent_mib * 1048576))" /dev/urandom >"$small"
@@ -192,6 +244,8 @@ cat <<TABLE
 | --- | --- | --- | --- |
 | upload ${size_mib} MiB (PUT, loopback) | ${upload_mbps} MiB/s | – | – |
 | download ${size_mib} MiB | ${download_mbps} MiB/s | nginx ${nginx_mbps} MiB/s | $(python3 -c "print(f'{$download_mbps / $nginx_mbps:.0%}')") |
+| download ${size_mib} MiB through a device's manifest URL | ${device_mbps} MiB/s | nginx ${nginx_mbps} MiB/s | $(python3 -c "print(f'{$device_mbps / $nginx_mbps:.0%}')") |
+| ${ranges} sequential HEAD requests (one connection), device manifest URL | ${device_ranges_rps} req/s | operator signed URL ${signed_ranges_rps} req/s | $(python3 -c "print(f'{$device_ranges_rps / $signed_ranges_rps:.0%}')") |
 | scan + promote ${size_mib} MiB (upload end → PROMOTED) | ${scan_promote_s} s | clamd INSTREAM alone ${clamd_s} s | $(python3 -c "print(f'{$scan_promote_s / $clamd_s:.2f}x')") |
 | scan + promote ${concurrent_mib} MiB | ${small_scan_promote_s} s | clamd INSTREAM alone ${small_clamd_s} s | $(python3 -c "print(f'{$small_scan_promote_s / $small_clamd_s:.2f}x')") |
 | ${concurrent} concurrent downloads of ${concurrent_mib} MiB | ${concurrent_mbps} MiB/s total | nginx ${nginx_concurrent_mbps} MiB/s total | $(python3 -c "print(f'{$concurrent_mbps / $nginx_concurrent_mbps:.0%}')") |

@@ -112,6 +112,9 @@ pub struct ScannerConfig {
     /// Attempts while clamd is unreachable before SCAN_FAILED (backing off
     /// 5 s, 10 s, 20 s, ...).
     pub max_attempts: i32,
+    /// Size of the test object `otadepot scanner check` streams; none means
+    /// `http.max_upload_bytes` (the largest object clamd must scan whole).
+    pub check_bytes: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -152,6 +155,10 @@ pub struct DevicesConfig {
     /// Enrollments one enrollment token may make per minute, per process;
     /// more answer 429 with `Retry-After`. 0: no limit.
     pub max_enrollments_per_minute: u32,
+    /// Lifetime of the signed file URLs in a device's manifest (at least
+    /// 2s). A poll hands out a fresh one once less than half of it is left.
+    #[serde(with = "humantime_serde_compat")]
+    pub download_url_ttl: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -215,8 +222,8 @@ pub struct AuthConfig {
     /// Claim that carries the role names (an array of strings, or one string).
     pub roles_claim: String,
     pub leeway_seconds: u64,
-    /// Key of signed upload / download URLs; empty means one is generated
-    /// into `<data_dir>/url-secret`. Replicas must share it.
+    /// Key of signed upload / download URLs, at least 32 bytes; empty means
+    /// one is generated into `<data_dir>/url-secret`. Replicas must share it.
     pub url_secret: Secret,
 }
 
@@ -235,7 +242,9 @@ pub struct PublicKeyConfig {
 pub struct HttpConfig {
     /// Largest request body for JSON endpoints (GraphQL, device API).
     pub max_body_bytes: usize,
-    /// Largest single upload (GraphQL multipart, upload URLs, tus).
+    /// Largest single upload (GraphQL multipart, upload URLs, tus). With
+    /// the scanner on, at most [`MAX_SCANNABLE_UPLOAD`] (what clamd can
+    /// scan whole), the default.
     pub max_upload_bytes: u64,
     /// Origins allowed to call `/graphql` from a browser; none by default.
     pub cors_allowed_origins: Vec<String>,
@@ -295,6 +304,7 @@ impl Default for Config {
                 clamd: "unix:/var/run/clamav/clamd.ctl".into(),
                 timeout: Duration::from_secs(300),
                 max_attempts: 6,
+                check_bytes: None,
             },
             content: ContentConfig {
                 promotion: Promotion::Auto,
@@ -306,6 +316,7 @@ impl Default for Config {
                 seen_flush_interval: Duration::from_secs(10),
                 max_writes_per_minute: 60,
                 max_enrollments_per_minute: 60,
+                download_url_ttl: Duration::from_secs(24 * 3600),
             },
             deployments: DeploymentsConfig {
                 reconcile_interval: Duration::from_secs(5),
@@ -331,7 +342,7 @@ impl Default for Config {
             },
             http: HttpConfig {
                 max_body_bytes: 16 * 1024 * 1024,
-                max_upload_bytes: 4 * 1024 * 1024 * 1024,
+                max_upload_bytes: MAX_SCANNABLE_UPLOAD,
                 cors_allowed_origins: Vec::new(),
                 shutdown_grace: Duration::from_secs(30),
                 public_url: String::new(),
@@ -354,6 +365,13 @@ impl Default for Config {
         }
     }
 }
+
+/// The largest upload clamd can scan whole: libclamav scans no file over
+/// 2 GiB (it clamps `MaxFileSize` there), less a margin of 64 MiB.
+pub const MAX_SCANNABLE_UPLOAD: u64 = 2 * 1024 * 1024 * 1024 - 64 * 1024 * 1024;
+
+/// Shortest `auth.url_secret`: the HMAC key of every signed URL.
+pub const MIN_URL_SECRET_BYTES: usize = 32;
 
 /// Where the clamd daemon listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -426,6 +444,15 @@ impl Config {
         }
         if self.scanner.mode == ScannerMode::Clamd {
             self.clamd_address()?;
+            if self.http.max_upload_bytes > MAX_SCANNABLE_UPLOAD {
+                bail!(
+                    "invalid configuration: http.max_upload_bytes: {} is more than clamd can scan whole (at most {MAX_SCANNABLE_UPLOAD}: libclamav scans no file over 2 GiB); lower it, or set scanner.mode = \"disabled\"",
+                    self.http.max_upload_bytes
+                );
+            }
+        }
+        if self.scanner.check_bytes.is_some_and(|n| n < 68) {
+            bail!("invalid configuration: scanner.check_bytes: must be at least 68 (the EICAR string's length)");
         }
         for origin in &self.http.cors_allowed_origins {
             let parsed = url::Url::parse(origin).with_context(|| {
@@ -491,10 +518,21 @@ impl Config {
                 );
             }
         }
+        if self.devices.download_url_ttl < Duration::from_secs(2) {
+            bail!("invalid configuration: devices.download_url_ttl: must be at least 2s");
+        }
+        if !self.auth.url_secret.is_empty() && self.auth.url_secret.expose().len() < MIN_URL_SECRET_BYTES {
+            bail!("invalid configuration: auth.url_secret: must be at least {MIN_URL_SECRET_BYTES} bytes");
+        }
         if self.auth.roles_claim.is_empty() {
             bail!("invalid configuration: auth.roles_claim: must not be empty");
         }
         Ok(self)
+    }
+
+    /// Size of `otadepot scanner check`'s test object.
+    pub fn scanner_check_bytes(&self) -> u64 {
+        self.scanner.check_bytes.unwrap_or(self.http.max_upload_bytes)
     }
 
     pub fn is_sqlite(&self) -> bool {

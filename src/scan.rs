@@ -1,7 +1,14 @@
 //! clamd, the malware scanner every upload goes through.
 //!
 //! Rule: fail closed. Anything but a clean verdict from a reachable clamd
-//! is not clean.
+//! is not clean. A clean verdict is only worth something when clamd scans
+//! objects whole: with `AlertExceedsMax no` (clamd's default) an object
+//! over `MaxFileSize` or `MaxScanSize` is answered `OK` after a partial
+//! scan, which no reply can tell apart. So clamd must run with
+//! `AlertExceedsMax yes` and `StreamMaxLength`, `MaxScanSize` and
+//! `MaxFileSize` at least `http.max_upload_bytes` (libclamav scans at most
+//! 2 GB, hence [`crate::config::MAX_SCANNABLE_UPLOAD`]); [`Clamd::check`]
+//! (`otadepot scanner check`) proves a clamd's setup.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -81,15 +88,83 @@ impl Clamd {
                 // clamd closes the socket on a stream over its StreamMaxLength;
                 // a clamd that still answers PING did exactly that.
                 if self.version(Duration::from_secs(2)).await.is_ok() {
-                    return Err(ScanError::Refused(format!(
-                        "clamd closed the stream ({err}); the object is probably larger than its StreamMaxLength"
-                    )));
+                    return Err(ScanError::OverLimit {
+                        setting: "StreamMaxLength".into(),
+                        detail: format!(
+                            "clamd closed the stream ({err}); the object is probably larger than its StreamMaxLength"
+                        ),
+                    });
                 }
                 return Err(ScanError::Unavailable(format!("clamd unreachable: {err}")));
             }
             Ok(Ok(reply)) => reply,
         };
         parse_reply(&reply)
+    }
+}
+
+/// The EICAR test string (its two halves joined at run time, so that
+/// neither this source nor the binary holds it whole).
+fn eicar() -> bytes::Bytes {
+    bytes::Bytes::from([r"X5O!P%@AP[4\PZX54(P^)7CC)7}$", "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"].concat())
+}
+
+/// `bytes` bytes: zeros, then the EICAR string as the very last bytes;
+/// generated as it is sent, in chunks (never held whole).
+fn test_object(bytes: u64) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send {
+    const CHUNK: usize = 256 * 1024;
+    let eicar = eicar();
+    let filler = bytes.saturating_sub(eicar.len() as u64);
+    let zeros = bytes::Bytes::from(vec![0u8; CHUNK]);
+    let filler = futures::stream::unfold(filler, move |left| {
+        let zeros = zeros.clone();
+        async move {
+            (left > 0).then(|| {
+                let n = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+                (Ok(zeros.slice(..n)), left - n as u64)
+            })
+        }
+    });
+    futures::StreamExt::chain(filler, futures::stream::once(async move { Ok(eicar) }))
+}
+
+impl Clamd {
+    /// Stream a test object of `bytes` bytes ending in the EICAR string:
+    /// `Ok` (a sentence saying so) only when clamd finds EICAR, which
+    /// proves it scanned the object to its end; otherwise a sentence
+    /// saying what is wrong and which clamd.conf setting to change.
+    pub async fn check(&self, bytes: u64) -> Result<String, String> {
+        let size = |n: u64| format!("{n} bytes ({:.1} MiB)", n as f64 / 1_048_576.0);
+        let raise = |setting: &str| {
+            format!(
+                "raise {setting} in clamd.conf to at least {bytes} (clamd reads its configuration only when it starts: restart it), or lower http.max_upload_bytes"
+            )
+        };
+        match self.scan(test_object(bytes)).await {
+            Ok(Verdict::Infected(signature)) if signature.to_ascii_uppercase().contains("EICAR") => Ok(format!(
+                "clamd scanned the whole test object of {} and found the EICAR string at its end ({signature}): objects up to that size are scanned whole",
+                size(bytes)
+            )),
+            Ok(Verdict::Infected(signature)) => Err(format!(
+                "clamd flagged the test object of {} as {signature}, not as EICAR: check clamd's signature databases",
+                size(bytes)
+            )),
+            Ok(Verdict::Clean) => Err(format!(
+                "clamd answered OK for a test object of {} that ends in the EICAR string, so it did not scan it to its end: set AlertExceedsMax yes, and raise MaxScanSize, MaxFileSize and StreamMaxLength in clamd.conf to at least {bytes}, then restart clamd (it reads its configuration only when it starts); or lower http.max_upload_bytes. If it still answers OK, its signatures do not find EICAR anywhere in a file: add otadepot's tests/fixtures/clamav/otadepot.ndb to its DatabaseDirectory",
+                size(bytes)
+            )),
+            Err(ScanError::OverLimit { setting, detail }) => Err(format!(
+                "clamd did not scan the test object of {} whole ({detail}): {}",
+                size(bytes),
+                raise(&setting)
+            )),
+            Err(ScanError::Refused(reason)) => {
+                Err(format!("clamd refused the test object of {}: {reason}", size(bytes)))
+            }
+            Err(ScanError::Unavailable(reason)) => {
+                Err(format!("clamd at {:?} could not be asked ({reason}): check scanner.clamd", self.address))
+            }
+        }
     }
 }
 
@@ -105,10 +180,14 @@ pub enum ScanError {
     /// clamd is down or timed out: worth retrying.
     #[error("{0}")]
     Unavailable(String),
-    /// clamd will not scan this object (size limits, errors about the
-    /// object): retrying does not help. Never clean.
+    /// clamd will not scan this object (errors about the object):
+    /// retrying does not help. Never clean.
     #[error("{0}")]
     Refused(String),
+    /// The object is over one of clamd's limits (`setting`, a clamd.conf
+    /// name): not scanned whole, so never clean.
+    #[error("{detail}")]
+    OverLimit { setting: String, detail: String },
 }
 
 /// `stream: OK`, `stream: <signature> FOUND`, or `<message> ERROR`.
@@ -122,13 +201,26 @@ pub fn parse_reply(reply: &[u8]) -> Result<Verdict, ScanError> {
         return Ok(Verdict::Clean);
     }
     if let Some(signature) = text.strip_prefix("stream: ").and_then(|t| t.strip_suffix(" FOUND")) {
-        if signature.starts_with("Heuristics.Limits.Exceeded") {
-            return Err(ScanError::Refused(format!("larger than clamd's scan limits ({signature})")));
+        if let Some(limit) = signature.strip_prefix("Heuristics.Limits.Exceeded") {
+            // `Heuristics.Limits.Exceeded.MaxFileSize` names the setting.
+            let setting = limit
+                .trim_start_matches('.')
+                .split(['.', ' '])
+                .next()
+                .filter(|name| name.starts_with("Max"))
+                .unwrap_or("MaxScanSize and MaxFileSize");
+            return Err(ScanError::OverLimit {
+                setting: setting.to_owned(),
+                detail: format!("larger than clamd's scan limits ({signature})"),
+            });
         }
         return Ok(Verdict::Infected(signature.to_owned()));
     }
     if text.contains("size limit exceeded") {
-        return Err(ScanError::Refused(format!("larger than clamd's StreamMaxLength ({text})")));
+        return Err(ScanError::OverLimit {
+            setting: "StreamMaxLength".into(),
+            detail: format!("larger than clamd's StreamMaxLength ({text})"),
+        });
     }
     Err(ScanError::Refused(format!("clamd answered {text:?}")))
 }
@@ -150,9 +242,16 @@ mod tests {
         );
         assert!(matches!(
             parse_reply(b"stream: Heuristics.Limits.Exceeded.MaxFileSize FOUND\0"),
-            Err(ScanError::Refused(_))
+            Err(ScanError::OverLimit { setting, .. }) if setting == "MaxFileSize"
         ));
-        assert!(matches!(parse_reply(b"INSTREAM size limit exceeded. ERROR\0"), Err(ScanError::Refused(_))));
+        assert!(matches!(
+            parse_reply(b"stream: Heuristics.Limits.Exceeded FOUND\0"),
+            Err(ScanError::OverLimit { setting, .. }) if setting == "MaxScanSize and MaxFileSize"
+        ));
+        assert!(matches!(
+            parse_reply(b"INSTREAM size limit exceeded. ERROR\0"),
+            Err(ScanError::OverLimit { setting, .. }) if setting == "StreamMaxLength"
+        ));
         assert!(matches!(parse_reply(b""), Err(ScanError::Refused(_))));
         assert!(matches!(parse_reply(b"stream: OK but not really"), Err(ScanError::Refused(_))));
     }

@@ -1,4 +1,5 @@
-//! The `otadepot` command line: serve, migrate, schema, token.
+//! The `otadepot` command line: serve, migrate, schema, token, and the
+//! client commands (packages, devices, audit, scanner).
 //!
 //! Rule: each subcommand is a thin call into the library; anyhow errors
 //! with context are fine here, at the edge.
@@ -64,6 +65,20 @@ pub enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// The malware scanner (clamd).
+    Scanner {
+        #[command(subcommand)]
+        action: ScannerAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScannerAction {
+    /// Stream a test object of `scanner.check_bytes` (default: the largest
+    /// upload allowed) ending in the EICAR test string to clamd. Exits 0
+    /// only when clamd finds EICAR, which proves it scans objects of that
+    /// size whole; otherwise non-zero, naming the clamd.conf setting to raise.
+    Check,
 }
 
 #[derive(Subcommand, Debug)]
@@ -198,7 +213,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             }
         }
+        Command::Scanner { action: ScannerAction::Check } => scanner_check(&config).await,
         Command::Schema => Ok(()),
+    }
+}
+
+async fn scanner_check(config: &Config) -> anyhow::Result<()> {
+    if config.scanner.mode == crate::config::ScannerMode::Disabled {
+        bail!("scanner.mode is \"disabled\": there is no clamd to check");
+    }
+    let clamd = crate::scan::Clamd::new(config.clamd_address()?, config.scanner.timeout);
+    match clamd.check(config.scanner_check_bytes()).await {
+        Ok(message) => {
+            writeln!(std::io::stdout().lock(), "ok: {message}")?;
+            Ok(())
+        }
+        Err(message) => {
+            writeln!(std::io::stderr().lock(), "scanner check failed: {message}")?;
+            std::process::exit(1);
+        }
     }
 }
 

@@ -194,9 +194,17 @@ pub async fn poll(
                 }
             }
         };
+        // The update's file URLs are renewed at `renew_at` (a new ETag):
+        // look again then, so a long poll never sits on URLs past renewal.
+        let renew = answer
+            .renew_at
+            .and_then(|at| (at - chrono::Utc::now()).to_std().ok())
+            .map(|left| tokio::time::Instant::now() + left + std::time::Duration::from_millis(50));
+        let renew = renew.filter(|at| *at < deadline);
         tokio::select! {
             more = news => if !more { break answer },
             () = tokio::time::sleep_until(deadline) => break answer,
+            () = async { if let Some(at) = renew { tokio::time::sleep_until(at).await } else { std::future::pending().await } } => {}
         }
     };
     let etag = [

@@ -110,7 +110,8 @@ pub async fn version(
         let ctx = device_ctx(&state, &headers).await?;
         let id = id.parse().map_err(|_| Error::not_found("update", &id))?;
         let download = deployment::enos_download(&state.app, &ctx, id).await?;
-        super::repository::serve(&state, &method, &headers, &download).await
+        let private = axum::http::HeaderValue::from_static("private");
+        super::repository::serve(&state, &method, &headers, &download, private).await
     }
     .await;
     result.unwrap_or_else(enos_error)

@@ -1,11 +1,17 @@
 //! `/healthz` (the process is alive) and `/readyz` (what it depends on).
+//!
+//! Rule: `/readyz` tells an anonymous probe its status alone (the HTTP
+//! code and `{"status"}`); the checks, with versions, latencies and error
+//! texts (paths, hosts, database messages), go only to a caller with a
+//! valid operator token, whatever its roles (checked without the
+//! database, so the details are there when the database is not).
 
 use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::HttpState;
@@ -17,9 +23,22 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 /// Every dependency reported; 503 only when the database is unreachable
-/// (stores and clamd can be down while reads still work).
-pub async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+/// (stores and clamd can be down while reads still work). The details only
+/// with an operator token; a token that does not verify is a 401.
+pub async fn readyz(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let app = &state.app;
+    let operator = match headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        None => false,
+        Some(value) => {
+            let token = value.strip_prefix("Bearer ").map(str::trim).unwrap_or_default();
+            // The token's signature and claims only: its roles live in the
+            // database, which may be what is down.
+            if let Err(err) = app.jwt.verify(token) {
+                return err.into_response();
+            }
+            true
+        }
+    };
     let (database, staging, repository, clamd) = tokio::join!(
         timed(async { crate::db::ping(&app.db).await.map(|()| None).map_err(anyhow::Error::from) }),
         timed(async { crate::storage::check(app.stores.staging.as_ref()).await.map(|()| None) }),
@@ -43,6 +62,9 @@ pub async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
         "degraded"
     };
     let code = if database_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    if !operator {
+        return (code, Json(json!({ "status": status }))).into_response();
+    }
     (
         code,
         Json(json!({
@@ -50,6 +72,7 @@ pub async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
             "checks": { "database": database, "staging": staging, "repository": repository, "clamd": clamd },
         })),
     )
+        .into_response()
 }
 
 async fn timed(check: impl Future<Output = anyhow::Result<Option<String>>>) -> Value {

@@ -2,8 +2,13 @@
 //! `/repo/sha256/<sha256>`, streamed from the repository store, with
 //! single Range requests, ETag / If-None-Match / If-Range, and digests.
 //!
-//! Objects are content-addressed and immutable, so every answer may be
-//! cached forever. Only PROMOTED content is served (404 otherwise).
+//! Only PROMOTED content is served (404 otherwise).
+//!
+//! Rule: no answer is ever cacheable by a shared cache (a proxy or CDN in
+//! front of otadepot would hand it to anyone). An answer to a credential
+//! (device secret, operator token) is `Cache-Control: private`; an answer
+//! to a signed URL is `private, max-age=<the URL's remaining life>`, so
+//! not even the client's own cache keeps it past the URL's expiry.
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -24,12 +29,14 @@ pub struct Signature {
     sig: Option<String>,
     /// The device a manifest's URL was signed for.
     device: Option<String>,
+    /// The device's update the URL was signed for.
+    update: Option<String>,
 }
 
 /// A signed URL if it carries one, else the operator's token.
 async fn access(state: &HttpState, headers: &HeaderMap, signature: Signature) -> Result<DownloadAccess> {
     if let (Some(exp), Some(sig)) = (signature.exp, signature.sig) {
-        return Ok(DownloadAccess::Signed { exp, sig, device: signature.device });
+        return Ok(DownloadAccess::Signed { exp, sig, device: signature.device, update: signature.update });
     }
     let token = headers
         .get(header::AUTHORIZATION)
@@ -43,6 +50,17 @@ async fn access(state: &HttpState, headers: &HeaderMap, signature: Signature) ->
     Ok(DownloadAccess::Caller(Ctx::new(Actor::User(user), request_id(headers))))
 }
 
+/// What an answer to `access` may be cached as (see the module doc).
+pub(super) fn cache_control(access: &DownloadAccess) -> Result<HeaderValue> {
+    match access {
+        DownloadAccess::Caller(_) => Ok(HeaderValue::from_static("private")),
+        DownloadAccess::Signed { exp, .. } => {
+            let remaining = (*exp - chrono::Utc::now().timestamp()).max(0);
+            header_value(&format!("private, max-age={remaining}"))
+        }
+    }
+}
+
 pub async fn by_id(
     State(state): State<HttpState>,
     Path((id, _name)): Path<(String, String)>,
@@ -53,7 +71,7 @@ pub async fn by_id(
     let access = access(&state, &headers, signature).await?;
     let id = id.parse().map_err(|_| Error::not_found("content", &id))?;
     let download = content::open_download(&state.app, &access, id).await?;
-    serve(&state, &method, &headers, &download).await
+    serve(&state, &method, &headers, &download, cache_control(&access)?).await
 }
 
 pub async fn by_hash(
@@ -65,7 +83,7 @@ pub async fn by_hash(
 ) -> Result<Response> {
     let access = access(&state, &headers, signature).await?;
     let download = content::open_download_by_hash(&state.app, &access, &sha256).await?;
-    serve(&state, &method, &headers, &download).await
+    serve(&state, &method, &headers, &download, cache_control(&access)?).await
 }
 
 pub(super) async fn serve(
@@ -73,12 +91,13 @@ pub(super) async fn serve(
     method: &Method,
     headers: &HeaderMap,
     download: &Download,
+    cache_control: HeaderValue,
 ) -> Result<Response> {
     let etag = format!("\"{}\"", download.sha256);
     let digest = hex::decode(&download.sha256).map_err(Error::internal)?;
     let mut common = HeaderMap::new();
     common.insert(header::ETAG, header_value(&etag)?);
-    common.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+    common.insert(header::CACHE_CONTROL, cache_control);
     common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     common.insert(
         "repr-digest",

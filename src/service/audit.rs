@@ -32,7 +32,11 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 const CHAIN_LOCK_KEY: i64 = 0x6f74_6164_6570_6f74; // "otadepot"
 
 /// Keys whose values never enter an audit event.
-const SECRET_KEYS: &[&str] = &["secret", "password", "token", "credential", "private"];
+/// Parts of a `details` key (any case) that mark its value as a secret.
+/// Broad on purpose: a harmless key that happens to match (`keyboard`)
+/// loses its value in the trail, a secret under an unforeseen name
+/// (`wifi_psk`, `api_key`, `passphrase`) never reaches it.
+const SECRET_KEYS: &[&str] = &["secret", "pass", "token", "credential", "private", "psk", "key"];
 
 /// Wait until no other write transaction holds the chain, and hold it
 /// until `tx` ends (a no-op on SQLite, whose write transactions are
@@ -353,10 +357,13 @@ mod tests {
             "secret": "s3cr3t",
             "nested": [{"deviceToken": "abc", "ok": 1}],
             "jwt_private_key": "-----BEGIN",
+            "wifi": {"PSK": "p", "ssid": "home", "passphrase": "p", "api_key": "k", "Pass": "p"},
         }));
         assert_eq!(
             details,
-            json!({"name": "dev-1", "secret": "[redacted]", "nested": [{"deviceToken": "[redacted]", "ok": 1}], "jwt_private_key": "[redacted]"})
+            json!({"name": "dev-1", "secret": "[redacted]", "nested": [{"deviceToken": "[redacted]", "ok": 1}],
+                "jwt_private_key": "[redacted]",
+                "wifi": {"PSK": "[redacted]", "ssid": "home", "passphrase": "[redacted]", "api_key": "[redacted]", "Pass": "[redacted]"}})
         );
     }
 }

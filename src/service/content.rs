@@ -913,7 +913,8 @@ mod tests {
 
 const DOWNLOAD_PURPOSE: &str = "content-download";
 const DOWNLOAD_BY_HASH_PURPOSE: &str = "content-download-sha256";
-/// URLs in a deployment's manifest: signed over the content and the device.
+/// URLs in a device's manifest: signed over the content, the device, its
+/// update and its credential (`service/device_download.rs`).
 pub(crate) const DEVICE_DOWNLOAD_PURPOSE: &str = "content-download-device";
 /// Bounds of `downloadUrl(ttlSeconds)`.
 pub const DOWNLOAD_TTL_SECONDS: std::ops::RangeInclusive<i64> = 60..=7 * 24 * 3600;
@@ -924,10 +925,9 @@ pub enum DownloadAccess {
     /// An operator (needs CONTENT_READ) or a device (the files of packages
     /// for its model; with deployments, of its own updates).
     Caller(Ctx),
-    /// A signed, expiring URL.
-    /// A signed, expiring URL; `device` when it was signed for one device
-    /// (the file URLs in a deployment's manifest).
-    Signed { exp: i64, sig: String, device: Option<String> },
+    /// A signed, expiring URL; `device` and `update` when it was signed
+    /// for one device's update (the file URLs in its manifest).
+    Signed { exp: i64, sig: String, device: Option<String>, update: Option<String> },
 }
 
 /// A promoted object, ready to stream from the repository store.
@@ -944,12 +944,12 @@ pub struct Download {
 pub async fn open_download(app: &App, access: &DownloadAccess, id: Uuid) -> Result<Download> {
     let device_model = match access {
         DownloadAccess::Caller(ctx) => authorize_download(ctx)?,
-        DownloadAccess::Signed { exp, sig, device: None } => {
+        DownloadAccess::Signed { exp, sig, device: None, .. } => {
             app.signer.verify(DOWNLOAD_PURPOSE, &[&id.to_string()], *exp, sig)?;
             None
         }
-        DownloadAccess::Signed { exp, sig, device: Some(device) } => {
-            app.signer.verify(DEVICE_DOWNLOAD_PURPOSE, &[&id.to_string(), device], *exp, sig)?;
+        DownloadAccess::Signed { exp, sig, device: Some(device), update } => {
+            crate::service::device_download::check(app, id, device, update.as_deref(), *exp, sig).await?;
             None
         }
     };
@@ -986,7 +986,7 @@ pub async fn open_download_by_hash(app: &App, access: &DownloadAccess, sha256: &
     let sha256 = sha256.to_ascii_lowercase();
     let device_model = match access {
         DownloadAccess::Caller(ctx) => authorize_download(ctx)?,
-        DownloadAccess::Signed { exp, sig, device: None } => {
+        DownloadAccess::Signed { exp, sig, device: None, .. } => {
             app.signer.verify(DOWNLOAD_BY_HASH_PURPOSE, &[&sha256], *exp, sig)?;
             None
         }

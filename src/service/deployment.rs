@@ -41,8 +41,6 @@ use crate::service::pagination::{Page, PageRequest, cursor};
 /// Job kind of the reconciler.
 pub const RECONCILE_JOB: &str = "deployment.reconcile";
 const INSERT_CHUNK: usize = 1_000;
-/// How long file URLs in a manifest stay valid when the deployment sets no expiry.
-const DEFAULT_URL_LIFETIME: TimeDelta = TimeDelta::days(30);
 
 states!(DeploymentState {
     Scheduled => "SCHEDULED",
@@ -623,7 +621,10 @@ async fn counts(conn: &impl ConnectionTrait, id: Uuid) -> Result<BTreeMap<Update
 }
 
 /// Move updates of `id` in `from` states to `to` (CANCELLED, with a message).
+/// Publishes `DeploymentChanged`, which also drops the deployment's updates
+/// from the download check's cache (`service/device_download.rs`).
 async fn cancel_updates(tx: &mut WriteTx, id: Uuid, from: &[UpdateState], message: &str) -> Result<()> {
+    tx.notify(Event::DeploymentChanged(id));
     let now = Utc::now();
     device_update::Entity::update_many()
         .col_expr(device_update::Column::State, Expr::value(UpdateState::Cancelled.as_str()))
@@ -1258,6 +1259,9 @@ pub struct PollAnswer {
     pub update: Option<Value>,
     /// Pending commands (`service::command`), oldest first.
     pub commands: Vec<Value>,
+    /// When the update's file URLs are renewed (the ETag changes then): a
+    /// long poll answers at that moment.
+    pub renew_at: Option<DateTime<Utc>>,
 }
 
 impl PollAnswer {
@@ -1267,7 +1271,7 @@ impl PollAnswer {
     }
 
     fn etag_only(etag: String) -> Self {
-        Self { etag, update: None, commands: Vec::new() }
+        Self { etag, update: None, commands: Vec::new(), renew_at: None }
     }
 }
 
@@ -1325,27 +1329,49 @@ pub async fn poll(app: &App, ctx: &Ctx, if_none_match: Option<&str>, fresh: bool
         app.device_cache.mark_idle(device.id, seq);
         return Ok(PollAnswer::etag_only(IDLE_ETAG.to_owned()));
     }
-    // The ETag names what the device is told: the update's step and the
-    // pending commands (a delivered command keeps its place until acknowledged).
+    // The ETag names what the device is told: the update's step, its file
+    // URLs (their expiry window and the credential they are signed under)
+    // and the pending commands (a delivered command keeps its place until
+    // acknowledged).
     let mut tag = String::new();
     let mut action = None;
+    let mut urls = None;
     if let Some((update, deployment)) = &current {
         let a = action_of(update, deployment)?;
-        tag = format!("{}:{}:{a}:{}", update.id, update.state, deployment.install_released);
+        let row = crate::service::device_download::device_row(app, device.id)
+            .await?
+            .ok_or_else(|| Error::not_found("device", device.id.to_string()))?;
+        let window =
+            crate::service::device_download::window(update.id, app.config.devices.download_url_ttl, Utc::now());
+        tag = format!(
+            "{}:{}:{a}:{}:{}:{}",
+            update.id,
+            update.state,
+            deployment.install_released,
+            window.exp.timestamp(),
+            row.credential_hash
+        );
         action = Some(a);
+        urls = Some((window, row));
     }
     for command in &commands {
         tag.push_str(&format!("|{}", command.id));
     }
     let etag = format!("\"{}\"", &hex::encode(Sha256::digest(tag))[..32]);
+    let renew_at = urls.as_ref().map(|(window, _)| window.renew_at);
     if if_none_match == Some(etag.as_str()) {
-        return Ok(PollAnswer::etag_only(etag));
+        return Ok(PollAnswer { renew_at, ..PollAnswer::etag_only(etag) });
     }
-    let update = match (current, action) {
-        (Some((update, deployment)), Some(action)) => {
+    let update = match (current, action, urls) {
+        (Some((update, deployment)), Some(action), Some((window, row))) => {
             let package = crate::service::package::get_any(&app.db, deployment.package_id).await?;
-            let until = deployment.expires_at.unwrap_or(deployment.created_at + DEFAULT_URL_LIFETIME);
-            let manifest = crate::service::package::device_manifest_for(app, &package, device.id, until)?;
+            let grant = crate::service::device_download::DeviceGrant {
+                device: device.id,
+                update: update.id,
+                credential_hash: &row.credential_hash,
+                exp: window.exp,
+            };
+            let manifest = crate::service::package::device_manifest_for(app, &package, &grant)?;
             Some(json!({
                 "id": update.id,
                 "deploymentId": deployment.id,
@@ -1361,7 +1387,7 @@ pub async fn poll(app: &App, ctx: &Ctx, if_none_match: Option<&str>, fresh: bool
     if let Err(err) = crate::service::command::mark_delivered(app, &commands).await {
         tracing::warn!(device = %device.id, error = %err, "could not record the delivery of commands");
     }
-    Ok(PollAnswer { etag, update, commands: commands.iter().map(crate::service::command::view).collect() })
+    Ok(PollAnswer { etag, update, commands: commands.iter().map(crate::service::command::view).collect(), renew_at })
 }
 
 /// A device's status report.

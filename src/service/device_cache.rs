@@ -1,5 +1,6 @@
 //! Per-process caches for the device API's hot path: a device's
-//! credential row, and the set of devices known to have nothing pending.
+//! credential row, the set of devices known to have nothing pending, and
+//! (for the check of a device's file URL) the states of device updates.
 //! With them, a poll that finds nothing new (the 304 path, most of a
 //! fleet's traffic) touches no database.
 //!
@@ -40,6 +41,9 @@ pub struct DeviceCache {
     idle: Mutex<HashSet<Uuid>>,
     /// Bumped by every event that may end a device's idleness.
     seq: AtomicU64,
+    /// Device updates' states, for the check of a device's file URL
+    /// (`service/device_download.rs`).
+    pub updates: crate::service::device_download::UpdateCache,
 }
 
 impl DeviceCache {
@@ -69,6 +73,21 @@ impl DeviceCache {
                 auth.clear();
             }
             auth.insert(row.id, (row, Instant::now()));
+        }
+    }
+
+    /// A device update's state, for the download check.
+    pub fn update(&self, id: Uuid) -> Option<crate::service::device_download::CachedUpdate> {
+        if !self.on() {
+            return None;
+        }
+        self.updates.get(id)
+    }
+
+    /// Remember an update read at `updates.seq()` == `seq`.
+    pub fn remember_update(&self, update: crate::service::device_download::CachedUpdate, seq: u64) {
+        if self.on() {
+            self.updates.remember(update, seq);
         }
     }
 
@@ -164,6 +183,7 @@ impl DeviceCache {
     /// (so this process never serves a stale entry after its own change),
     /// and by the event loop for other processes' changes.
     pub(crate) fn invalidate(&self, event: &Event) {
+        self.updates.invalidate(event);
         let (Ok(mut idle), Ok(mut auth)) = (self.idle.lock(), self.auth.lock()) else { return };
         match event {
             Event::DevicesReleased(devices) => {
@@ -191,6 +211,7 @@ impl DeviceCache {
     }
 
     fn clear(&self) {
+        self.updates.clear();
         if let (Ok(mut idle), Ok(mut auth)) = (self.idle.lock(), self.auth.lock()) {
             idle.clear();
             auth.clear();

@@ -36,6 +36,7 @@ pub mod content;
 pub mod deployment;
 pub mod device;
 pub mod device_cache;
+pub mod device_download;
 pub mod device_model;
 pub mod enrollment;
 pub mod group;

@@ -1006,15 +1006,19 @@ pub fn device_manifest(app: &App, package: &Package) -> Result<Value> {
 }
 
 /// The manifest a device gets with its update: file URLs signed for that
-/// device until `until` (no credential needed to fetch them; Range works).
-pub fn device_manifest_for(app: &App, package: &Package, device: Uuid, until: DateTime<Utc>) -> Result<Value> {
+/// device's update until `grant.exp` (no credential needed to fetch them;
+/// Range works; checked again at download time, `service/device_download.rs`).
+pub(crate) fn device_manifest_for(
+    app: &App,
+    package: &Package,
+    grant: &crate::service::device_download::DeviceGrant<'_>,
+) -> Result<Value> {
     manifest_with_urls(app, package, |file| {
-        let sig = app.signer.sign(
-            crate::service::content::DEVICE_DOWNLOAD_PURPOSE,
-            &[&file.content_id.to_string(), &device.to_string()],
-            until,
-        );
-        format!("{}?device={device}&exp={}&sig={sig}", file_url(app, file), until.timestamp())
+        format!(
+            "{}?{}",
+            file_url(app, file),
+            crate::service::device_download::signed_query(app, file.content_id, grant)
+        )
     })
 }
 

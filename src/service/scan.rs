@@ -108,7 +108,9 @@ async fn scan(app: &App, ctx: &Ctx, current: &content::Model, last_attempt: bool
     match clamd.scan(stream).await {
         Ok(Verdict::Clean) => record_verdict(app, ctx, current, ContentState::Clean, "CLEAN", None, None).await,
         Ok(Verdict::Infected(signature)) => quarantine(app, ctx, current, &signature).await,
-        Err(ScanError::Refused(reason)) => {
+        // Over a limit (`Heuristics.Limits.Exceeded…`, StreamMaxLength):
+        // not scanned whole, never clean.
+        Err(ScanError::Refused(reason) | ScanError::OverLimit { detail: reason, .. }) => {
             record_verdict(app, ctx, current, ContentState::ScanFailed, "ERROR", None, Some(reason)).await
         }
         Err(ScanError::Unavailable(reason)) if last_attempt => {

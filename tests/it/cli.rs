@@ -34,6 +34,7 @@ async fn help_is_there_for_every_command() {
         &["devices", "import", "--help"],
         &["audit", "export", "--help"],
         &["audit", "verify", "--help"],
+        &["scanner", "check", "--help"],
     ] {
         let output = Command::new(binary()).args(args).output().unwrap();
         assert!(output.status.success(), "{args:?}");

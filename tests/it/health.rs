@@ -17,7 +17,8 @@ async fn healthz_answers() {
 #[tokio::test]
 async fn readyz_reports_database_stores_and_clamd() {
     let app = TestApp::start().await;
-    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let token = app.token_for("ops", &["viewer"]);
+    let response = app.client.get(app.url("/readyz")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.unwrap();
     let checks = &body["checks"];
@@ -39,7 +40,8 @@ async fn readyz_reports_clamd_down_and_a_broken_store_without_failing() {
     let app = TestApp::start_with(|c| c.scanner.clamd = "tcp://127.0.0.1:1".into()).await;
     std::fs::remove_dir_all(app.dir.path().join("repository")).unwrap();
     std::fs::write(app.dir.path().join("repository"), b"not a folder").unwrap();
-    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let token = app.token_for("ops", &["viewer"]);
+    let response = app.client.get(app.url("/readyz")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK, "only the database makes it 503");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "degraded");
@@ -52,6 +54,7 @@ async fn readyz_reports_clamd_down_and_a_broken_store_without_failing() {
 #[tokio::test]
 async fn readyz_is_503_when_the_database_is_unreachable() {
     let app = TestApp::start().await;
+    let token = app.token_for("ops", &["viewer"]);
     match backend() {
         Backend::Postgres => {
             // Drop the test's database from under the running server.
@@ -65,11 +68,15 @@ async fn readyz_is_503_when_the_database_is_unreachable() {
             app.db().clone().close().await.unwrap();
         }
     }
-    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let bare = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(bare.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(bare.json::<Value>().await.unwrap(), json!({"status": "unavailable"}));
+    // An operator still gets the details (the token is checked without the database).
+    let response = app.client.get(app.url("/readyz")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "unavailable");
-    assert_eq!(body["checks"]["database"]["ok"], false);
+    assert_eq!(body["checks"]["database"]["ok"], false, "{body}");
     // And GraphQL says UNAVAILABLE rather than leaking internals.
     let body = app.operator("auditor").gql("{ auditEvents { totalCount } }", json!({})).await;
     let code = crate::support::error_code(&body);

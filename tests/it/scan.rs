@@ -13,7 +13,7 @@ const GET: &str = "query($id: ID!) { content(id: $id) { state scanVerdict scanSi
 
 /// The clamd socket `scripts/test` started; `None` (test skipped) when run
 /// outside it, which CI never does.
-fn clamd() -> Option<String> {
+pub(crate) fn clamd() -> Option<String> {
     match std::env::var("OTADEPOT_TEST_CLAMD_SOCKET") {
         Ok(socket) => Some(socket),
         Err(_) if std::env::var("CI").is_ok() => panic!("CI runs without clamd: use scripts/test"),
@@ -25,11 +25,11 @@ fn clamd() -> Option<String> {
 }
 
 /// Built at run time so that this source file itself is not flagged.
-fn eicar() -> Vec<u8> {
+pub(crate) fn eicar() -> Vec<u8> {
     [r"X5O!P%@AP[4\PZX54(P^)7CC)7}$", "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"].concat().into_bytes()
 }
 
-async fn fast_app(tweak: impl FnOnce(&mut otadepot::config::Config)) -> TestApp {
+pub(crate) async fn fast_app(tweak: impl FnOnce(&mut otadepot::config::Config)) -> TestApp {
     TestApp::start_with(|c| {
         c.jobs.poll_interval = Duration::from_millis(100);
         tweak(c);
@@ -38,7 +38,7 @@ async fn fast_app(tweak: impl FnOnce(&mut otadepot::config::Config)) -> TestApp 
 }
 
 /// Create, upload, and wait until the content settles; returns (id, content).
-async fn upload(app: &TestApp, data: &[u8]) -> (String, Value) {
+pub(crate) async fn upload(app: &TestApp, data: &[u8]) -> (String, Value) {
     upload_until(app, data, &["PROMOTED", "QUARANTINED", "SCAN_FAILED"]).await
 }
 
@@ -63,7 +63,7 @@ async fn upload_until(app: &TestApp, data: &[u8], settled: &[&str]) -> (String, 
     }
 }
 
-fn repository_file(app: &TestApp, sha256: &str) -> std::path::PathBuf {
+pub(crate) fn repository_file(app: &TestApp, sha256: &str) -> std::path::PathBuf {
     app.dir.path().join("repository/sha256").join(&sha256[..2]).join(sha256)
 }
 
@@ -145,7 +145,7 @@ async fn a_disabled_scanner_is_recorded_as_skipped() {
 }
 
 /// A clamd of this test's own, to stop and start at will.
-struct PrivateClamd {
+pub(crate) struct PrivateClamd {
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
 }
@@ -155,14 +155,20 @@ impl PrivateClamd {
         Self::start_with("").await
     }
 
-    /// With extra clamd.conf lines.
-    async fn start_with(extra: &str) -> Self {
+    /// With extra clamd.conf lines (and `AlertExceedsMax yes`).
+    pub(crate) async fn start_with(extra: &str) -> Self {
+        Self::start_configured(true, extra).await
+    }
+
+    /// With `AlertExceedsMax` as given and extra clamd.conf lines.
+    pub(crate) async fn start_configured(alert_exceeds_max: bool, extra: &str) -> Self {
+        let alert = if alert_exceeds_max { "yes" } else { "no" };
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("clamd.conf");
         std::fs::write(
             &conf,
             format!(
-                "LocalSocket {}\nDatabaseDirectory {}/tests/fixtures/clamav\nTemporaryDirectory {}\nForeground yes\nAlertExceedsMax yes\nLogFile {}\n{extra}",
+                "LocalSocket {}\nDatabaseDirectory {}/tests/fixtures/clamav\nTemporaryDirectory {}\nForeground yes\nAlertExceedsMax {alert}\nLogFile {}\n{extra}",
                 dir.path().join("clamd.sock").display(),
                 env!("CARGO_MANIFEST_DIR"),
                 dir.path().display(),
@@ -175,7 +181,7 @@ impl PrivateClamd {
         clamd
     }
 
-    fn socket(&self) -> String {
+    pub(crate) fn socket(&self) -> String {
         self.dir.path().join("clamd.sock").display().to_string()
     }
 
@@ -266,6 +272,7 @@ async fn clamd_killed_mid_scan_is_retried_with_a_full_scan_never_clean_meanwhile
     let app = fast_app(|c| {
         c.scanner.clamd = format!("unix:{socket}");
         c.scanner.max_attempts = 3;
+        c.http.max_upload_bytes = 200 * 1024 * 1024;
     })
     .await;
     // Big enough that its scan takes a while.

@@ -114,6 +114,9 @@ pub async fn test_config(dir: &std::path::Path) -> Config {
         Ok(path) => format!("unix:{path}"),
         Err(_) => format!("unix:{}", dir.join("no-clamd.sock").display()),
     };
+    // What the suite's clamd scans whole (its limits, scripts/test).
+    config.http.max_upload_bytes =
+        std::env::var("OTADEPOT_TEST_CLAMD_STREAM_MAX").ok().and_then(|v| v.parse().ok()).unwrap_or(64 * 1024 * 1024);
     config.http.shutdown_grace = Duration::from_secs(5);
     config.devices.seen_flush_interval = Duration::from_millis(50);
     config.resolve().expect("test config resolves")
