@@ -222,6 +222,11 @@ pub fn parse_reply(reply: &[u8]) -> Result<Verdict, ScanError> {
             detail: format!("larger than clamd's StreamMaxLength ({text})"),
         });
     }
+    if text.is_empty() {
+        // The connection closed without a verdict: clamd died or restarted
+        // mid-scan. Retried (never taken as clean).
+        return Err(ScanError::Unavailable("clamd closed the connection without a verdict".into()));
+    }
     Err(ScanError::Refused(format!("clamd answered {text:?}")))
 }
 
@@ -252,7 +257,7 @@ mod tests {
             parse_reply(b"INSTREAM size limit exceeded. ERROR\0"),
             Err(ScanError::OverLimit { setting, .. }) if setting == "StreamMaxLength"
         ));
-        assert!(matches!(parse_reply(b""), Err(ScanError::Refused(_))));
+        assert!(matches!(parse_reply(b""), Err(ScanError::Unavailable(_))));
         assert!(matches!(parse_reply(b"stream: OK but not really"), Err(ScanError::Refused(_))));
     }
 }

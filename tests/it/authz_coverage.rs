@@ -667,7 +667,9 @@ async fn every_field_requires_its_permission() {
 /// types of no area of their own.
 fn type_area(name: &str) -> Option<Option<&'static str>> {
     Some(match name {
-        "Query" | "Mutation" | "Subscription" | "PageInfo" | "Me" | "ContentUpload" | "SkippedDevice" => None,
+        "Query" | "Mutation" | "Subscription" | "PageInfo" | "Me" | "ContentUpload" | "SkippedDevice" | "SkipCount" => {
+            None
+        }
         _ if name.ends_with("Payload") => None,
         "Content" | "ContentConnection" | "ContentEdge" | "Tag" => Some("CONTENT_READ"),
         "Package" | "PackageConnection" | "PackageEdge" | "PackageFile" | "SigningKey" => Some("PACKAGE_READ"),
