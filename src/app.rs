@@ -80,7 +80,7 @@ pub struct Inner {
     /// (`service/rate_limit.rs`).
     pub rate_limits: crate::service::rate_limit::RateLimits,
     /// Reconcile jobs this process brought forward, and when
-    /// (`service::deployment::wake`).
+    /// (`service::deployment::reconcile::wake`).
     pub reconcile_wakes: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, std::time::Instant>>,
     /// Resumable uploads with a PATCH or DELETE under way in this process
     /// (`service::tus`).

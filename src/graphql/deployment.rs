@@ -240,8 +240,8 @@ pub struct Installation {
     installed_at: DateTime<Utc>,
 }
 
-impl From<service::InstallationView> for Installation {
-    fn from(view: service::InstallationView) -> Self {
+impl From<crate::service::device::InstallationView> for Installation {
+    fn from(view: crate::service::device::InstallationView) -> Self {
         let i = view.row;
         Self {
             package_name: view.package_name,
@@ -268,7 +268,11 @@ pub(crate) async fn device_updates(
 }
 
 pub(crate) async fn device_installations(ctx: &Context<'_>, device: uuid::Uuid) -> Result<Vec<Installation>> {
-    Ok(service::installations(app(ctx), caller(ctx), device).await?.into_iter().map(Into::into).collect())
+    Ok(crate::service::device::installations(app(ctx), caller(ctx), device)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect())
 }
 
 #[derive(InputObject)]

@@ -11,8 +11,8 @@ use serde_json::{Map, Value, json};
 use super::{HttpState, request_id};
 use crate::auth::Ctx;
 use crate::error::{Error, Result};
-use crate::service::deployment;
 use crate::service::device::{self, Device, Inventory};
+use crate::service::device_api;
 
 /// Header with which a gateway names the sub-device it acts for.
 pub const ACT_FOR: &str = "x-device-id";
@@ -178,7 +178,7 @@ pub async fn poll(
     let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
     let mut fresh = false;
     let answer = loop {
-        let answer = deployment::poll(&state.app, &ctx, if_none_match, fresh).await?;
+        let answer = device_api::poll(&state.app, &ctx, if_none_match, fresh).await?;
         fresh = true;
         if answer.has_news() || wait.is_none() {
             break answer;
@@ -187,7 +187,7 @@ pub async fn poll(
         let news = async {
             loop {
                 match events.recv().await {
-                    Ok(event) if deployment::concerns(&event, device) => return true,
+                    Ok(event) if device_api::concerns(&event, device) => return true,
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return true,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return false,
@@ -210,8 +210,8 @@ pub async fn poll(
     let etag = [
         (
             header::ETAG,
-            if answer.etag == deployment::IDLE_ETAG {
-                HeaderValue::from_static(deployment::IDLE_ETAG)
+            if answer.etag == device_api::IDLE_ETAG {
+                HeaderValue::from_static(device_api::IDLE_ETAG)
             } else {
                 HeaderValue::from_str(&answer.etag).map_err(|e| Error::internal(anyhow::anyhow!("ETag: {e}")))?
             },
@@ -246,14 +246,14 @@ pub async fn update_status(
         ),
         Some(_) => return Err(Error::invalid("progress", "an integer from 0 to 100")),
     };
-    let report = deployment::Report {
+    let report = device_api::Report {
         status: text(&body, "status")?.ok_or_else(|| Error::invalid("status", "is required"))?,
         progress,
         version: text(&body, "version")?,
         errcode: text(&body, "errcode")?,
         message: text(&body, "message")?,
     };
-    let update = deployment::report(&state.app, &ctx, id, report).await?;
+    let update = device_api::report(&state.app, &ctx, id, report).await?;
     Ok(Json(json!({
         "id": update.id, "deploymentId": update.deployment_id, "state": update.state, "progress": update.progress,
         "errcode": update.error_code, "message": update.message,

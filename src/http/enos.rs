@@ -17,7 +17,7 @@ use super::HttpState;
 use super::device::device_ctx;
 use crate::auth::{Actor, Ctx};
 use crate::error::Error;
-use crate::service::deployment;
+use crate::service::device_api;
 
 /// An error in the seed's shape.
 fn enos_error(err: Error) -> Response {
@@ -80,7 +80,7 @@ pub async fn check_version(State(state): State<HttpState>, headers: HeaderMap, b
             Actor::Device(d) => d.endpoint_id.clone(),
             _ => asset_id,
         };
-        Ok::<_, Error>(match deployment::enos_check_version(&state.app, &ctx, &reported).await? {
+        Ok::<_, Error>(match device_api::enos_check_version(&state.app, &ctx, &reported).await? {
             None => json!({
                 "assetId": asset_id, "version": reported, "code": 0, "desc": "no update",
                 "signMethod": "", "sign": "", "downloadurl": "",
@@ -109,7 +109,7 @@ pub async fn version(
     let result = async {
         let ctx = device_ctx(&state, &headers).await?;
         let id = id.parse().map_err(|_| Error::not_found("update", &id))?;
-        let download = deployment::enos_download(&state.app, &ctx, id).await?;
+        let download = device_api::enos_download(&state.app, &ctx, id).await?;
         let private = axum::http::HeaderValue::from_static("private");
         super::repository::serve(&state, &method, &headers, &download, private).await
     }
@@ -128,7 +128,7 @@ pub async fn download_result(
         let body = body_object(&body)?;
         let ctx = asset_ctx(&state, &headers, text(&body, "assetId").as_deref()).await?;
         let id = id.parse().map_err(|_| Error::not_found("update", &id))?;
-        deployment::enos_download_result(&state.app, &ctx, id, number(&body, "code")?, text(&body, "message")).await
+        device_api::enos_download_result(&state.app, &ctx, id, number(&body, "code")?, text(&body, "message")).await
     }
     .await;
     match result {
@@ -149,7 +149,7 @@ pub async fn update_result(State(state): State<HttpState>, headers: HeaderMap, b
             return Err(Error::invalid("process", "between 0 and 100"));
         }
         let errcode = text(&body, "errcode").filter(|e| e != "0");
-        deployment::enos_update_result(
+        device_api::enos_update_result(
             &state.app,
             &ctx,
             &text(&body, "version").unwrap_or_default(),

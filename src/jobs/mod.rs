@@ -12,6 +12,7 @@
 
 mod prune;
 mod runner;
+mod tasks;
 
 use std::time::Duration;
 

@@ -38,7 +38,7 @@ impl Runner {
         Self { app, handlers: HashMap::new(), worker_id }
             .with_handler(super::prune::Prune)
             .with_handler(crate::service::scan::ScanJob)
-            .with_handler(crate::service::deployment::ReconcileJob)
+            .with_handler(super::tasks::deployment_reconcile::ReconcileJob)
             .with_handler(crate::service::command::ExpireJob)
             .with_handler(crate::service::content::ReleaseAbandonedJob)
     }

@@ -27,7 +27,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use entity::{device, device_attribute, device_installed, device_reported_attribute};
 use rand::RngCore;
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
-use sea_orm::{ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, QueryTrait, Set};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set,
+};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -1119,6 +1121,40 @@ pub(crate) async fn get_unchecked(conn: &impl ConnectionTrait, id: Uuid) -> Resu
 pub async fn get(app: &App, ctx: &Ctx, id: Uuid) -> Result<Device> {
     ctx.require(Permission::DeviceRead)?;
     get_unchecked(&app.db, id).await
+}
+
+/// An installation with its package's name (none when the device
+/// reported a version otadepot did not install).
+#[derive(Clone, Debug)]
+pub struct InstallationView {
+    pub row: entity::installation::Model,
+    pub package_name: Option<String>,
+}
+
+/// A device's installation history, newest first (at most 500).
+pub async fn installations(app: &App, ctx: &Ctx, device: Uuid) -> Result<Vec<InstallationView>> {
+    ctx.require(Permission::DeviceRead)?;
+    let rows = entity::installation::Entity::find()
+        .filter(entity::installation::Column::DeviceId.eq(device))
+        .order_by_desc(entity::installation::Column::InstalledAt)
+        .order_by_desc(entity::installation::Column::Id)
+        .limit(500)
+        .all(&app.db)
+        .await?;
+    let ids: HashSet<Uuid> = rows.iter().filter_map(|r| r.package_id).collect();
+    let names: HashMap<Uuid, String> = entity::package::Entity::find()
+        .select_only()
+        .columns([entity::package::Column::Id, entity::package::Column::Name])
+        .filter(entity::package::Column::Id.is_in(ids))
+        .into_tuple::<(Uuid, String)>()
+        .all(&app.db)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(rows
+        .into_iter()
+        .map(|row| InstallationView { package_name: row.package_id.and_then(|p| names.get(&p).cloned()), row })
+        .collect())
 }
 
 pub async fn get_by_endpoint_id(app: &App, ctx: &Ctx, endpoint_id: &str) -> Result<Device> {

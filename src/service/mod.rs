@@ -35,6 +35,7 @@ pub mod command;
 pub mod content;
 pub mod deployment;
 pub mod device;
+pub mod device_api;
 pub mod device_cache;
 pub mod device_download;
 pub mod device_model;
