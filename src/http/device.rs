@@ -11,8 +11,8 @@ use serde_json::{Map, Value, json};
 use super::{HttpState, request_id};
 use crate::auth::Ctx;
 use crate::error::{Error, Result};
-use crate::service::device::{self, Device, Inventory};
-use crate::service::device_api;
+use crate::service::device::{Device, Inventory};
+use crate::service::device_api::{self, CommandStatus, ReportStatus, StatusReport, UpdateOffer};
 
 /// Header with which a gateway names the sub-device it acts for.
 pub const ACT_FOR: &str = "x-device-id";
@@ -25,7 +25,7 @@ pub async fn device_ctx(state: &HttpState, headers: &HeaderMap) -> Result<Ctx> {
         None => Ok(ctx),
         Some(value) => {
             let endpoint_id = value.to_str().map_err(|_| Error::invalid(ACT_FOR, "not text"))?;
-            device::act_for(&state.app, &ctx, endpoint_id.trim()).await
+            device_api::act_for(&state.app, &ctx, endpoint_id.trim()).await
         }
     }
 }
@@ -37,10 +37,7 @@ async fn own_ctx(state: &HttpState, headers: &HeaderMap) -> Result<Ctx> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or_else(|| Error::Unauthenticated("a device credential is required".into()))?;
-    if !device::is_device_secret(token) {
-        return Err(Error::Unauthenticated("a device credential is required (not an operator token)".into()));
-    }
-    device::authenticate(&state.app, token, request_id(headers)).await
+    device_api::authenticate(&state.app, token, request_id(headers)).await
 }
 
 /// The body as a JSON object; `shape` names its fields for the error.
@@ -80,7 +77,7 @@ fn view(device: &Device) -> Value {
 /// `GET /device/v1/device`: who the credential belongs to.
 pub async fn me(State(state): State<HttpState>, headers: HeaderMap) -> Result<Json<Value>> {
     let ctx = device_ctx(&state, &headers).await?;
-    let device = device::me(&state.app, &ctx).await?;
+    let device = device_api::device(&state.app, &ctx).await?;
     Ok(Json(view(&device)))
 }
 
@@ -123,7 +120,7 @@ pub async fn enroll(
         .ok_or_else(|| Error::Unauthenticated("an enrollment token is required".into()))?;
     let body = json_object(&body, "{\"endpointId\", \"serial\", \"model\", \"attributes\"}")?;
     let text = |field: &str| text(&body, field);
-    let input = device::NewDevice {
+    let input = crate::service::device::NewDevice {
         endpoint_id: text("endpointId")?.ok_or_else(|| Error::invalid("endpointId", "is required"))?,
         serial: text("serial")?,
         model: text("model")?.unwrap_or_default(),
@@ -147,7 +144,7 @@ pub async fn inventory(State(state): State<HttpState>, headers: HeaderMap, body:
         return Err(Error::invalid(unknown.as_str(), "unknown field (installed, attributes)"));
     }
     let report = Inventory { installed: entries(&body, "installed")?, attributes: entries(&body, "attributes")? };
-    let device = device::report_inventory(&state.app, &ctx, report).await?;
+    let device = device_api::inventory(&state.app, &ctx, report).await?;
     Ok(Json(view(&device)))
 }
 
@@ -167,46 +164,9 @@ pub async fn poll(
 ) -> Result<axum::response::Response> {
     use axum::response::IntoResponse;
     let ctx = device_ctx(&state, &headers).await?;
-    let device = ctx.require_device()?.id;
     let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::trim);
-    let wait = query.wait.map(|w| std::time::Duration::from_secs(w).min(state.app.config.deployments.max_poll_wait));
-    // Subscribed before the first look, so nothing released in between is
-    // missed (only by long polls: a plain poll never waits). The poll
-    // channel carries only releases, so other devices' reports and audit
-    // events do not wake this one.
-    let mut events = wait.map(|_| state.app.poll_events.subscribe());
-    let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
-    let mut fresh = false;
-    let answer = loop {
-        let answer = device_api::poll(&state.app, &ctx, if_none_match, fresh).await?;
-        fresh = true;
-        if answer.has_news() || wait.is_none() {
-            break answer;
-        }
-        let Some(events) = events.as_mut() else { break answer };
-        let news = async {
-            loop {
-                match events.recv().await {
-                    Ok(event) if device_api::concerns(&event, device) => return true,
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return true,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return false,
-                }
-            }
-        };
-        // The update's file URLs are renewed at `renew_at` (a new ETag):
-        // look again then, so a long poll never sits on URLs past renewal.
-        let renew = answer
-            .renew_at
-            .and_then(|at| (at - chrono::Utc::now()).to_std().ok())
-            .map(|left| tokio::time::Instant::now() + left + std::time::Duration::from_millis(50));
-        let renew = renew.filter(|at| *at < deadline);
-        tokio::select! {
-            more = news => if !more { break answer },
-            () = tokio::time::sleep_until(deadline) => break answer,
-            () = async { if let Some(at) = renew { tokio::time::sleep_until(at).await } else { std::future::pending().await } } => {}
-        }
-    };
+    let wait = query.wait.map(std::time::Duration::from_secs);
+    let answer = device_api::poll_wait(&state.app, &ctx, if_none_match, wait).await?;
     let etag = [
         (
             header::ETAG,
@@ -219,11 +179,27 @@ pub async fn poll(
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
     ];
     Ok(if answer.has_news() {
-        (etag, Json(json!({ "update": answer.update, "commands": answer.commands }))).into_response()
-    } else if if_none_match == Some(answer.etag.as_str()) {
+        let commands: Vec<Value> = answer
+            .commands
+            .iter()
+            .map(|c| json!({ "id": c.id, "name": c.name, "args": c.args, "expiresAt": c.expires_at }))
+            .collect();
+        (etag, Json(json!({ "update": answer.update.as_ref().map(update_view), "commands": commands }))).into_response()
+    } else if answer.not_modified(if_none_match) {
         (StatusCode::NOT_MODIFIED, etag, axum::Extension(super::Routine)).into_response()
     } else {
         (StatusCode::NO_CONTENT, etag, axum::Extension(super::Routine)).into_response()
+    })
+}
+
+/// An update offer as `/device/v1/poll` shows it.
+fn update_view(offer: &UpdateOffer) -> Value {
+    json!({
+        "id": offer.id,
+        "deploymentId": offer.deployment_id,
+        "action": offer.action.as_str(),
+        "state": offer.state.as_str(),
+        "manifest": offer.manifest,
     })
 }
 
@@ -246,8 +222,9 @@ pub async fn update_status(
         ),
         Some(_) => return Err(Error::invalid("progress", "an integer from 0 to 100")),
     };
-    let report = device_api::Report {
-        status: text(&body, "status")?.ok_or_else(|| Error::invalid("status", "is required"))?,
+    let status = text(&body, "status")?.ok_or_else(|| Error::invalid("status", "is required"))?;
+    let report = StatusReport {
+        status: ReportStatus::parse(&status)?,
         progress,
         version: text(&body, "version")?,
         errcode: text(&body, "errcode")?,
@@ -274,12 +251,10 @@ pub async fn command_status(
     if let Some(unknown) = body.keys().find(|k| !matches!(k.as_str(), "status" | "result" | "message")) {
         return Err(Error::invalid(unknown.as_str(), "unknown field (status, result, message)"));
     }
-    let outcome = crate::service::command::Outcome {
-        status: text(&body, "status")?.ok_or_else(|| Error::invalid("status", "is required"))?,
-        message: text(&body, "message")?,
-        result: body.remove("result"),
-    };
-    let command = crate::service::command::report(&state.app, &ctx, id, outcome).await?;
+    let status = text(&body, "status")?.ok_or_else(|| Error::invalid("status", "is required"))?;
+    let status = CommandStatus::parse(&status)?;
+    let message = text(&body, "message")?;
+    let command = device_api::command_result(&state.app, &ctx, id, status, body.remove("result"), message).await?;
     Ok(Json(json!({
         "id": command.id, "name": command.name, "state": command.state, "message": command.message,
     })))

@@ -15,9 +15,9 @@ use serde_json::{Map, Value, json};
 
 use super::HttpState;
 use super::device::device_ctx;
-use crate::auth::{Actor, Ctx};
+use crate::auth::Ctx;
 use crate::error::Error;
-use crate::service::device_api;
+use crate::service::device_api::enos;
 
 /// An error in the seed's shape.
 fn enos_error(err: Error) -> Response {
@@ -61,12 +61,7 @@ fn number(body: &Map<String, Value>, field: &str) -> Result<i64, Error> {
 /// The caller, or the sub-device `asset_id` names.
 async fn asset_ctx(state: &HttpState, headers: &HeaderMap, asset_id: Option<&str>) -> Result<Ctx, Error> {
     let ctx = device_ctx(state, headers).await?;
-    match (asset_id.map(str::trim).filter(|a| !a.is_empty()), &ctx.actor) {
-        (Some(asset), Actor::Device(own)) if asset != own.endpoint_id => {
-            crate::service::device::act_for(&state.app, &ctx, asset).await
-        }
-        _ => Ok(ctx),
-    }
+    enos::act_for_asset(&state.app, ctx, asset_id).await
 }
 
 /// `POST /checkversion` `{"assetId", "version", "serialNum"}`.
@@ -76,11 +71,9 @@ pub async fn check_version(State(state): State<HttpState>, headers: HeaderMap, b
         let asset_id = text(&body, "assetId").unwrap_or_default();
         let ctx = asset_ctx(&state, &headers, Some(&asset_id)).await?;
         let reported = text(&body, "version").unwrap_or_default();
-        let asset_id = match &ctx.actor {
-            Actor::Device(d) => d.endpoint_id.clone(),
-            _ => asset_id,
-        };
-        Ok::<_, Error>(match device_api::enos_check_version(&state.app, &ctx, &reported).await? {
+        let check = enos::check_version(&state.app, &ctx, &reported).await?;
+        let asset_id = check.asset_id;
+        Ok::<_, Error>(match check.update {
             None => json!({
                 "assetId": asset_id, "version": reported, "code": 0, "desc": "no update",
                 "signMethod": "", "sign": "", "downloadurl": "",
@@ -109,7 +102,7 @@ pub async fn version(
     let result = async {
         let ctx = device_ctx(&state, &headers).await?;
         let id = id.parse().map_err(|_| Error::not_found("update", &id))?;
-        let download = device_api::enos_download(&state.app, &ctx, id).await?;
+        let download = crate::service::device_api::update_file(&state.app, &ctx, id).await?;
         let private = axum::http::HeaderValue::from_static("private");
         super::repository::serve(&state, &method, &headers, &download, private).await
     }
@@ -128,7 +121,7 @@ pub async fn download_result(
         let body = body_object(&body)?;
         let ctx = asset_ctx(&state, &headers, text(&body, "assetId").as_deref()).await?;
         let id = id.parse().map_err(|_| Error::not_found("update", &id))?;
-        device_api::enos_download_result(&state.app, &ctx, id, number(&body, "code")?, text(&body, "message")).await
+        enos::download_result(&state.app, &ctx, id, number(&body, "code")?, text(&body, "message")).await
     }
     .await;
     match result {
@@ -143,22 +136,14 @@ pub async fn update_result(State(state): State<HttpState>, headers: HeaderMap, b
     let result = async {
         let body = body_object(&body)?;
         let ctx = asset_ctx(&state, &headers, text(&body, "assetId").as_deref()).await?;
-        let flag = number(&body, "flag")?;
-        let process = number(&body, "process")?;
-        if !(0..=100).contains(&process) {
-            return Err(Error::invalid("process", "between 0 and 100"));
-        }
-        let errcode = text(&body, "errcode").filter(|e| e != "0");
-        device_api::enos_update_result(
-            &state.app,
-            &ctx,
-            &text(&body, "version").unwrap_or_default(),
-            flag,
-            process,
-            errcode,
-            text(&body, "desc"),
-        )
-        .await
+        let result = enos::UpdateResult {
+            flag: number(&body, "flag")?,
+            process: number(&body, "process")?,
+            version: text(&body, "version").unwrap_or_default(),
+            errcode: text(&body, "errcode"),
+            desc: text(&body, "desc"),
+        };
+        enos::update_result(&state.app, &ctx, result).await
     }
     .await;
     match result {

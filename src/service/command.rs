@@ -372,16 +372,6 @@ pub(crate) async fn pending(conn: &impl ConnectionTrait, device: Uuid) -> Result
         .await?)
 }
 
-/// What a poll shows of a command.
-pub(crate) fn view(command: &command::Model) -> Value {
-    json!({
-        "id": command.id,
-        "name": command.name,
-        "args": serde_json::from_str::<Value>(&command.args).unwrap_or(Value::Null),
-        "expiresAt": command.expires_at,
-    })
-}
-
 /// The QUEUED ones of `commands` were handed to their device: DELIVERED.
 pub(crate) async fn mark_delivered(app: &App, commands: &[command::Model]) -> Result<()> {
     let queued: Vec<&command::Model> = commands.iter().filter(|c| c.state == CommandState::Queued.as_str()).collect();
@@ -407,7 +397,8 @@ pub(crate) async fn mark_delivered(app: &App, commands: &[command::Model]) -> Re
 /// What a device reports of a command.
 #[derive(Clone, Debug)]
 pub struct Outcome {
-    pub status: String,
+    /// ACKNOWLEDGED, SUCCEEDED or FAILED (`device_api::CommandStatus`).
+    pub status: CommandState,
     pub result: Option<Value>,
     pub message: Option<String>,
 }
@@ -436,12 +427,13 @@ pub async fn report(app: &App, ctx: &Ctx, id: Uuid, outcome: Outcome) -> Result<
         .await?
         .ok_or_else(|| Error::not_found("command", id.to_string()))?;
     let from = CommandState::parse(&row.state)?;
-    let to = match outcome.status.as_str() {
-        "ACKNOWLEDGED" => CommandState::Acknowledged,
-        "SUCCEEDED" => CommandState::Succeeded,
-        "FAILED" => CommandState::Failed,
+    let to = match outcome.status {
+        to @ (CommandState::Acknowledged | CommandState::Succeeded | CommandState::Failed) => to,
         other => {
-            return Err(Error::invalid("status", format!("{other:?}: one of ACKNOWLEDGED, SUCCEEDED, FAILED")));
+            return Err(Error::invalid(
+                "status",
+                format!("{:?}: one of ACKNOWLEDGED, SUCCEEDED, FAILED", other.as_str()),
+            ));
         }
     };
     let now = Utc::now();

@@ -869,14 +869,32 @@ pub struct Inventory {
 pub async fn report_inventory(app: &App, ctx: &Ctx, report: Inventory) -> Result<Device> {
     let device = ctx.require_device()?;
     app.rate_limits.device_write(device.id)?;
-    apply_inventory(app, ctx, report, false).await
+    let change = match plan_inventory(&app.db, device.id, &report).await? {
+        Err(unchanged) => return Ok(unchanged),
+        Ok(change) => change,
+    };
+    let mut tx = WriteTx::begin(app).await?;
+    write_inventory_in(&mut tx, ctx, change).await?;
+    tx.commit().await?;
+    get_unchecked(&app.db, device.id).await
 }
 
-/// [`report_inventory`] for callers that charge the call themselves; with
-/// `charge_on_write` one write is charged only if something changes (EnOS
-/// `/checkversion` is a poll that reports the firmware version).
-pub(crate) async fn apply_inventory(app: &App, ctx: &Ctx, report: Inventory, charge_on_write: bool) -> Result<Device> {
-    let device = ctx.require_device()?.clone();
+/// What an inventory report changes (from [`plan_inventory`]).
+pub(crate) struct InventoryChange {
+    device: Uuid,
+    installed: BTreeMap<String, Installed>,
+    attributes: BTreeMap<String, String>,
+    changed_components: BTreeMap<String, serde_json::Value>,
+    changed_attributes: Vec<String>,
+}
+
+/// Check an inventory report and work out what it changes; `Err` with the
+/// device as it is when it changes nothing. Reads only.
+pub(crate) async fn plan_inventory(
+    conn: &impl ConnectionTrait,
+    device: Uuid,
+    report: &Inventory,
+) -> Result<std::result::Result<InventoryChange, Device>> {
     let mut names = BTreeSet::new();
     for (component, version) in &report.installed {
         validate_key(component).map_err(|m| Error::invalid("installed", m))?;
@@ -901,7 +919,7 @@ pub(crate) async fn apply_inventory(app: &App, ctx: &Ctx, report: Inventory, cha
         }
     }
 
-    let current = get_unchecked(&app.db, device.id).await?;
+    let current = get_unchecked(conn, device).await?;
     let mut installed = current.installed.clone();
     let mut changed_components = BTreeMap::new();
     for (component, version) in &report.installed {
@@ -937,22 +955,23 @@ pub(crate) async fn apply_inventory(app: &App, ctx: &Ctx, report: Inventory, cha
         return Err(Error::invalid("attributes", format!("at most {MAX_ATTRIBUTES}")));
     }
     if changed_components.is_empty() && changed_attributes.is_empty() {
-        return Ok(current);
+        return Ok(Err(current));
     }
-    if charge_on_write {
-        app.rate_limits.device_write(device.id)?;
-    }
+    Ok(Ok(InventoryChange { device, installed, attributes, changed_components, changed_attributes }))
+}
 
-    let mut tx = WriteTx::begin(app).await?;
+/// Write (and audit, as `ctx`) what [`plan_inventory`] found, inside `tx`.
+pub(crate) async fn write_inventory_in(tx: &mut WriteTx, ctx: &Ctx, change: InventoryChange) -> Result<()> {
+    let InventoryChange { device, installed, attributes, changed_components, changed_attributes } = change;
     let conn = tx.conn();
     let now = Utc::now();
     for component in changed_components.keys() {
         match installed.get(component) {
             // A version otadepot did not install: history says the device reported it.
-            Some(i) => record_installed(conn, device.id, component, &i.version, None).await?,
+            Some(i) => record_installed(conn, device, component, &i.version, None).await?,
             None => {
                 device_installed::Entity::delete_many()
-                    .filter(device_installed::Column::DeviceId.eq(device.id))
+                    .filter(device_installed::Column::DeviceId.eq(device))
                     .filter(device_installed::Column::Component.eq(component.as_str()))
                     .exec(conn)
                     .await?;
@@ -961,13 +980,13 @@ pub(crate) async fn apply_inventory(app: &App, ctx: &Ctx, report: Inventory, cha
     }
     for key in &changed_attributes {
         device_reported_attribute::Entity::delete_many()
-            .filter(device_reported_attribute::Column::DeviceId.eq(device.id))
+            .filter(device_reported_attribute::Column::DeviceId.eq(device))
             .filter(device_reported_attribute::Column::Key.eq(key.as_str()))
             .exec(conn)
             .await?;
         if let Some(value) = attributes.get(key) {
             device_reported_attribute::Entity::insert(device_reported_attribute::ActiveModel {
-                device_id: Set(device.id),
+                device_id: Set(device),
                 key: Set(key.clone()),
                 value: Set(value.clone()),
             })
@@ -977,19 +996,18 @@ pub(crate) async fn apply_inventory(app: &App, ctx: &Ctx, report: Inventory, cha
     }
     device::Entity::update_many()
         .col_expr(device::Column::UpdatedAt, Expr::value(now))
-        .filter(device::Column::Id.eq(device.id))
+        .filter(device::Column::Id.eq(device))
         .exec(conn)
         .await?;
     tx.audit(
         ctx,
         "device.inventory",
         "device",
-        &device.id.to_string(),
+        &device.to_string(),
         json!({ "installed": changed_components, "reported_attributes": changed_attributes }),
     )
     .await?;
-    tx.commit().await?;
-    get_unchecked(&app.db, device.id).await
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ mod cli;
 mod commands;
 mod content;
 mod deployments;
+mod device_api;
 mod device_limits;
 mod device_models;
 mod devices;

@@ -1,4 +1,6 @@
-//! Operator actions.
+//! Operator actions on a deployment: pause, resume, cancel, release the
+//! install. Each checks DEPLOYMENT_WRITE and the state it starts from,
+//! audits, and runs a reconcile pass in the same transaction.
 
 use std::sync::Arc;
 

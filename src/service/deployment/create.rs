@@ -1,4 +1,7 @@
 //! Creating deployments: `applyPackage` and a group's current package.
+//! The targets are resolved once and written as one `device_update` per
+//! device (PENDING or SKIPPED), with the first reconcile pass in the same
+//! transaction.
 
 use std::collections::HashSet;
 

@@ -12,10 +12,14 @@
 //!   that changes a deployment, and as the durable job
 //!   `deployment.reconcile` (every `deployments.reconcile_interval`, and at
 //!   once when a device report wakes it).
-//! - Device reports follow the device_update state machine (DESIGN.md §4);
-//!   anything else is INVALID_STATE. Only outcomes (INSTALLED, FAILED) and
-//!   operator actions are audited, so a report costs a handful of
-//!   statements.
+//! - Devices poll and report through `service::device_api`, which moves
+//!   their updates along the device_update state machine (DESIGN.md §4).
+//!   Only outcomes (INSTALLED, FAILED) and operator actions are audited,
+//!   so a report costs a handful of statements.
+//!
+//! Files: this one holds the types, the reads and the live stream;
+//! `create.rs` makes deployments, `reconcile.rs` is the reconciler,
+//! `actions.rs` the operator's pause, resume, cancel and release.
 
 mod actions;
 mod create;
