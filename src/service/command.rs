@@ -29,7 +29,7 @@ use crate::service::WriteTx;
 use crate::service::pagination::{Page, PageRequest, cursor};
 
 /// Job kind of the expiry sweep.
-pub const EXPIRE_JOB: &str = "commands.expire";
+pub const EXPIRE_JOB: &str = "command.expire";
 /// The names every server knows.
 pub const BUILT_IN: [&str; 2] = ["REBOOT", "RESTART_AGENT"];
 const INSERT_CHUNK: usize = 1_000;
