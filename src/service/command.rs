@@ -61,13 +61,6 @@ fn open_states() -> impl Iterator<Item = &'static str> {
     CommandState::OPEN.iter().map(|s| s.as_str())
 }
 
-/// A command name: 1 to 64 of `A-Z`, `0-9` and `_`, starting with a letter.
-pub fn is_command_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_uppercase())
-        && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-}
-
 /// What `sendCommand` is asked.
 #[derive(Clone, Debug, Default)]
 pub struct NewCommand {
