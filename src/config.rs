@@ -495,9 +495,10 @@ impl Config {
             bail!("invalid configuration: content.tus_upload_expiry: must be at least content.upload_idle_timeout");
         }
         for name in &self.commands.custom_names {
-            if !crate::service::command::is_command_name(name) {
+            if !crate::domain::is_command_name(name) {
                 bail!(
-                    "invalid configuration: commands.custom_names: {name:?} must be 1 to 64 of A-Z, 0-9 and _, starting with a letter"
+                    "invalid configuration: commands.custom_names: {name:?} must be {}",
+                    crate::domain::COMMAND_NAME_RULE
                 );
             }
         }

@@ -23,6 +23,7 @@ mod m20261130_000012_add_deployment_install_quorum;
 mod m20261130_000013_create_command;
 mod m20261202_000014_add_enrollment_token_quota;
 mod m20261202_000015_create_device_reported_attribute;
+mod m20261202_000016_rename_command_expire_job;
 
 pub struct Migrator;
 
@@ -44,6 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000013_create_command::Migration),
             Box::new(m20261202_000014_add_enrollment_token_quota::Migration),
             Box::new(m20261202_000015_create_device_reported_attribute::Migration),
+            Box::new(m20261202_000016_rename_command_expire_job::Migration),
         ]
     }
 }

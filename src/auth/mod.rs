@@ -106,20 +106,3 @@ impl Ctx {
         }
     }
 }
-
-/// Verify an operator's bearer token and resolve its roles to permissions.
-pub async fn authenticate_operator(app: &crate::app::App, token: &str) -> Result<User> {
-    let claims = app.jwt.verify(token)?;
-    crate::service::role::resolve_user(&app.db, claims).await
-}
-
-/// Like [`authenticate_operator`], also saying when the token expires (a
-/// GraphQL WebSocket closes then).
-pub async fn authenticate_operator_until(
-    app: &crate::app::App,
-    token: &str,
-) -> Result<(User, chrono::DateTime<chrono::Utc>)> {
-    let claims = app.jwt.verify(token)?;
-    let expires_at = chrono::DateTime::from_timestamp(claims.expires_at, 0).unwrap_or(chrono::DateTime::UNIX_EPOCH);
-    Ok((crate::service::role::resolve_user(&app.db, claims).await?, expires_at))
-}

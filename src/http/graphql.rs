@@ -88,7 +88,7 @@ async fn caller(app: &App, headers: &HeaderMap) -> Result<Ctx, Error> {
                 .ok()
                 .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
                 .ok_or_else(|| Error::Unauthenticated("Authorization must be \"Bearer <token>\"".into()))?;
-            Actor::User(crate::auth::authenticate_operator(app, token.trim()).await?)
+            Actor::User(crate::service::role::authenticate_operator(app, token.trim()).await?)
         }
     };
     Ok(Ctx::new(actor, request_id))

@@ -46,7 +46,7 @@ async fn access(state: &HttpState, headers: &HeaderMap, signature: Signature) ->
     if crate::service::device::is_device_secret(token.trim()) {
         return Ok(DownloadAccess::Caller(super::device::device_ctx(state, headers).await?));
     }
-    let user = crate::auth::authenticate_operator(&state.app, token.trim()).await?;
+    let user = crate::service::role::authenticate_operator(&state.app, token.trim()).await?;
     Ok(DownloadAccess::Caller(Ctx::new(Actor::User(user), request_id(headers))))
 }
 

@@ -29,7 +29,7 @@ use crate::service::WriteTx;
 use crate::service::pagination::{Page, PageRequest, cursor};
 
 /// Job kind of the expiry sweep.
-pub const EXPIRE_JOB: &str = "commands.expire";
+pub const EXPIRE_JOB: &str = "command.expire";
 /// The names every server knows.
 pub const BUILT_IN: [&str; 2] = ["REBOOT", "RESTART_AGENT"];
 const INSERT_CHUNK: usize = 1_000;
@@ -59,13 +59,6 @@ impl CommandState {
 
 fn open_states() -> impl Iterator<Item = &'static str> {
     CommandState::OPEN.iter().map(|s| s.as_str())
-}
-
-/// A command name: 1 to 64 of `A-Z`, `0-9` and `_`, starting with a letter.
-pub fn is_command_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_uppercase())
-        && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// What `sendCommand` is asked.

@@ -57,11 +57,8 @@ use crate::error::Result;
 /// A name people give a thing (a device model, a group): trimmed, 1 to 128
 /// characters, no control characters.
 pub(crate) fn display_name(name: &str) -> Result<String> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
-        return Err(crate::error::Error::invalid("name", "1 to 128 characters, no control characters"));
-    }
-    Ok(name.to_owned())
+    crate::domain::display_name(name)
+        .ok_or_else(|| crate::error::Error::invalid("name", crate::domain::DISPLAY_NAME_RULE))
 }
 
 /// A write transaction that carries its audit events and publishes them

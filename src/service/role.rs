@@ -287,3 +287,17 @@ fn stored(permissions: &BTreeSet<Permission>) -> serde_json::Value {
     // `admin` silently gains permissions added in later versions.
     serde_json::json!(names(permissions))
 }
+
+/// Verify an operator's bearer token and resolve its roles to permissions.
+pub async fn authenticate_operator(app: &App, token: &str) -> Result<User> {
+    let claims = app.jwt.verify(token)?;
+    resolve_user(&app.db, claims).await
+}
+
+/// Like [`authenticate_operator`], also saying when the token expires (a
+/// GraphQL WebSocket closes then).
+pub async fn authenticate_operator_until(app: &App, token: &str) -> Result<(User, chrono::DateTime<Utc>)> {
+    let claims = app.jwt.verify(token)?;
+    let expires_at = chrono::DateTime::from_timestamp(claims.expires_at, 0).unwrap_or(chrono::DateTime::UNIX_EPOCH);
+    Ok((resolve_user(&app.db, claims).await?, expires_at))
+}

@@ -551,7 +551,7 @@ async fn snapshot(app: &TestApp) -> (Vec<i64>, Value) {
             // The periodic jobs come and go on their own schedule.
             crate::support::query_i64(
                 app.db(),
-                "SELECT COUNT(*) AS n FROM job WHERE kind NOT IN ('jobs.prune', 'commands.expire', 'content.release_abandoned_uploads')",
+                "SELECT COUNT(*) AS n FROM job WHERE kind NOT IN ('jobs.prune', 'command.expire', 'content.release_abandoned_uploads')",
             )
             .await
         } else {

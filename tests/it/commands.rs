@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, error_code};
+use crate::support::{DeviceClient, TestApp, error_code};
 
 const SEND: &str = "mutation($i: SendCommandInput!) { sendCommand(input: $i) {
     batchId batch { total counts { queued } } commands { totalCount edges { node { id state deviceId } } } } }";
@@ -15,59 +15,6 @@ const BATCH: &str = "query($id: ID!) { commandBatch(id: $id) { name total
     counts { queued delivered acknowledged succeeded failed expired cancelled } } }";
 const COMMAND: &str = "query($id: ID!) { command(id: $id) { id name args state result message deliveredAt finishedAt
     device { endpointId } } }";
-
-struct Device<'a> {
-    app: &'a TestApp,
-    endpoint_id: String,
-    secret: String,
-}
-
-impl Device<'_> {
-    async fn poll(&self, if_none_match: Option<&str>, wait: Option<u64>) -> (StatusCode, Option<String>, Value) {
-        let mut request = self.app.client.get(self.app.url("/device/v1/poll")).bearer_auth(&self.secret);
-        if let Some(etag) = if_none_match {
-            request = request.header("if-none-match", etag);
-        }
-        if let Some(wait) = wait {
-            request = request.query(&[("wait", wait)]);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let etag = response.headers().get("etag").map(|v| v.to_str().unwrap().to_owned());
-        let body = if status == StatusCode::OK { response.json().await.unwrap() } else { Value::Null };
-        (status, etag, body)
-    }
-
-    /// The commands of a poll (none on 204).
-    async fn commands(&self) -> Vec<Value> {
-        let (status, _, body) = self.poll(None, None).await;
-        match status {
-            StatusCode::OK => body["commands"].as_array().unwrap().clone(),
-            StatusCode::NO_CONTENT => Vec::new(),
-            other => panic!("{}: poll answered {other}", self.endpoint_id),
-        }
-    }
-
-    async fn report(&self, id: &str, body: Value) -> (StatusCode, Value) {
-        let response = self
-            .app
-            .client
-            .post(self.app.url(&format!("/device/v1/commands/{id}")))
-            .bearer_auth(&self.secret)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn ok(&self, id: &str, body: Value) -> Value {
-        let (status, out) = self.report(id, body.clone()).await;
-        assert_eq!(status, StatusCode::OK, "{}: {body} → {out}", self.endpoint_id);
-        out
-    }
-}
 
 async fn app() -> TestApp {
     TestApp::start_with(|c| {
@@ -81,11 +28,11 @@ async fn app() -> TestApp {
 }
 
 /// `n` devices of model X100 (d00, d01, ...) and a group "fleet" of them.
-async fn fleet(app: &TestApp, n: usize) -> (String, Vec<Device<'_>>) {
+async fn fleet(app: &TestApp, n: usize) -> (String, Vec<DeviceClient<'_>>) {
     let admin = app.operator("admin");
     admin.ok("mutation { createDeviceModel(input: {name: \"X100\"}) { deviceModel { id } } }", json!({})).await;
     let (group, devices) = crate::support::fleet_in_group(app, n, "X100", "fleet").await;
-    (group, devices.into_iter().map(|(endpoint_id, secret)| Device { app, endpoint_id, secret }).collect())
+    (group, DeviceClient::all(app, devices))
 }
 
 async fn send(app: &TestApp, input: Value) -> Value {
@@ -112,7 +59,7 @@ async fn reboot_reaches_one_device_and_its_result_comes_back() {
     assert_eq!(command(&app, &id).await["state"], "QUEUED");
 
     // The poll hands it out and marks it DELIVERED.
-    let (status, etag, body) = d.poll(None, None).await;
+    let (status, etag, body) = d.poll_with(None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["update"], Value::Null);
     let commands = body["commands"].as_array().unwrap();
@@ -125,19 +72,23 @@ async fn reboot_reaches_one_device_and_its_result_comes_back() {
     assert_eq!(c["state"], "DELIVERED");
     assert!(c["deliveredAt"].is_string());
     // Unacknowledged, it stays in the answer; the ETag says nothing changed.
-    let (status, _, _) = d.poll(etag.as_deref(), None).await;
+    let (status, _, _) = d.poll_with(etag.as_deref(), None).await;
     assert_eq!(status, StatusCode::NOT_MODIFIED);
     assert_eq!(d.commands().await.len(), 1, "delivered again until acknowledged");
     // The other device has nothing.
-    assert_eq!(devices[1].poll(None, None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(devices[1].poll_with(None, None).await.0, StatusCode::NO_CONTENT);
 
     // The outcome comes after the acknowledgement.
-    let (status, out) = d.report(&id, json!({"status": "SUCCEEDED"})).await;
+    let (status, out) = d.command_result(&id, json!({"status": "SUCCEEDED"})).await;
     assert_eq!((status, out["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("INVALID_STATE")), "{out}");
-    assert_eq!(d.ok(&id, json!({"status": "ACKNOWLEDGED"})).await["state"], "ACKNOWLEDGED");
-    assert_eq!(d.ok(&id, json!({"status": "ACKNOWLEDGED"})).await["state"], "ACKNOWLEDGED", "a retry changes nothing");
+    assert_eq!(d.command_ok(&id, json!({"status": "ACKNOWLEDGED"})).await["state"], "ACKNOWLEDGED");
+    assert_eq!(
+        d.command_ok(&id, json!({"status": "ACKNOWLEDGED"})).await["state"],
+        "ACKNOWLEDGED",
+        "a retry changes nothing"
+    );
     assert!(d.commands().await.is_empty(), "acknowledged: no longer handed out");
-    let out = d.ok(&id, json!({"status": "SUCCEEDED", "result": {"uptime": 3}, "message": "rebooted"})).await;
+    let out = d.command_ok(&id, json!({"status": "SUCCEEDED", "result": {"uptime": 3}, "message": "rebooted"})).await;
     assert_eq!(out["state"], "SUCCEEDED");
     let c = command(&app, &id).await;
     assert_eq!(c["state"], "SUCCEEDED");
@@ -146,7 +97,7 @@ async fn reboot_reaches_one_device_and_its_result_comes_back() {
     assert_eq!(c["device"]["endpointId"], "d00");
     assert!(c["finishedAt"].is_string());
     // Final: a second result is refused.
-    let (status, out) = d.report(&id, json!({"status": "FAILED"})).await;
+    let (status, out) = d.command_result(&id, json!({"status": "FAILED"})).await;
     assert_eq!((status, out["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("INVALID_STATE")), "{out}");
 
     // The device's history, and the audit trail filtered by device.
@@ -220,9 +171,11 @@ async fn a_group_batch_counts_mixed_results_and_the_subscription_follows_it() {
         assert_eq!(commands.len(), 1);
         let id = commands[0]["id"].as_str().unwrap();
         assert_eq!(commands[0]["name"], "RESTART_AGENT");
-        device.ok(id, json!({"status": "ACKNOWLEDGED"})).await;
+        device.command_ok(id, json!({"status": "ACKNOWLEDGED"})).await;
         if outcome != "ACKNOWLEDGED" {
-            device.ok(id, json!({"status": outcome, "message": format!("{outcome} on {}", device.endpoint_id)})).await;
+            device
+                .command_ok(id, json!({"status": outcome, "message": format!("{outcome} on {}", device.endpoint_id)}))
+                .await;
         }
     }
     let b = batch(&app, &batch_id).await;
@@ -299,8 +252,8 @@ async fn overdue_commands_expire_and_are_never_handed_out() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(command(&app, &id).await["state"], "EXPIRED");
-    assert_eq!(devices[1].poll(None, None).await.0, StatusCode::NO_CONTENT, "an expired command is not delivered");
-    let (status, out) = devices[0].report(&id, json!({"status": "SUCCEEDED"})).await;
+    assert_eq!(devices[1].poll_with(None, None).await.0, StatusCode::NO_CONTENT, "an expired command is not delivered");
+    let (status, out) = devices[0].command_result(&id, json!({"status": "SUCCEEDED"})).await;
     assert_eq!((status, out["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("INVALID_STATE")), "{out}");
     let audit = app
         .operator("auditor")
@@ -321,18 +274,18 @@ async fn cancel_before_and_after_delivery() {
     let out = send(&app, json!({"devices": ["d00"], "name": "REBOOT"})).await;
     let id = out["commands"]["edges"][0]["node"]["id"].clone();
     assert_eq!(manager.ok(cancel, json!({"id": id})).await["cancelCommand"]["command"]["state"], "CANCELLED");
-    assert_eq!(devices[0].poll(None, None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(devices[0].poll_with(None, None).await.0, StatusCode::NO_CONTENT);
 
     // After delivery: it leaves the poll, and the device's result is refused.
     let out = send(&app, json!({"devices": ["d00"], "name": "FACTORY_RESET", "args": {"keepNetwork": true}})).await;
     let id = out["commands"]["edges"][0]["node"]["id"].as_str().unwrap().to_owned();
-    let (status, etag, _) = devices[0].poll(None, None).await;
+    let (status, etag, _) = devices[0].poll_with(None, None).await;
     assert_eq!(status, StatusCode::OK);
-    devices[0].ok(&id, json!({"status": "ACKNOWLEDGED"})).await;
+    devices[0].command_ok(&id, json!({"status": "ACKNOWLEDGED"})).await;
     assert_eq!(manager.ok(cancel, json!({"id": id})).await["cancelCommand"]["command"]["state"], "CANCELLED");
-    let (status, out) = devices[0].report(&id, json!({"status": "SUCCEEDED"})).await;
+    let (status, out) = devices[0].command_result(&id, json!({"status": "SUCCEEDED"})).await;
     assert_eq!((status, out["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("INVALID_STATE")), "{out}");
-    assert_eq!(devices[0].poll(etag.as_deref(), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(devices[0].poll_with(etag.as_deref(), None).await.0, StatusCode::NO_CONTENT);
     // Cancelling a finished command is an INVALID_STATE.
     assert_eq!(manager.error_code(cancel, json!({"id": id})).await, "INVALID_STATE");
 
@@ -341,8 +294,8 @@ async fn cancel_before_and_after_delivery() {
     let batch_id = out["batchId"].clone();
     let commands = devices[1].commands().await;
     let first = commands[0]["id"].as_str().unwrap();
-    devices[1].ok(first, json!({"status": "ACKNOWLEDGED"})).await;
-    devices[1].ok(first, json!({"status": "SUCCEEDED"})).await;
+    devices[1].command_ok(first, json!({"status": "ACKNOWLEDGED"})).await;
+    devices[1].command_ok(first, json!({"status": "SUCCEEDED"})).await;
     let out = manager
         .ok(
             "mutation($id: ID!) { cancelCommandBatch(input: {id: $id}) { batch { counts { succeeded cancelled } } } }",
@@ -384,10 +337,10 @@ async fn devices_see_only_their_own_commands_and_bad_input_is_refused() {
     let out = send(&app, json!({"devices": ["d00"], "name": "REBOOT"})).await;
     let id = out["commands"]["edges"][0]["node"]["id"].as_str().unwrap().to_owned();
     // Another device's command is not found, whatever it posts.
-    let (status, out) = devices[1].report(&id, json!({"status": "SUCCEEDED"})).await;
+    let (status, out) = devices[1].command_result(&id, json!({"status": "SUCCEEDED"})).await;
     assert_eq!((status, out["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("NOT_FOUND")), "{out}");
     assert_eq!(command(&app, &id).await["state"], "QUEUED", "unchanged");
-    let (status, _) = devices[1].report("not-an-id", json!({"status": "SUCCEEDED"})).await;
+    let (status, _) = devices[1].command_result("not-an-id", json!({"status": "SUCCEEDED"})).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // An unknown status or field, a result too large.
     for (body, field) in [
@@ -395,7 +348,7 @@ async fn devices_see_only_their_own_commands_and_bad_input_is_refused() {
         (json!({"status": "SUCCEEDED", "extra": 1}), "extra"),
         (json!({"status": "SUCCEEDED", "result": {"blob": "x".repeat(300)}}), "result"),
     ] {
-        let (status, out) = devices[0].report(&id, body).await;
+        let (status, out) = devices[0].command_result(&id, body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{out}");
         assert_eq!(out["error"]["field"], field, "{out}");
     }
@@ -434,9 +387,9 @@ async fn devices_see_only_their_own_commands_and_bad_input_is_refused() {
 async fn a_long_poll_answers_when_a_command_is_sent() {
     let app = app().await;
     let (_, devices) = fleet(&app, 1).await;
-    let (status, etag, _) = devices[0].poll(None, None).await;
+    let (status, etag, _) = devices[0].poll_with(None, None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let waiting = devices[0].poll(etag.as_deref(), Some(30));
+    let waiting = devices[0].poll_with(etag.as_deref(), Some(30));
     let sent = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         send(&app, json!({"devices": ["d00"], "name": "REBOOT"})).await

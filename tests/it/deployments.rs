@@ -6,78 +6,13 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, error_code};
+use crate::support::{DeviceClient, TestApp, error_code};
 
 const APPLY: &str = "mutation($i: ApplyPackageInput!) { applyPackage(input: $i) {
     deployment { id state mode targetCount skippedCount installReleased }
     skipped { endpointId reason } } }";
 const DEPLOYMENT: &str = "query($id: ID!) { deployment(id: $id) { state reason currentPhase installReleased
     counts { pending released acknowledged downloading downloaded installing installed failed cancelled skipped } } }";
-
-/// A device of the fleet, played over HTTP.
-struct Sim<'a> {
-    app: &'a TestApp,
-    endpoint_id: String,
-    secret: String,
-}
-
-impl Sim<'_> {
-    async fn poll_with(&self, if_none_match: Option<&str>, wait: Option<u64>) -> (StatusCode, Option<String>, Value) {
-        let mut request = self.app.client.get(self.app.url("/device/v1/poll")).bearer_auth(&self.secret);
-        if let Some(etag) = if_none_match {
-            request = request.header("if-none-match", etag);
-        }
-        if let Some(wait) = wait {
-            request = request.query(&[("wait", wait)]);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let etag = response.headers().get("etag").map(|v| v.to_str().unwrap().to_owned());
-        let body = if status == StatusCode::OK { response.json().await.unwrap() } else { Value::Null };
-        (status, etag, body)
-    }
-
-    async fn poll(&self) -> (StatusCode, Value) {
-        let (status, _, body) = self.poll_with(None, None).await;
-        (status, body)
-    }
-
-    /// The pending update (panics when there is none).
-    async fn update(&self) -> Value {
-        let (status, body) = self.poll().await;
-        assert_eq!(status, StatusCode::OK, "{} has no update", self.endpoint_id);
-        body["update"].clone()
-    }
-
-    async fn report(&self, update: &Value, body: Value) -> (StatusCode, Value) {
-        let response = self
-            .app
-            .client
-            .post(self.app.url(&format!("/device/v1/updates/{}/status", update["id"].as_str().unwrap())))
-            .bearer_auth(&self.secret)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn ok(&self, update: &Value, body: Value) -> Value {
-        let (status, out) = self.report(update, body.clone()).await;
-        assert_eq!(status, StatusCode::OK, "{}: {body} → {out}", self.endpoint_id);
-        out
-    }
-
-    /// Download, then install `version`.
-    async fn install(&self, version: &str) {
-        let update = self.update().await;
-        for status in ["ACKNOWLEDGED", "DOWNLOADING", "DOWNLOADED", "INSTALLING"] {
-            self.ok(&update, json!({"status": status, "progress": 50})).await;
-        }
-        self.ok(&update, json!({"status": "INSTALLED_VERSION", "version": version})).await;
-    }
-}
 
 struct Fleet {
     package: String,
@@ -95,7 +30,7 @@ async fn app() -> TestApp {
 }
 
 /// Model X100, a firmware 2.0.0 package for it, `n` devices in a group.
-async fn fleet(app: &TestApp, n: usize) -> (Fleet, Vec<Sim<'_>>) {
+async fn fleet(app: &TestApp, n: usize) -> (Fleet, Vec<DeviceClient<'_>>) {
     let admin = app.operator("admin");
     admin.ok("mutation { createDeviceModel(input: {name: \"X100\"}) { deviceModel { id } } }", json!({})).await;
     admin.ok("mutation { createDeviceModel(input: {name: \"S200\"}) { deviceModel { id } } }", json!({})).await;
@@ -110,7 +45,7 @@ async fn fleet(app: &TestApp, n: usize) -> (Fleet, Vec<Sim<'_>>) {
         .unwrap()
         .to_owned();
     let (group, devices) = crate::support::fleet_in_group(app, n, "X100", "fleet").await;
-    let sims = devices.into_iter().map(|(endpoint_id, secret)| Sim { app, endpoint_id, secret }).collect();
+    let sims = DeviceClient::all(app, devices);
     (Fleet { package, file, group }, sims)
 }
 
@@ -173,13 +108,13 @@ async fn a_device_polls_downloads_installs_and_the_deployment_completes() {
     let other_device = url.replace("device=", "device=0");
     assert_eq!(app.client.get(&other_device).send().await.unwrap().status(), StatusCode::FORBIDDEN);
 
-    sim.ok(update, json!({"status": "ACKNOWLEDGED"})).await;
-    let progress = sim.ok(update, json!({"status": "DOWNLOADING", "progress": 40})).await;
+    sim.report_ok(update, json!({"status": "ACKNOWLEDGED"})).await;
+    let progress = sim.report_ok(update, json!({"status": "DOWNLOADING", "progress": 40})).await;
     assert_eq!((progress["state"].as_str(), progress["progress"].as_i64()), (Some("DOWNLOADING"), Some(40)));
-    sim.ok(update, json!({"status": "DOWNLOADED"})).await;
+    sim.report_ok(update, json!({"status": "DOWNLOADED"})).await;
     assert_eq!(sim.update().await["action"], "INSTALL");
-    sim.ok(update, json!({"status": "INSTALLING"})).await;
-    let done = sim.ok(update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+    sim.report_ok(update, json!({"status": "INSTALLING"})).await;
+    let done = sim.report_ok(update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
     assert_eq!(done["state"], "INSTALLED");
     assert_eq!(sim.poll().await.0, StatusCode::NO_CONTENT, "nothing pending any more");
 
@@ -255,14 +190,15 @@ async fn reports_follow_the_state_machine_and_stay_with_their_device() {
     // Another device's update is not there for it.
     assert_eq!(sims[1].report(&update, json!({"status": "ACKNOWLEDGED"})).await.0, StatusCode::NOT_FOUND);
     // A wrong version fails the update, saying why.
-    sims[0].ok(&update, json!({"status": "DOWNLOADED"})).await;
-    let failed = sims[0].ok(&update, json!({"status": "INSTALLED_VERSION", "version": "1.9.9"})).await;
+    sims[0].report_ok(&update, json!({"status": "DOWNLOADED"})).await;
+    let failed = sims[0].report_ok(&update, json!({"status": "INSTALLED_VERSION", "version": "1.9.9"})).await;
     assert_eq!(failed["state"], "FAILED");
     assert!(failed["message"].as_str().unwrap().contains("expected 2.0.0"), "{failed}");
     // FAILED with an error code.
     let other = sims[1].update().await;
-    let out =
-        sims[1].ok(&other, json!({"status": "FAILED", "errcode": "E_FLASH", "message": "flash write failed"})).await;
+    let out = sims[1]
+        .report_ok(&other, json!({"status": "FAILED", "errcode": "E_FLASH", "message": "flash write failed"}))
+        .await;
     assert_eq!((out["state"].as_str(), out["errcode"].as_str()), (Some("FAILED"), Some("E_FLASH")));
     assert_eq!(sims[1].report(&other, json!({"status": "FAILED"})).await.0, StatusCode::CONFLICT, "final");
     // Operator tokens are no device credentials.
@@ -294,10 +230,10 @@ async fn max_in_flight_is_never_exceeded_and_phases_follow_each_other() {
         for sim in &sims {
             if let (StatusCode::OK, body) = sim.poll().await {
                 let update = &body["update"];
-                sim.ok(update, json!({"status": "DOWNLOADED"})).await;
+                sim.report_ok(update, json!({"status": "DOWNLOADED"})).await;
                 let d = deployment(&app, &id).await;
                 assert!(in_flight(&d) <= 2, "maxInFlight exceeded: {d}");
-                sim.ok(update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+                sim.report_ok(update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
                 installed += 1;
                 progressed = true;
                 break;
@@ -327,10 +263,10 @@ async fn failures_above_the_threshold_abort_the_rollout() {
     }
     assert_eq!(released.len(), 2, "two released at first");
     let (a, a_update) = &released[0];
-    a.ok(a_update, json!({"status": "DOWNLOADED"})).await;
-    a.ok(a_update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+    a.report_ok(a_update, json!({"status": "DOWNLOADED"})).await;
+    a.report_ok(a_update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
     let (b, b_update) = &released[1];
-    b.ok(b_update, json!({"status": "FAILED", "errcode": "E1"})).await;
+    b.report_ok(b_update, json!({"status": "FAILED", "errcode": "E1"})).await;
     // 1 of 2 finished devices failed: 50% > 40%.
     let d = until(&app, &id, "ABORTED", |d| d["state"] == "ABORTED").await;
     assert!(d["reason"].as_str().unwrap().contains("threshold of 40%"), "{d}");
@@ -357,15 +293,15 @@ async fn pause_resume_and_cancel_during_download() {
     let id = out["deployment"]["id"].clone();
     let first = sims.iter().find(|_| true).unwrap();
     let update = first.update().await;
-    first.ok(&update, json!({"status": "DOWNLOADING", "progress": 10})).await;
+    first.report_ok(&update, json!({"status": "DOWNLOADING", "progress": 10})).await;
     let paused = op
         .ok("mutation($id: ID!) { pauseDeployment(input: {id: $id}) { deployment { state } } }", json!({"id": id}))
         .await;
     assert_eq!(paused["pauseDeployment"]["deployment"]["state"], "PAUSED");
     // The device under way goes on; nobody new is released.
-    first.ok(&update, json!({"status": "DOWNLOADED"})).await;
-    first.ok(&update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.report_ok(&update, json!({"status": "DOWNLOADED"})).await;
+    first.report_ok(&update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+    app.drain_jobs().await;
     let d = deployment(&app, &id).await;
     assert_eq!((d["state"].as_str(), d["counts"]["pending"].as_u64()), (Some("PAUSED"), Some(2)), "{d}");
     assert_eq!(
@@ -385,7 +321,7 @@ async fn pause_resume_and_cancel_during_download() {
     let mut downloading = None;
     for sim in &sims[1..] {
         if let (StatusCode::OK, body) = sim.poll().await {
-            sim.ok(&body["update"], json!({"status": "DOWNLOADING", "progress": 5})).await;
+            sim.report_ok(&body["update"], json!({"status": "DOWNLOADING", "progress": 5})).await;
             downloading = Some((sim, body["update"].clone()));
         }
     }
@@ -400,7 +336,7 @@ async fn pause_resume_and_cancel_during_download() {
     let told = sim.update().await;
     assert_eq!((told["id"].as_str(), told["action"].as_str()), (update["id"].as_str(), Some("CANCEL")));
     assert_eq!(sim.report(&update, json!({"status": "DOWNLOADED"})).await.0, StatusCode::CONFLICT);
-    sim.ok(&update, json!({"status": "CANCELLED"})).await;
+    sim.report_ok(&update, json!({"status": "CANCELLED"})).await;
     assert_eq!(sim.poll().await.0, StatusCode::NO_CONTENT, "the cancel was seen");
     let d = deployment(&app, &id).await;
     assert_eq!((d["counts"]["installed"].as_u64(), d["counts"]["cancelled"].as_u64()), (Some(1), Some(2)), "{d}");
@@ -528,7 +464,7 @@ async fn download_only_waits_for_release_install() {
     assert_eq!(out["deployment"]["installReleased"], false);
     for sim in &sims {
         let update = sim.update().await;
-        sim.ok(&update, json!({"status": "DOWNLOADED"})).await;
+        sim.report_ok(&update, json!({"status": "DOWNLOADED"})).await;
         assert_eq!(sim.update().await["action"], "DOWNLOAD", "not yet INSTALL");
         let (status, out) = sim.report(&update, json!({"status": "INSTALLING"})).await;
         assert_eq!((status, out["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("INVALID_STATE")));
@@ -548,7 +484,7 @@ async fn download_only_waits_for_release_install() {
     for sim in &sims {
         let update = sim.update().await;
         assert_eq!(update["action"], "INSTALL");
-        sim.ok(&update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+        sim.report_ok(&update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
     }
     until(&app, &id, "COMPLETED", |d| d["state"] == "COMPLETED").await;
 }
@@ -560,15 +496,15 @@ async fn coordinated_installs_together_and_a_failure_stops_everyone() {
     let out = apply(&app, json!({"package": fleet.package, "devices": ["d00", "d01"], "mode": "COORDINATED"})).await;
     let id = out["deployment"]["id"].clone();
     let first = sims[0].update().await;
-    sims[0].ok(&first, json!({"status": "DOWNLOADED"})).await;
+    sims[0].report_ok(&first, json!({"status": "DOWNLOADED"})).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(sims[0].update().await["action"], "DOWNLOAD", "d01 has not downloaded yet");
     let second = sims[1].update().await;
-    sims[1].ok(&second, json!({"status": "DOWNLOADED"})).await;
+    sims[1].report_ok(&second, json!({"status": "DOWNLOADED"})).await;
     until(&app, &id, "the install released", |d| d["installReleased"] == true).await;
     for (sim, update) in [(&sims[0], &first), (&sims[1], &second)] {
         assert_eq!(sim.update().await["action"], "INSTALL");
-        sim.ok(update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+        sim.report_ok(update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
     }
     until(&app, &id, "COMPLETED", |d| d["state"] == "COMPLETED").await;
 
@@ -581,9 +517,9 @@ async fn coordinated_installs_together_and_a_failure_stops_everyone() {
     let out = apply(&app, json!({"package": next, "devices": ["d00", "d01", "d02"], "mode": "COORDINATED"})).await;
     let id = out["deployment"]["id"].clone();
     let a = sims[0].update().await;
-    sims[0].ok(&a, json!({"status": "DOWNLOADED"})).await;
+    sims[0].report_ok(&a, json!({"status": "DOWNLOADED"})).await;
     let b = sims[1].update().await;
-    sims[1].ok(&b, json!({"status": "FAILED", "errcode": "E_DISK"})).await;
+    sims[1].report_ok(&b, json!({"status": "FAILED", "errcode": "E_DISK"})).await;
     let d = until(&app, &id, "ABORTED", |d| d["state"] == "ABORTED").await;
     assert!(d["reason"].as_str().unwrap().contains("coordinated"), "{d}");
     assert_eq!(sims[0].update().await["action"], "CANCEL", "d00 had downloaded; it installs nothing");
@@ -633,7 +569,7 @@ async fn coordinated_with_max_in_flight_downloads_in_waves_and_a_quorum_releases
             }
             if let (StatusCode::OK, body) = sim.poll().await {
                 assert_eq!(body["update"]["action"], "DOWNLOAD");
-                sim.ok(&body["update"], json!({"status": "DOWNLOADED"})).await;
+                sim.report_ok(&body["update"], json!({"status": "DOWNLOADED"})).await;
                 downloaded.push((i, body["update"].clone()));
             }
         }
@@ -642,7 +578,7 @@ async fn coordinated_with_max_in_flight_downloads_in_waves_and_a_quorum_releases
     assert_eq!(d["counts"]["downloaded"], 3, "{d}");
     for (i, update) in &downloaded {
         assert_eq!(sims[*i].update().await["action"], "INSTALL");
-        sims[*i].ok(update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+        sims[*i].report_ok(update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
     }
     // The two late devices download, then install at once.
     for (i, sim) in sims.iter().enumerate() {
@@ -655,9 +591,9 @@ async fn coordinated_with_max_in_flight_downloads_in_waves_and_a_quorum_releases
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        sim.ok(&update, json!({"status": "DOWNLOADED"})).await;
+        sim.report_ok(&update, json!({"status": "DOWNLOADED"})).await;
         assert_eq!(sim.update().await["action"], "INSTALL", "the install is already released");
-        sim.ok(&update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+        sim.report_ok(&update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
     }
     let d = until(&app, &id, "COMPLETED", |d| d["state"] == "COMPLETED").await;
     assert_eq!(d["counts"]["installed"], 5, "{d}");
@@ -720,7 +656,7 @@ async fn a_package_in_use_cannot_be_deleted_and_pending_devices_cannot_poll() {
         .json()
         .await
         .unwrap();
-    let pending = Sim { app: &app, endpoint_id: "new".into(), secret: enrolled["secret"].as_str().unwrap().to_owned() };
+    let pending = DeviceClient::new(&app, "new", enrolled["secret"].as_str().unwrap().to_owned());
     assert_eq!(pending.poll().await.0, StatusCode::FORBIDDEN);
 }
 
@@ -929,7 +865,7 @@ async fn deployment_progress_is_pushed_live_and_across_servers_on_postgres() {
     let update = sims[0].update().await;
     let mut pushed = None;
     for progress in 1..50 {
-        sims[0].ok(&update, json!({"status": "DOWNLOADING", "progress": progress})).await;
+        sims[0].report_ok(&update, json!({"status": "DOWNLOADING", "progress": progress})).await;
         if let Ok(message) =
             tokio::time::timeout(Duration::from_millis(300), crate::audit::next_json(&mut socket)).await
         {
@@ -943,7 +879,7 @@ async fn deployment_progress_is_pushed_live_and_across_servers_on_postgres() {
     assert_eq!(progress["update"]["state"], "DOWNLOADING");
     assert_eq!(progress["deployment"]["counts"]["downloading"], 1);
     // And the next report arrives too, with its progress.
-    sims[0].ok(&update, json!({"status": "DOWNLOADED"})).await;
+    sims[0].report_ok(&update, json!({"status": "DOWNLOADED"})).await;
     let next = loop {
         let message = crate::audit::next_json(&mut socket).await;
         if message["payload"]["data"]["deploymentProgress"]["update"]["state"] == "DOWNLOADED" {
@@ -952,7 +888,7 @@ async fn deployment_progress_is_pushed_live_and_across_servers_on_postgres() {
     };
     assert_eq!(next["payload"]["data"]["deploymentProgress"]["update"]["progress"], 100);
     // Both devices finish: the COMPLETED deployment is the last push.
-    sims[0].ok(&update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+    sims[0].report_ok(&update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
     sims[1].install("2.0.0").await;
     let last = loop {
         let message = crate::audit::next_json(&mut socket).await;
@@ -987,7 +923,7 @@ async fn devices_joining_a_group_get_its_current_package_without_an_operator() {
     assert_eq!(group["deviceGroup"]["currentDeploymentId"], id);
     sims[0].install("2.0.0").await;
     // Done for now, but it stays open for newcomers.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.drain_jobs().await;
     assert_eq!(deployment(&app, &id).await["state"], "RUNNING");
 
     // A device registered and added to the static group gets the update.
@@ -1003,7 +939,7 @@ async fn devices_joining_a_group_get_its_current_package_without_an_operator() {
             json!({"g": fleet.group}),
         )
         .await;
-    let late = Sim { app: &app, endpoint_id: "late".into(), secret };
+    let late = DeviceClient::new(&app, "late", secret);
     let deadline = Instant::now() + Duration::from_secs(20);
     while late.poll().await.0 != StatusCode::OK {
         assert!(Instant::now() < deadline, "the newcomer never got the update");
@@ -1072,13 +1008,13 @@ async fn start_at_holds_the_rollout_and_expires_at_stops_new_starts() {
     let (started, waiting) =
         if sims[2].poll().await.0 == StatusCode::OK { (&sims[2], &sims[3]) } else { (&sims[3], &sims[2]) };
     let update = started.update().await;
-    started.ok(&update, json!({"status": "DOWNLOADING", "progress": 20})).await;
+    started.report_ok(&update, json!({"status": "DOWNLOADING", "progress": 20})).await;
     let d = until(&app, &expiring, "the expiry", |d| d["reason"] == "expired").await;
     assert_eq!(d["counts"]["cancelled"], 1, "the device that never started: {d}");
     assert_eq!(waiting.poll().await.0, StatusCode::NO_CONTENT);
     // The one under way finishes, and the deployment completes.
-    started.ok(&update, json!({"status": "DOWNLOADED"})).await;
-    started.ok(&update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+    started.report_ok(&update, json!({"status": "DOWNLOADED"})).await;
+    started.report_ok(&update, json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
     let d = until(&app, &expiring, "COMPLETED", |d| d["state"] == "COMPLETED").await;
     assert_eq!(d["counts"]["installed"], 1);
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::TestApp;
+use crate::support::{DeviceClient, TestApp};
 
 async fn app_with_ttl(ttl: Duration) -> TestApp {
     TestApp::start_with(|c| {
@@ -55,18 +55,7 @@ async fn poll(
     if_none_match: Option<&str>,
     wait: Option<u64>,
 ) -> (StatusCode, Option<String>, Value) {
-    let mut request = app.client.get(app.url("/device/v1/poll")).bearer_auth(secret);
-    if let Some(etag) = if_none_match {
-        request = request.header("if-none-match", etag);
-    }
-    if let Some(wait) = wait {
-        request = request.query(&[("wait", wait)]);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let etag = response.headers().get("etag").map(|v| v.to_str().unwrap().to_owned());
-    let body = if status == StatusCode::OK { response.json().await.unwrap() } else { Value::Null };
-    (status, etag, body)
+    DeviceClient::new(app, "", secret).poll_with(if_none_match, wait).await
 }
 
 /// The update and its first file URL, polling until the device has one.
@@ -96,14 +85,7 @@ fn max_age(response: &reqwest::Response) -> i64 {
 async fn report(app: &TestApp, secret: &str, update: &Value, status: &str, extra: Value) -> StatusCode {
     let mut body = json!({"status": status});
     body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-    app.client
-        .post(app.url(&format!("/device/v1/updates/{}/status", update["id"].as_str().unwrap())))
-        .bearer_auth(secret)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .status()
+    DeviceClient::new(app, "", secret).report(update, body).await.0
 }
 
 #[tokio::test]

@@ -151,7 +151,7 @@ async fn a_periodic_job_that_died_comes_back() {
     let db = app.db();
     let alive = || async {
         job::Entity::find()
-            .filter(job::Column::Kind.eq("commands.expire"))
+            .filter(job::Column::Kind.eq("command.expire"))
             .filter(job::Column::State.is_in(["queued", "running"]))
             .count(db)
             .await
@@ -162,12 +162,44 @@ async fn a_periodic_job_that_died_comes_back() {
         assert!(std::time::Instant::now() < deadline, "never scheduled");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Its attempts used up (say, while the database was away).
-    db.execute_unprepared("UPDATE job SET state = 'failed' WHERE kind = 'commands.expire'").await.unwrap();
-    assert_eq!(alive().await, 0);
+    // Its attempts used up (say, while the database was away). A run that
+    // is under way right now queues the next one as it ends: fail that too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while alive().await > 0 {
+        assert!(std::time::Instant::now() < deadline, "could not fail the periodic job");
+        db.execute_unprepared("UPDATE job SET state = 'failed' WHERE kind = 'command.expire' AND state = 'queued'")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while alive().await == 0 {
         assert!(std::time::Instant::now() < deadline, "the periodic job did not come back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn queued_expiry_runs_keep_going_under_the_new_job_name() {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::EntityTrait;
+    let dir = tempfile::tempdir().unwrap();
+    let db = sea_orm::Database::connect(crate::support::fresh_database_url(dir.path()).await).await.unwrap();
+    otadepot::db::migrate_up(&db).await.unwrap();
+    // Back to just before the rename (and whatever came after it).
+    let migrations = Migrator::migrations();
+    let rename = migrations.iter().position(|m| m.name() == "m20261202_000016_rename_command_expire_job").unwrap();
+    Migrator::down(&db, Some((migrations.len() - rename) as u32)).await.unwrap();
+    let old = otadepot::jobs::enqueue(&db, "commands.expire", serde_json::json!({})).await.unwrap();
+    let other = otadepot::jobs::enqueue(&db, "jobs.prune", serde_json::json!({})).await.unwrap();
+
+    otadepot::db::migrate_up(&db).await.unwrap();
+    let kind = |id| {
+        let db = db.clone();
+        async move { job::Entity::find_by_id(id).one(&db).await.unwrap().unwrap().kind }
+    };
+    assert_eq!(kind(old).await, otadepot::service::command::EXPIRE_JOB);
+    assert_eq!(otadepot::service::command::EXPIRE_JOB, "command.expire");
+    assert_eq!(kind(other).await, "jobs.prune", "other kinds stay");
+    db.close().await.unwrap();
 }

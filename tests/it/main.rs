@@ -24,6 +24,7 @@ mod hardening;
 mod health;
 mod http_routes;
 mod jobs;
+mod layers;
 mod packages;
 mod repository;
 mod roles;

@@ -324,7 +324,7 @@ async fn manual_promotion_waits_for_promote_content() {
     .await;
     let (id, content) = upload_until(&app, b"needs a human", &["CLEAN", "PROMOTED"]).await;
     assert_eq!(content["state"], "CLEAN");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.drain_jobs().await;
     let still = app.operator("viewer").ok(GET, json!({"id": id})).await;
     assert_eq!(still["content"]["state"], "CLEAN", "no automatic promotion");
 

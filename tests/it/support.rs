@@ -179,6 +179,28 @@ impl TestApp {
         }
     }
 
+    /// Wait until every job that was due when this was called has run (a
+    /// job rescheduled for later, like a deployment's next reconcile pass,
+    /// counts as run): what a test waits for instead of sleeping.
+    pub async fn drain_jobs(&self) {
+        use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+        let due = chrono::Utc::now();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let pending = entity::job::Entity::find()
+                .filter(entity::job::Column::State.is_in([otadepot::jobs::QUEUED, otadepot::jobs::RUNNING]))
+                .filter(entity::job::Column::RunAt.lte(due))
+                .count(self.db())
+                .await
+                .expect("count jobs");
+            if pending == 0 {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{pending} due job(s) still not run after 20 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn server(&self) -> &Server {
         self.server.as_ref().expect("server running")
     }
@@ -310,4 +332,123 @@ pub async fn fleet_in_group(app: &TestApp, n: usize, model: &str, group: &str) -
         )
         .await;
     (group, devices)
+}
+
+/// One simulated device of the suite, speaking `/device/v1` over real HTTP
+/// with its own secret: polls (plain, conditional, long), update status
+/// reports, command results and inventory.
+pub struct DeviceClient<'a> {
+    pub app: &'a TestApp,
+    pub endpoint_id: String,
+    pub secret: String,
+}
+
+impl<'a> DeviceClient<'a> {
+    pub fn new(app: &'a TestApp, endpoint_id: impl Into<String>, secret: impl Into<String>) -> Self {
+        Self { app, endpoint_id: endpoint_id.into(), secret: secret.into() }
+    }
+
+    /// The devices of [`fleet_in_group`] (or any (endpoint id, secret) list).
+    pub fn all(app: &'a TestApp, devices: Vec<(String, String)>) -> Vec<Self> {
+        devices.into_iter().map(|(endpoint_id, secret)| Self { app, endpoint_id, secret }).collect()
+    }
+
+    /// `GET /device/v1/poll`, conditional on `if_none_match`, long when
+    /// `wait` is set: the status, the ETag and the body (null unless 200).
+    pub async fn poll_with(
+        &self,
+        if_none_match: Option<&str>,
+        wait: Option<u64>,
+    ) -> (reqwest::StatusCode, Option<String>, Value) {
+        let mut request = self.app.client.get(self.app.url("/device/v1/poll")).bearer_auth(&self.secret);
+        if let Some(etag) = if_none_match {
+            request = request.header("if-none-match", etag);
+        }
+        if let Some(wait) = wait {
+            request = request.query(&[("wait", wait)]);
+        }
+        let response = request.send().await.expect("GET /device/v1/poll");
+        let status = response.status();
+        let etag = response.headers().get("etag").map(|v| v.to_str().expect("ASCII ETag").to_owned());
+        let body =
+            if status == reqwest::StatusCode::OK { response.json().await.expect("poll JSON") } else { Value::Null };
+        (status, etag, body)
+    }
+
+    /// A plain poll: status and body.
+    pub async fn poll(&self) -> (reqwest::StatusCode, Value) {
+        let (status, _, body) = self.poll_with(None, None).await;
+        (status, body)
+    }
+
+    /// The pending update (panics when there is none).
+    pub async fn update(&self) -> Value {
+        let (status, body) = self.poll().await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{} has no update", self.endpoint_id);
+        body["update"].clone()
+    }
+
+    /// The commands of a poll (none on 204).
+    pub async fn commands(&self) -> Vec<Value> {
+        let (status, body) = self.poll().await;
+        match status {
+            reqwest::StatusCode::OK => body["commands"].as_array().expect("commands").clone(),
+            reqwest::StatusCode::NO_CONTENT => Vec::new(),
+            other => panic!("{}: poll answered {other}", self.endpoint_id),
+        }
+    }
+
+    /// POST a JSON body to a device route: status and body (null when not JSON).
+    pub async fn post(&self, path: &str, body: &Value) -> (reqwest::StatusCode, Value) {
+        let response = self
+            .app
+            .client
+            .post(self.app.url(path))
+            .bearer_auth(&self.secret)
+            .json(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A status report for `update` (an update object of a poll).
+    pub async fn report(&self, update: &Value, body: Value) -> (reqwest::StatusCode, Value) {
+        let id = update["id"].as_str().unwrap_or_else(|| panic!("an update with an id: {update}"));
+        self.post(&format!("/device/v1/updates/{id}/status"), &body).await
+    }
+
+    /// Like [`DeviceClient::report`], asserting 200.
+    pub async fn report_ok(&self, update: &Value, body: Value) -> Value {
+        let (status, out) = self.report(update, body.clone()).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{}: {body} → {out}", self.endpoint_id);
+        out
+    }
+
+    /// Walk the pending update through every step and install `version`.
+    pub async fn install(&self, version: &str) {
+        let update = self.update().await;
+        for status in ["ACKNOWLEDGED", "DOWNLOADING", "DOWNLOADED", "INSTALLING"] {
+            self.report_ok(&update, json!({"status": status, "progress": 50})).await;
+        }
+        self.report_ok(&update, json!({"status": "INSTALLED_VERSION", "version": version})).await;
+    }
+
+    /// A command result (`ACKNOWLEDGED`, `SUCCEEDED`, `FAILED`…).
+    pub async fn command_result(&self, id: &str, body: Value) -> (reqwest::StatusCode, Value) {
+        self.post(&format!("/device/v1/commands/{id}"), &body).await
+    }
+
+    /// Like [`DeviceClient::command_result`], asserting 200.
+    pub async fn command_ok(&self, id: &str, body: Value) -> Value {
+        let (status, out) = self.command_result(id, body.clone()).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{}: {body} → {out}", self.endpoint_id);
+        out
+    }
+
+    /// `POST /device/v1/inventory`.
+    pub async fn inventory(&self, body: Value) -> (reqwest::StatusCode, Value) {
+        self.post("/device/v1/inventory", &body).await
+    }
 }

@@ -130,7 +130,7 @@ impl Shared {
                 };
                 let actor = match token {
                     None => Actor::Anonymous,
-                    Some(token) => match crate::auth::authenticate_operator(&self.app, &token).await {
+                    Some(token) => match crate::service::role::authenticate_operator(&self.app, &token).await {
                         Ok(user) => Actor::User(user),
                         Err(err @ Error::Unauthenticated(_)) => {
                             self.send(Control::Close(CLOSE_FORBIDDEN, err.to_string()));
@@ -158,7 +158,7 @@ impl Shared {
     async fn init(self: Arc<Self>, token: Option<String>) -> async_graphql::Result<Data> {
         let actor = match token {
             None => Actor::Anonymous,
-            Some(token) => match crate::auth::authenticate_operator_until(&self.app, &token).await {
+            Some(token) => match crate::service::role::authenticate_operator_until(&self.app, &token).await {
                 Ok((user, expires_at)) => {
                     let mut session = self.session();
                     session.token = Some(token);
