@@ -24,6 +24,7 @@ mod health;
 mod http_routes;
 mod jobs;
 mod packages;
+mod readme;
 mod repository;
 mod roles;
 mod scan;
