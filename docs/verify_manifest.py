@@ -12,8 +12,12 @@ import base64
 import json
 import sys
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+try:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+except ImportError:
+    sys.exit("verify_manifest.py needs Python's `cryptography` package: "
+             "apt-get install python3-cryptography (Debian), or pip install cryptography")
 
 
 def canonical(value):

@@ -13,7 +13,10 @@ FAILED). Progress is printed as it happens.
 secrets.csv is what `otadepot devices import --secrets-out` writes
 (endpoint_id,device_id,secret). --step is the pause between a device's
 steps in seconds; --fail-rate the share of updates and commands that fail;
---until-idle N stops once no device has had anything to do for N seconds.
+--until-idle N stops once no device has had anything to do for N seconds
+(once the rollouts it plays are done); without it, it plays until
+--duration seconds have passed or Ctrl-C. It prints the totals when it
+stops, and exits 1 when no device had anything to do at all.
 Only the Python standard library is used.
 """
 
@@ -180,17 +183,31 @@ def main():
     threads = [threading.Thread(target=device, args=(args, r["endpoint_id"], r["secret"]), daemon=True) for r in rows]
     for t in threads:
         t.start()
-    print(f"playing {len(threads)} device(s) against {args.base}; Ctrl-C stops", flush=True)
+    global last_activity
+    with lock:
+        last_activity = time.monotonic()  # idle counts from now, not from the start of Python
+    until = f"until idle for {args.until_idle:g} s, " if args.until_idle else ""
+    print(f"playing {len(threads)} device(s) against {args.base} {until}for at most {args.duration:g} s; "
+          "Ctrl-C stops", flush=True)
     deadline = time.monotonic() + args.duration
+    reason = f"{args.duration:g} s have passed"
     try:
         while time.monotonic() < deadline:
             time.sleep(0.2)
-            if args.until_idle and time.monotonic() - last_activity > args.until_idle:
+            with lock:
+                idle = time.monotonic() - last_activity
+            if args.until_idle and idle > args.until_idle:
+                reason = f"no device had anything to do for {args.until_idle:g} s"
                 break
     except KeyboardInterrupt:
-        pass
+        reason = "interrupted"
     stop.set()
-    print("totals: " + json.dumps(totals), flush=True)
+    with lock:
+        print(f"stopped: {reason}", flush=True)
+        print("totals: " + json.dumps(totals), flush=True)
+        if not any(totals.values()):
+            sys.exit("no device had anything to do: is a deployment running, or a command queued, "
+                     "for the devices of " + args.secrets + "?")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ pub enum Error {
     /// A signed URL that does not verify or has expired.
     #[error("signed URL {0}")]
     BadSignature(&'static str),
-    #[error("{kind} {id} not found")]
+    /// Says where ids of that kind come from, for ids copied by hand.
+    #[error("{kind} {id} not found{}", id_source(kind))]
     NotFound { kind: &'static str, id: String },
     #[error("{field}: {reason}")]
     InvalidInput { field: String, reason: String },
@@ -47,6 +48,25 @@ pub enum Error {
     TooManyRequests { retry_after_secs: u64 },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+}
+
+/// Where ids of `kind` come from, as " (ids come from …)", or nothing for
+/// a kind nobody copies by hand. Part of NOT_FOUND and bad-id messages, so
+/// that an id pasted into the wrong place says where the right one is.
+pub fn id_source(kind: &str) -> &'static str {
+    match kind {
+        "content" => " (ids come from createContent, uploadContent or contents)",
+        "package" => " (ids come from createSoftwarePackage or packages)",
+        "device model" => " (ids come from createDeviceModel or deviceModels)",
+        "device" => " (ids come from registerDevices, `otadepot devices import` or devices)",
+        "device group" => " (ids come from createDeviceGroup or deviceGroups)",
+        "deployment" => " (ids come from applyPackage or deployments)",
+        "update" => " (ids come from the `update` of the device's poll, GET /device/v1/poll)",
+        "command" => " (ids come from the `commands` of the device's poll, GET /device/v1/poll, or from commands)",
+        "command batch" => " (ids come from sendCommand's batchId)",
+        "enrollment token" => " (ids come from createEnrollmentToken or enrollmentTokens)",
+        _ => "",
+    }
 }
 
 /// What is wrong with one row of a batch.
@@ -74,6 +94,12 @@ impl Error {
 
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::InvalidInput { field: field.into(), reason: reason.into() }
+    }
+
+    /// An id that does not even parse: "not a {kind} id", saying where
+    /// ids of that kind come from.
+    pub fn bad_id(field: impl Into<String>, kind: &str) -> Self {
+        Self::invalid(field, format!("not a {kind} id{}", id_source(kind)))
     }
 
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {

@@ -195,7 +195,7 @@ pub struct ContentFilter {
 }
 
 pub(crate) fn parse_id(id: &ID) -> Result<uuid::Uuid> {
-    id.parse::<uuid::Uuid>().map_err(|_| Error::invalid("id", "not a content id").into_graphql())
+    id.parse::<uuid::Uuid>().map_err(|_| Error::bad_id("id", "content").into_graphql())
 }
 
 #[derive(Default)]

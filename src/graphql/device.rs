@@ -136,7 +136,7 @@ pub(crate) fn parse_id(field: &str, id: &ID) -> Result<uuid::Uuid> {
 }
 
 pub(crate) fn parse_id_of(field: &str, kind: &str, id: &ID) -> Result<uuid::Uuid> {
-    id.parse::<uuid::Uuid>().map_err(|_| Error::invalid(field, format!("not a {kind} id")).into_graphql())
+    id.parse::<uuid::Uuid>().map_err(|_| Error::bad_id(field, kind).into_graphql())
 }
 
 #[derive(InputObject)]

@@ -37,7 +37,7 @@ impl From<service::DeviceModel> for DeviceModel {
 }
 
 pub(crate) fn parse_id(field: &str, id: &ID) -> Result<uuid::Uuid> {
-    id.parse::<uuid::Uuid>().map_err(|_| Error::invalid(field, "not a device model id").into_graphql())
+    id.parse::<uuid::Uuid>().map_err(|_| Error::bad_id(field, "device model").into_graphql())
 }
 
 #[derive(InputObject)]

@@ -105,7 +105,7 @@ pub struct SigningKey {
 }
 
 fn parse_id(field: &str, id: &ID) -> Result<uuid::Uuid> {
-    id.parse::<uuid::Uuid>().map_err(|_| Error::invalid(field, "not a package id").into_graphql())
+    id.parse::<uuid::Uuid>().map_err(|_| Error::bad_id(field, "package").into_graphql())
 }
 
 #[derive(InputObject)]
@@ -256,8 +256,7 @@ impl PackageMutation {
             .iter()
             .enumerate()
             .map(|(i, id)| {
-                id.parse::<uuid::Uuid>()
-                    .map_err(|_| Error::invalid(format!("files[{i}]"), "not a content id").into_graphql())
+                id.parse::<uuid::Uuid>().map_err(|_| Error::bad_id(format!("files[{i}]"), "content").into_graphql())
             })
             .collect::<Result<Vec<_>>>()?;
         let new = service::NewPackage {

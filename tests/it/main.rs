@@ -26,6 +26,7 @@ mod http_routes;
 mod jobs;
 mod layers;
 mod packages;
+mod readme;
 mod repository;
 mod roles;
 mod scan;
