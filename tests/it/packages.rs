@@ -212,9 +212,21 @@ async fn a_package_of_files_and_links_stores_the_seed_manifest_shape() {
 }
 
 fn canonical(value: &Value) -> Vec<u8> {
-    // Independent of the server's own implementation: serde_json's map is
-    // a BTreeMap here (no preserve_order), so to_string sorts the keys.
-    serde_json::to_string(value).unwrap().into_bytes()
+    // Independent of the server's own implementation: rebuild every object
+    // with its keys inserted in sorted order (serde_json keeps insertion
+    // order), then print it compactly.
+    fn sorted(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&map[k]))).collect())
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    serde_json::to_string(&sorted(value)).unwrap().into_bytes()
 }
 
 #[tokio::test]
