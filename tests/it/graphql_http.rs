@@ -368,26 +368,3 @@ async fn a_subscription_over_http_says_where_subscriptions_are() {
     assert!(message.contains("/graphql/ws"), "{body}");
     assert_eq!(crate::support::error_code(&body), "BAD_USER_INPUT");
 }
-
-#[tokio::test]
-async fn fields_come_back_in_the_order_the_query_asks() {
-    // GraphQL spec, "Serialized Map Ordering": the response map follows the
-    // selection set, whatever the alphabet says.
-    let app = TestApp::start().await;
-    let token = app.token_for("alice", &["viewer"]);
-    for (query, expected) in [
-        ("{ me { subject roles } }", r#"{"data":{"me":{"subject":"alice","roles":["viewer"]}}}"#),
-        ("{ me { roles subject } }", r#"{"data":{"me":{"roles":["viewer"],"subject":"alice"}}}"#),
-        ("{ z: me { subject } a: me { roles } }", r#"{"data":{"z":{"subject":"alice"},"a":{"roles":["viewer"]}}}"#),
-    ] {
-        let response = app
-            .client
-            .post(app.url("/graphql"))
-            .bearer_auth(&token)
-            .json(&json!({ "query": query }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.text().await.unwrap(), expected, "{query}");
-    }
-}
