@@ -96,40 +96,39 @@ impl Clamd {
     }
 
     /// One line at start: what clamd has loaded. WARN when it has test
-    /// signatures only, when their count is unknown or when clamd does not
-    /// answer; INFO otherwise.
+    /// signatures only or does not answer; INFO otherwise.
     pub async fn log_startup(&self) {
-        match self.info(Duration::from_secs(5)).await {
-            Err(err) => tracing::warn!(
-                clamd = %self.address,
-                error = format!("{err:#}"),
-                "clamd does not answer: uploads are not scanned, hence not promoted, until it does"
-            ),
-            Ok(info) => {
-                let signatures = info.signatures.as_ref().ok().copied();
-                let database_version = info.database.as_ref().map(|d| d.version);
-                let signatures_note = info.signatures.as_ref().err().map(String::as_str);
-                if info.test_signatures_only() {
-                    tracing::warn!(
-                        clamd = %self.address,
-                        version = info.version,
-                        signatures,
-                        signatures_note,
-                        warning = TEST_SIGNATURES_ONLY,
-                        "clamd has NO official ClamAV database loaded (test signatures only): REAL MALWARE WILL NOT BE DETECTED"
-                    );
-                } else if info.signatures.is_err() {
-                    tracing::warn!(
-                        clamd = %self.address,
-                        version = info.version,
-                        database_version,
-                        signatures_note,
-                        "clamd answers; its signature count is unknown"
-                    );
-                } else {
-                    tracing::info!(clamd = %self.address, version = info.version, database_version, signatures, "clamd answers");
-                }
+        let info = match self.info(Duration::from_secs(5)).await {
+            Ok(info) => info,
+            Err(err) => {
+                tracing::warn!(
+                    clamd = %self.address,
+                    error = format!("{err:#}"),
+                    "clamd does not answer: uploads are not scanned, hence not promoted, until it does"
+                );
+                return;
             }
+        };
+        let signatures = info.signatures.as_ref().ok().copied();
+        let signatures_note = info.signatures.as_ref().err().map(String::as_str);
+        if info.test_signatures_only() {
+            tracing::warn!(
+                clamd = %self.address,
+                version = info.version,
+                signatures,
+                signatures_note,
+                warning = TEST_SIGNATURES_ONLY,
+                "clamd has NO official ClamAV database loaded (test signatures only): REAL MALWARE WILL NOT BE DETECTED"
+            );
+        } else {
+            tracing::info!(
+                clamd = %self.address,
+                version = info.version,
+                database_version = info.database.as_ref().map(|d| d.version),
+                signatures,
+                signatures_note,
+                "clamd answers"
+            );
         }
     }
 
