@@ -53,6 +53,33 @@ wait_for_clamd() {
   done
 }
 
+# run_clamd_conf DIR DATABASE_DIR FOREGROUND: print the clamd.conf that
+# scripts/run starts its clamd with (socket DIR/clamd.sock, log
+# DIR/clamd.log, spool DIR/tmp; FOREGROUND yes or no). scripts/test starts
+# a second clamd from this very function, and a test uploads 30 MiB
+# through it, so a change here that breaks large uploads fails the suite.
+# The limits scan every upload otadepot accepts whole: AlertExceedsMax yes,
+# and StreamMaxLength, MaxScanSize and MaxFileSize of 2000M, above
+# otadepot's largest upload (http.max_upload_bytes, at most 1984 MiB with
+# the scanner on). No `User`: clamd keeps the identity it was started
+# with, which owns DIR.
+run_clamd_conf() {
+  local dir=$1 database=$2 foreground=$3
+  cat <<CONF
+LocalSocket $dir/clamd.sock
+DatabaseDirectory $database
+TemporaryDirectory $dir/tmp
+PidFile $dir/clamd.pid
+LogFile $dir/clamd.log
+LogTime yes
+Foreground $foreground
+AlertExceedsMax yes
+StreamMaxLength 2000M
+MaxScanSize 2000M
+MaxFileSize 2000M
+CONF
+}
+
 ensure_cargo() {
   if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"

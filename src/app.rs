@@ -117,7 +117,9 @@ impl App {
         }
         let stores = Stores::from_config(&config.storage).await.context("opening the object stores")?;
         let clamd = match config.scanner.mode {
-            crate::config::ScannerMode::Clamd => Some(Clamd::new(config.clamd_address()?, config.scanner.timeout)),
+            crate::config::ScannerMode::Clamd => Some(
+                Clamd::new(config.clamd_address()?, config.scanner.timeout).with_log(config.scanner.clamd_log.clone()),
+            ),
             crate::config::ScannerMode::Disabled => {
                 tracing::warn!(
                     "SCANNER DISABLED (scanner.mode = \"disabled\"): uploads will NOT be scanned for malware"

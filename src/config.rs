@@ -107,6 +107,10 @@ pub struct ScannerConfig {
     pub mode: ScannerMode,
     /// `unix:/path/to/clamd.ctl` or `tcp://host:port`.
     pub clamd: String,
+    /// clamd's `LogFile` (as its clamd.conf names it), read for the
+    /// signature count clamd states there when it loads its database; its
+    /// protocol does not tell it. None: the count is reported unknown.
+    pub clamd_log: Option<PathBuf>,
     #[serde(with = "humantime_serde_compat")]
     pub timeout: Duration,
     /// Attempts while clamd is unreachable before SCAN_FAILED (backing off
@@ -302,6 +306,7 @@ impl Default for Config {
             scanner: ScannerConfig {
                 mode: ScannerMode::Clamd,
                 clamd: "unix:/var/run/clamav/clamd.ctl".into(),
+                clamd_log: None,
                 timeout: Duration::from_secs(300),
                 max_attempts: 6,
                 check_bytes: None,
@@ -378,6 +383,16 @@ pub const MIN_URL_SECRET_BYTES: usize = 32;
 pub enum ClamdAddress {
     Unix(PathBuf),
     Tcp(String),
+}
+
+impl std::fmt::Display for ClamdAddress {
+    /// As `scanner.clamd` spells it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+            Self::Tcp(addr) => write!(f, "tcp://{addr}"),
+        }
+    }
 }
 
 impl Config {

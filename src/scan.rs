@@ -9,8 +9,18 @@
 //! `MaxFileSize` at least `http.max_upload_bytes` (libclamav scans at most
 //! 2 GB, hence [`crate::config::MAX_SCANNABLE_UPLOAD`]); [`Clamd::check`]
 //! (`otadepot scanner check`) proves a clamd's setup.
+//!
+//! What clamd has loaded ([`Clamd::info`]): its `VERSION` reply names the
+//! engine and, only when an official ClamAV database (`main`, `daily`,
+//! `bytecode` `.cvd`/`.cld`) is loaded, that database's version and date.
+//! Its protocol has no command that tells the signature count (`STATS`
+//! and `VERSIONCOMMANDS` do not either, checked against clamd 1.4.6), so
+//! the count is read where clamd itself states it: the last
+//! `Loaded N signatures.` or `Database correctly reloaded (N signatures)`
+//! line of its `LogFile` (`scanner.clamd_log`), or unknown.
 
-use std::path::PathBuf;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -21,11 +31,18 @@ use crate::config::ClamdAddress;
 pub struct Clamd {
     address: ClamdAddress,
     timeout: Duration,
+    log: Option<PathBuf>,
 }
 
 impl Clamd {
     pub fn new(address: ClamdAddress, timeout: Duration) -> Self {
-        Self { address, timeout }
+        Self { address, timeout, log: None }
+    }
+
+    /// clamd's `LogFile`, where it states how many signatures it loaded.
+    pub fn with_log(mut self, log: Option<PathBuf>) -> Self {
+        self.log = log;
+        self
     }
 
     pub fn address(&self) -> &ClamdAddress {
@@ -57,6 +74,62 @@ impl Clamd {
         .await
         .context("clamd did not answer in time")??;
         Ok(reply)
+    }
+
+    /// The engine and database clamd reports, and the signature count its
+    /// log states (see the module docs).
+    pub async fn info(&self, within: Duration) -> anyhow::Result<ClamdInfo> {
+        let version = self.version(within).await?;
+        let (engine, database) = parse_version(&version);
+        let signatures =
+            match &self.log {
+                None => Err("unknown: scanner.clamd_log is not set (clamd states its signature count only in its log)"
+                    .to_owned()),
+                Some(path) => {
+                    let path = path.clone();
+                    tokio::task::spawn_blocking(move || signatures_from_log(&path))
+                        .await
+                        .unwrap_or_else(|err| Err(format!("reading clamd's log: {err}")))
+                }
+            };
+        Ok(ClamdInfo { version, engine, database, signatures })
+    }
+
+    /// One line at start: what clamd has loaded. WARN when it has test
+    /// signatures only or does not answer; INFO otherwise.
+    pub async fn log_startup(&self) {
+        let info = match self.info(Duration::from_secs(5)).await {
+            Ok(info) => info,
+            Err(err) => {
+                tracing::warn!(
+                    clamd = %self.address,
+                    error = format!("{err:#}"),
+                    "clamd does not answer: uploads are not scanned, hence not promoted, until it does"
+                );
+                return;
+            }
+        };
+        let signatures = info.signatures.as_ref().ok().copied();
+        let signatures_note = info.signatures.as_ref().err().map(String::as_str);
+        if info.test_signatures_only() {
+            tracing::warn!(
+                clamd = %self.address,
+                version = info.version,
+                signatures,
+                signatures_note,
+                warning = TEST_SIGNATURES_ONLY,
+                "clamd has NO official ClamAV database loaded (test signatures only): REAL MALWARE WILL NOT BE DETECTED"
+            );
+        } else {
+            tracing::info!(
+                clamd = %self.address,
+                version = info.version,
+                database_version = info.database.as_ref().map(|d| d.version),
+                signatures,
+                signatures_note,
+                "clamd answers"
+            );
+        }
     }
 
     pub fn scan_timeout(&self) -> Duration {
@@ -101,6 +174,98 @@ impl Clamd {
         };
         parse_reply(&reply)
     }
+}
+
+/// The warning code of a clamd without an official database.
+pub const TEST_SIGNATURES_ONLY: &str = "test_signatures_only";
+
+/// What clamd has loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClamdInfo {
+    /// The whole `VERSION` reply, e.g. `ClamAV 1.4.6/27450/Tue Nov  3 09:24:02 2026`.
+    pub version: String,
+    /// The engine part, e.g. `ClamAV 1.4.6`.
+    pub engine: String,
+    /// The official database clamd names, if any.
+    pub database: Option<DatabaseVersion>,
+    /// The count clamd last logged, or why it is unknown.
+    pub signatures: Result<u64, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatabaseVersion {
+    pub version: u64,
+    /// As clamd prints it (the build time of that database).
+    pub date: String,
+}
+
+impl ClamdInfo {
+    /// `test_signatures_only`: clamd names no database version, so it has
+    /// loaded no official ClamAV database (`main`, `daily`, `bytecode`),
+    /// only local unsigned signature files such as otadepot's bundled
+    /// test signatures (tests/fixtures/clamav). Real malware goes unseen.
+    pub fn test_signatures_only(&self) -> bool {
+        self.database.is_none()
+    }
+}
+
+/// `ClamAV 1.4.6` or `ClamAV 1.4.6/27450/Tue Nov  3 09:24:02 2026`: the
+/// engine, and the database version and date when there are any.
+pub fn parse_version(reply: &str) -> (String, Option<DatabaseVersion>) {
+    let mut parts = reply.splitn(3, '/');
+    let engine = parts.next().unwrap_or_default().trim().to_owned();
+    let database = match (parts.next().map(|v| v.trim().parse::<u64>()), parts.next()) {
+        (Some(Ok(version)), date) if version > 0 => {
+            Some(DatabaseVersion { version, date: date.unwrap_or_default().trim().to_owned() })
+        }
+        _ => None,
+    };
+    (engine, database)
+}
+
+/// How far back in clamd's log the count is looked for.
+const LOG_SEARCH_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The signature count of the last database load clamd logged, read
+/// backwards from the end of its log in chunks (never the whole file).
+fn signatures_from_log(path: &Path) -> Result<u64, String> {
+    const CHUNK: u64 = 64 * 1024;
+    let describe = |err: std::io::Error| format!("unknown: cannot read clamd's log {} ({err})", path.display());
+    let mut file = std::fs::File::open(path).map_err(describe)?;
+    let len = file.metadata().map_err(describe)?.len();
+    let floor = len.saturating_sub(LOG_SEARCH_BYTES);
+    let mut end = len;
+    // The start of the line cut by the previous (later) chunk's start.
+    let mut carry: Vec<u8> = Vec::new();
+    while end > floor {
+        let start = end.saturating_sub(CHUNK).max(floor);
+        let mut buf = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
+        file.seek(SeekFrom::Start(start)).map_err(describe)?;
+        file.read_exact(&mut buf).map_err(describe)?;
+        buf.extend_from_slice(&carry);
+        // The first line may be cut unless this chunk starts the search.
+        let (head, whole) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) if start > floor => (buf[..i].to_vec(), &buf[i..]),
+            _ => (Vec::new(), &buf[..]),
+        };
+        if let Some(count) = String::from_utf8_lossy(whole).lines().rev().find_map(signature_count) {
+            return Ok(count);
+        }
+        carry = head;
+        end = start;
+    }
+    Err(format!("unknown: clamd's log {} states no signature count (no \"Loaded N signatures.\" line)", path.display()))
+}
+
+/// `Loaded 3 signatures.` (start) or `Database correctly reloaded (3
+/// signatures)` (RELOAD, SelfCheck), after an optional `LogTime` prefix.
+fn signature_count(line: &str) -> Option<u64> {
+    let number = |text: &str| text.trim().parse::<u64>().ok();
+    if let Some((_, rest)) = line.split_once("Loaded ") {
+        return rest.strip_suffix(" signatures.").and_then(number);
+    }
+    let (_, rest) = line.split_once("Database correctly reloaded (")?;
+    rest.strip_suffix(" signatures)").and_then(number)
 }
 
 /// The EICAR test string (its two halves joined at run time, so that
@@ -259,5 +424,34 @@ mod tests {
         ));
         assert!(matches!(parse_reply(b""), Err(ScanError::Unavailable(_))));
         assert!(matches!(parse_reply(b"stream: OK but not really"), Err(ScanError::Refused(_))));
+    }
+
+    #[test]
+    fn versions_name_the_official_database_or_none() {
+        let (engine, database) = parse_version("ClamAV 1.4.6/27450/Tue Nov  3 09:24:02 2026");
+        assert_eq!(engine, "ClamAV 1.4.6");
+        assert_eq!(database, Some(DatabaseVersion { version: 27450, date: "Tue Nov  3 09:24:02 2026".into() }));
+        assert_eq!(parse_version("ClamAV 1.4.6"), ("ClamAV 1.4.6".into(), None));
+        assert_eq!(parse_version("ClamAV 1.4.6/0/x").1, None);
+    }
+
+    #[test]
+    fn the_last_load_in_the_log_gives_the_count() {
+        assert_eq!(signature_count("Loaded 3 signatures."), Some(3));
+        assert_eq!(signature_count("Wed Dec  2 13:42:36 2026 -> Loaded 8712345 signatures."), Some(8_712_345));
+        assert_eq!(signature_count("Database correctly reloaded (5 signatures)"), Some(5));
+        assert_eq!(signature_count("Loaded the moon."), None);
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("clamd.log");
+        let filler = "SelfCheck: Database status OK.\n".repeat(10_000);
+        std::fs::write(
+            &log,
+            format!("Loaded 3 signatures.\n{filler}Database correctly reloaded (4 signatures)\n{filler}"),
+        )
+        .unwrap();
+        assert_eq!(signatures_from_log(&log), Ok(4));
+        std::fs::write(&log, &filler).unwrap();
+        assert!(signatures_from_log(&log).unwrap_err().contains("no \"Loaded N signatures.\""));
+        assert!(signatures_from_log(&dir.path().join("none")).unwrap_err().contains("cannot read"));
     }
 }

@@ -62,6 +62,10 @@ impl Server {
             Ok(())
         });
         tracing::info!(%addr, "otadepot listening");
+        if let Some(clamd) = app.clamd.clone() {
+            // Off the start path: a clamd that hangs must not delay it.
+            tokio::spawn(async move { clamd.log_startup().await });
+        }
         Ok(Self { addr, app, shutdown, task })
     }
 

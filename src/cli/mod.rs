@@ -263,6 +263,9 @@ async fn worker(config: Config) -> anyhow::Result<()> {
     if app.config.database.migrate_on_start {
         crate::db::migrate_up(&app.db).await?;
     }
+    if let Some(clamd) = app.clamd.clone() {
+        tokio::spawn(async move { clamd.log_startup().await });
+    }
     let shutdown = tokio_util::sync::CancellationToken::new();
     let runner = tokio::spawn(crate::jobs::Runner::new(app.clone()).run(shutdown.clone()));
     shutdown_signal().await;

@@ -5,6 +5,9 @@
 //! texts (paths, hosts, database messages), go only to a caller with a
 //! valid operator token, whatever its roles (checked without the
 //! database, so the details are there when the database is not).
+//! clamd's details say what it has loaded (`crate::scan::ClamdInfo`):
+//! engine, official database version, signature count, and the
+//! `test_signatures_only` warning.
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +48,7 @@ pub async fn readyz(State(state): State<HttpState>, headers: HeaderMap) -> Respo
         timed(async { crate::storage::check(app.stores.repository.as_ref()).await.map(|()| None) }),
         async {
             match &app.clamd {
+                Some(clamd) if operator => clamd_details(clamd).await,
                 Some(clamd) => timed(async { clamd.version(CHECK_TIMEOUT).await.map(Some) }).await,
                 None => {
                     json!({ "ok": false, "disabled": true, "error": "scanner disabled by configuration" })
@@ -73,6 +77,38 @@ pub async fn readyz(State(state): State<HttpState>, headers: HeaderMap) -> Respo
         })),
     )
         .into_response()
+}
+
+/// The clamd check with what clamd has loaded.
+async fn clamd_details(clamd: &crate::scan::Clamd) -> Value {
+    let started = Instant::now();
+    let result = clamd.info(CHECK_TIMEOUT).await;
+    let latency_ms = started.elapsed().as_millis() as u64;
+    let info = match result {
+        Ok(info) => info,
+        Err(err) => return json!({ "ok": false, "latency_ms": latency_ms, "error": format!("{err:#}") }),
+    };
+    let mut value = json!({
+        "ok": true,
+        "latency_ms": latency_ms,
+        "version": info.version,
+        "engine": info.engine,
+        "database_version": info.database.as_ref().map(|d| d.version),
+        "database_date": info.database.as_ref().map(|d| d.date.clone()),
+        "signatures": info.signatures.as_ref().ok(),
+        "test_signatures_only": info.test_signatures_only(),
+    });
+    if let Err(reason) = &info.signatures {
+        value["signatures_error"] = reason.clone().into();
+    }
+    if info.test_signatures_only() {
+        value["warning"] = format!(
+            "{}: clamd names no official ClamAV database (main, daily), only local signature files such as otadepot's bundled test signatures: real malware will not be detected",
+            crate::scan::TEST_SIGNATURES_ONLY
+        )
+        .into();
+    }
+    value
 }
 
 async fn timed(check: impl Future<Output = anyhow::Result<Option<String>>>) -> Value {

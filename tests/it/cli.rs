@@ -218,6 +218,52 @@ async fn sigterm_finishes_in_flight_requests_then_exits_cleanly() {
     assert!(!logs.contains(JWT_SECRET), "no secret in the logs");
 }
 
+#[tokio::test]
+async fn serve_says_at_start_that_clamd_has_test_signatures_only() {
+    let Some(socket) = crate::scan::clamd() else { return };
+    let clamd_log = std::env::var("OTADEPOT_TEST_CLAMD_LOG").expect("scripts/test sets OTADEPOT_TEST_CLAMD_LOG");
+    let dir = tempfile::tempdir().unwrap();
+    let clamd = format!("unix:{socket}");
+    let (mut child, _) = spawn_server(
+        dir.path(),
+        &[
+            ("OTADEPOT_LOG_FORMAT", "json"),
+            ("OTADEPOT_SCANNER__CLAMD", &clamd),
+            ("OTADEPOT_SCANNER__CLAMD_LOG", &clamd_log),
+        ],
+    )
+    .await;
+    // Read the log as it comes, up to clamd's line.
+    let stderr = child.stderr.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut logged = Vec::new();
+    let line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = seen.recv_timeout(left) else { panic!("no clamd line at start: {logged:#?}") };
+        let Ok(value) = serde_json::from_str::<Value>(&line) else { continue };
+        if value["clamd"] == clamd.as_str() {
+            break value;
+        }
+        logged.push(value);
+    };
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert_eq!(line["warning"], "test_signatures_only", "{line}");
+    assert_eq!(line["signatures"], 3, "what tests/fixtures/clamav holds: {line}");
+    assert!(line["version"].as_str().unwrap().starts_with("ClamAV 1."), "{line}");
+    assert!(line["message"].as_str().unwrap().contains("REAL MALWARE WILL NOT BE DETECTED"), "{line}");
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
 /// Text logs without colour codes.
 fn plain(logs: &str) -> String {
     let mut out = String::with_capacity(logs.len());

@@ -35,6 +35,52 @@ async fn readyz_reports_database_stores_and_clamd() {
     }
 }
 
+/// The signatures in tests/fixtures/clamav (one per non-empty line), which
+/// is all that the suite's clamd loads.
+fn fixture_signatures() -> u64 {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clamav");
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "ndb" || ext == "hsb"))
+        .map(|path| std::fs::read_to_string(path).unwrap().lines().filter(|l| !l.trim().is_empty()).count() as u64)
+        .sum()
+}
+
+#[tokio::test]
+async fn readyz_tells_an_operator_that_clamd_has_test_signatures_only_and_a_bare_probe_nothing() {
+    if crate::scan::clamd().is_none() {
+        return;
+    }
+    let app = TestApp::start().await;
+    let bare = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(bare.status(), StatusCode::OK);
+    assert_eq!(bare.json::<Value>().await.unwrap(), json!({"status": "ready"}), "the status alone");
+
+    let token = app.token_for("ops", &["viewer"]);
+    let body: Value =
+        app.client.get(app.url("/readyz")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let clamd = &body["checks"]["clamd"];
+    assert_eq!(clamd["ok"], true, "{body}");
+    // The suite's clamd loads tests/fixtures/clamav only: no official database.
+    assert_eq!(clamd["test_signatures_only"], true, "{body}");
+    assert_eq!(clamd["database_version"], Value::Null, "{body}");
+    assert_eq!(clamd["signatures"], fixture_signatures(), "{body}");
+    assert!(clamd["engine"].as_str().unwrap().starts_with("ClamAV 1."), "{body}");
+    assert!(clamd["warning"].as_str().unwrap().starts_with("test_signatures_only: "), "{body}");
+    assert!(clamd["warning"].as_str().unwrap().contains("real malware will not be detected"), "{body}");
+    assert_eq!(body["status"], "ready", "a warning, not an outage: {body}");
+
+    // Without clamd's log the count is unknown, and says why.
+    let app = TestApp::start_with(|c| c.scanner.clamd_log = None).await;
+    let body: Value =
+        app.client.get(app.url("/readyz")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let clamd = &body["checks"]["clamd"];
+    assert_eq!(clamd["signatures"], Value::Null, "{body}");
+    assert!(clamd["signatures_error"].as_str().unwrap().contains("scanner.clamd_log is not set"), "{body}");
+    assert_eq!(clamd["test_signatures_only"], true, "{body}");
+}
+
 #[tokio::test]
 async fn readyz_reports_clamd_down_and_a_broken_store_without_failing() {
     let app = TestApp::start_with(|c| c.scanner.clamd = "tcp://127.0.0.1:1".into()).await;

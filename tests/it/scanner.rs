@@ -4,7 +4,9 @@
 //! objects of the largest allowed size to their end.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::scan::{PrivateClamd, clamd, fast_app, repository_file, upload};
@@ -115,4 +117,69 @@ async fn an_object_over_clamds_file_size_limit_is_scan_failed_never_clean() {
     let reason = content["scanError"].as_str().unwrap();
     assert!(reason.contains("Heuristics.Limits.Exceeded"), "{reason}");
     assert!(!repository_file(&app, &hex::encode(Sha256::digest(&data))).exists());
+}
+
+/// Chunk `i` of the large test object: 1 MiB of a pattern that differs
+/// from chunk to chunk (generated as it is sent, never held whole).
+fn large_chunk(i: u64) -> bytes::Bytes {
+    (0..MIB).map(|j| ((j * 7 + i * 13) % 251) as u8).collect::<Vec<u8>>().into()
+}
+
+#[tokio::test]
+async fn thirty_mib_are_promoted_under_the_clamd_configuration_of_scripts_run() {
+    // A second clamd that scripts/test starts from run_clamd_conf in
+    // scripts/lib.sh, the function scripts/run writes its clamd.conf with.
+    let socket = match std::env::var("OTADEPOT_TEST_RUN_CLAMD_SOCKET") {
+        Ok(socket) => socket,
+        Err(_) if clamd().is_none() => return,
+        Err(_) => panic!("scripts/test sets OTADEPOT_TEST_RUN_CLAMD_SOCKET (scripts/run's clamd configuration)"),
+    };
+    const CHUNKS: u64 = 30;
+    let app = fast_app(|c| {
+        c.scanner.clamd = format!("unix:{socket}");
+        // scripts/run serves with the default upload limit.
+        c.http.max_upload_bytes = otadepot::config::Config::default().http.max_upload_bytes;
+    })
+    .await;
+    let op = app.operator("package_admin");
+    let form = op
+        .ok(
+            "mutation($c: ContentInput) { createContent(content: $c) { id url } }",
+            json!({"c": {"name": "big.bin", "content_type": "application/octet-stream", "type": "firmware", "length": CHUNKS * MIB}}),
+        )
+        .await["createContent"]
+        .clone();
+    let body = futures::stream::iter((0..CHUNKS).map(|i| Ok::<_, std::io::Error>(large_chunk(i))));
+    let response = app
+        .client
+        .put(form["url"].as_str().unwrap())
+        .header(reqwest::header::CONTENT_LENGTH, CHUNKS * MIB)
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED, "{}", response.text().await.unwrap());
+    let mut sha = Sha256::new();
+    for i in 0..CHUNKS {
+        sha.update(large_chunk(i));
+    }
+    let sha = hex::encode(sha.finalize());
+
+    let id = form["id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let content = loop {
+        let content = op
+            .ok("query($id: ID!) { content(id: $id) { state scanVerdict scanError sha256 length } }", json!({"id": id}))
+            .await["content"]
+            .clone();
+        if ["PROMOTED", "QUARANTINED", "SCAN_FAILED"].contains(&content["state"].as_str().unwrap()) {
+            break content;
+        }
+        assert!(Instant::now() < deadline, "content stuck in {content}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(content["state"], "PROMOTED", "{content}");
+    assert_eq!(content["scanVerdict"], "CLEAN", "{content}");
+    assert_eq!(content["sha256"], sha);
+    assert_eq!(std::fs::metadata(repository_file(&app, &sha)).unwrap().len(), CHUNKS * MIB);
 }

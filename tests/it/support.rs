@@ -114,6 +114,8 @@ pub async fn test_config(dir: &std::path::Path) -> Config {
         Ok(path) => format!("unix:{path}"),
         Err(_) => format!("unix:{}", dir.join("no-clamd.sock").display()),
     };
+    // That clamd's log, where it states its signature count.
+    config.scanner.clamd_log = std::env::var_os("OTADEPOT_TEST_CLAMD_LOG").map(PathBuf::from);
     // What the suite's clamd scans whole (its limits, scripts/test).
     config.http.max_upload_bytes =
         std::env::var("OTADEPOT_TEST_CLAMD_STREAM_MAX").ok().and_then(|v| v.parse().ok()).unwrap_or(64 * 1024 * 1024);
