@@ -324,7 +324,11 @@ fn the_walk_defaults_to_what_scripts_run_starts() {
         assert!(text.contains(default), "the first block sets {default}:\n{text}");
     }
     let run = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/run")).unwrap();
-    assert!(run.contains("cargo run --release --bin otadepot -- serve"), "scripts/run builds the release binary");
+    assert!(run.contains("cargo build --release --bin otadepot"), "scripts/run builds the release binary");
+    assert!(
+        run.contains(r#"bin="$target_dir/release/otadepot""#) && run.contains(r#"exec "$bin" serve"#),
+        "scripts/run serves with the release binary of the target directory"
+    );
 }
 
 /// The walk's ids are captured, but one copied by hand into the wrong
