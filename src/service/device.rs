@@ -264,6 +264,11 @@ pub(crate) async fn flush_seen(app: &App, seen: HashMap<Uuid, bool>) -> Result<(
         return Ok(());
     }
     let mut tx = WriteTx::begin(app).await?;
+    // The audit chain's lock before the device rows, in the order every
+    // operator write that checks devices takes them (`set_gateway`,
+    // approvals): rows first and the chain at the audit event deadlocked
+    // against them on PostgreSQL.
+    crate::service::audit::serialize_writes(tx.conn()).await?;
     let mut activated: Vec<(Uuid, String)> = Vec::new();
     for chunk in activate.chunks(INSERT_CHUNK) {
         let registered: Vec<(Uuid, String)> = device::Entity::find()
