@@ -43,9 +43,15 @@ impl Server {
             let runner = crate::jobs::Runner::new(app.clone());
             tokio::spawn(runner.run(shutdown.clone()))
         });
+        // `into_make_service` turns the router into its routes once: given
+        // the router itself, `axum::serve` rebuilds the whole route table
+        // for every connection (`Router::with_state` per accept), about
+        // 28 KB that each open connection keeps (docs/benchmarks.md).
+        let make_service = router.into_make_service();
         let task = tokio::spawn(async move {
-            let serve =
-                axum::serve(listener, router).with_graceful_shutdown(token.clone().cancelled_owned()).into_future();
+            let serve = axum::serve(listener, make_service)
+                .with_graceful_shutdown(token.clone().cancelled_owned())
+                .into_future();
             let deadline = async {
                 token.cancelled().await;
                 tokio::time::sleep(grace).await;
