@@ -48,6 +48,13 @@ impl Server {
         // for every connection (`Router::with_state` per accept), about
         // 28 KB that each open connection keeps (docs/benchmarks.md).
         let make_service = router.into_make_service();
+        // TCP_NODELAY: a small answer (a 304, a short Range) goes out at
+        // once instead of waiting for the client's delayed ACK (~40 ms).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %err, "could not set TCP_NODELAY on a connection");
+            }
+        });
         let task = tokio::spawn(async move {
             let serve = axum::serve(listener, make_service)
                 .with_graceful_shutdown(token.clone().cancelled_owned())
