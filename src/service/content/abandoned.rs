@@ -80,26 +80,6 @@ pub async fn release_abandoned_uploads(app: &App) -> Result<u64> {
     Ok(released)
 }
 
-/// The durable sweep: release abandoned uploads, then run again.
-pub struct ReleaseAbandonedJob;
-
-#[async_trait::async_trait]
-impl crate::jobs::Handler for ReleaseAbandonedJob {
-    fn kind(&self) -> &'static str {
-        RELEASE_ABANDONED_JOB
-    }
-
-    async fn run(&self, app: &App, _job: &entity::job::Model) -> anyhow::Result<()> {
-        let released = release_abandoned_uploads(app).await?;
-        if released > 0 {
-            tracing::warn!(released, "released abandoned uploads");
-        }
-        let every = chrono::TimeDelta::from_std(app.config.content.upload_idle_timeout / 2)
-            .unwrap_or(chrono::TimeDelta::minutes(5));
-        crate::jobs::ensure_queued(&app.db, RELEASE_ABANDONED_JOB, Utc::now() + every).await
-    }
-}
-
 /// UPLOADING → AWAITING_UPLOAD after a refused or broken upload; with
 /// `mark`, only while the claim is still that upload's (a later upload's
 /// claim is left alone).

@@ -247,6 +247,11 @@ pub async fn list(
     })
 }
 
+/// The payload of the `content.scan` job that `service::scan` runs.
+fn scan_payload(content_id: Uuid, promote: bool) -> Result<serde_json::Value> {
+    serde_json::to_value(crate::service::scan::ScanPayload { content_id, promote }).map_err(Error::internal)
+}
+
 fn store_error(err: object_store::Error) -> Error {
     Error::Unavailable(format!("the staging store failed: {err}"))
 }
@@ -371,7 +376,7 @@ pub async fn rescan(app: &App, ctx: &Ctx, id: Uuid) -> Result<Content> {
     find(tx.conn(), id).await?;
     transition(&mut tx, id, ContentState::ScanFailed, ContentState::Scanning).await?;
     let attempts = app.config.scanner.max_attempts;
-    crate::jobs::enqueue_at(tx.conn(), SCAN_JOB, json!({ "content_id": id }), Utc::now(), attempts).await?;
+    crate::jobs::enqueue_at(tx.conn(), SCAN_JOB, scan_payload(id, false)?, Utc::now(), attempts).await?;
     tx.audit(ctx, "content.rescan", "content", &id.to_string(), json!({})).await?;
     tx.commit().await?;
     app.wake_workers();
@@ -388,14 +393,8 @@ pub async fn promote(app: &App, ctx: &Ctx, id: Uuid) -> Result<Content> {
     if state != ContentState::Clean {
         return Err(Error::InvalidState(format!("content {id} is {state}; only CLEAN content can be promoted")));
     }
-    crate::jobs::enqueue_at(
-        tx.conn(),
-        SCAN_JOB,
-        json!({ "content_id": id, "promote": true }),
-        Utc::now(),
-        app.config.scanner.max_attempts,
-    )
-    .await?;
+    crate::jobs::enqueue_at(tx.conn(), SCAN_JOB, scan_payload(id, true)?, Utc::now(), app.config.scanner.max_attempts)
+        .await?;
     tx.audit(ctx, "content.promote_requested", "content", &id.to_string(), json!({})).await?;
     tx.commit().await?;
     app.wake_workers();

@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 use super::abandoned::release_upload;
 use super::{
-    Content, ContentState, NewContent, SCAN_JOB, UPLOAD_PURPOSE, UploadForm, find, get_unchecked, store_error,
-    transition,
+    Content, ContentState, NewContent, SCAN_JOB, UPLOAD_PURPOSE, UploadForm, find, get_unchecked, scan_payload,
+    store_error, transition,
 };
 use crate::app::{App, Event};
 use crate::auth::{Ctx, Permission};
@@ -538,7 +538,7 @@ pub(in crate::service) async fn finish_upload(
         .exec(tx.conn())
         .await?;
     let attempts = app.config.scanner.max_attempts;
-    crate::jobs::enqueue_at(tx.conn(), SCAN_JOB, json!({ "content_id": current.id }), Utc::now(), attempts).await?;
+    crate::jobs::enqueue_at(tx.conn(), SCAN_JOB, scan_payload(current.id, false)?, Utc::now(), attempts).await?;
     tx.audit(
         ctx,
         "content.upload",
