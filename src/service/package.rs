@@ -14,6 +14,13 @@
 //! - `(product, version)` is unique among packages that share a device
 //!   model (or where either has none): two hardware models may each have
 //!   their own firmware 1.0.0, one model cannot have two.
+//!
+//! Why one file of this size: the package is one state, the tags, and
+//! everything here either writes those tags and derives the index from
+//! them in the same transaction, or reads the index. The ExoSense path
+//! (`createContent` with `otau_info`) shares the `otau_info` parsing and
+//! the checks with `createSoftwarePackage`, since both end in the same
+//! tags; only `bind_exosense_files` is its own.
 
 use std::collections::{BTreeMap, BTreeSet};
 
