@@ -37,10 +37,10 @@ impl Runner {
         let worker_id = format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple());
         Self { app, handlers: HashMap::new(), worker_id }
             .with_handler(super::prune::Prune)
-            .with_handler(crate::service::scan::ScanJob)
+            .with_handler(super::tasks::content_scan::ScanJob)
             .with_handler(super::tasks::deployment_reconcile::ReconcileJob)
-            .with_handler(crate::service::command::ExpireJob)
-            .with_handler(crate::service::content::ReleaseAbandonedJob)
+            .with_handler(super::tasks::command_expire::ExpireJob)
+            .with_handler(super::tasks::content_release_abandoned_uploads::ReleaseAbandonedJob)
     }
 
     pub fn with_handler(mut self, handler: impl Handler) -> Self {

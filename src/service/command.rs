@@ -544,26 +544,6 @@ pub async fn expire_overdue(app: &App) -> Result<u64> {
     }
 }
 
-/// The durable job: expire what is overdue, then run again after
-/// `commands.expire_interval`.
-pub struct ExpireJob;
-
-#[async_trait::async_trait]
-impl crate::jobs::Handler for ExpireJob {
-    fn kind(&self) -> &'static str {
-        EXPIRE_JOB
-    }
-
-    async fn run(&self, app: &App, _job: &entity::job::Model) -> anyhow::Result<()> {
-        let expired = expire_overdue(app).await?;
-        if expired > 0 {
-            tracing::info!(expired, "expired overdue commands");
-        }
-        let every = TimeDelta::from_std(app.config.commands.expire_interval).unwrap_or(TimeDelta::seconds(30));
-        crate::jobs::ensure_queued(&app.db, EXPIRE_JOB, Utc::now() + every).await
-    }
-}
-
 /// The batch at once, then after every change, with the command that
 /// changed (when one did).
 pub async fn watch(

@@ -18,6 +18,14 @@
 //!   device acted for through its gateway acts for nobody.
 //! - `last_seen_at` is written at most once a minute per device: the
 //!   update is conditional on the stored value being older.
+//!
+//! Why one file of this size: every section (credentials, registration,
+//! lifecycle, inventory, reads and fleet filters) writes or reads the same
+//! four tables under the rules above, and the rules cross the sections
+//! (registration and inventory both write attributes and installed
+//! versions; the gateway rule binds `set_gateway` to registration).
+//! Split, each part would reach into the others' private helpers. The
+//! device-facing API is already apart (`service/device_api`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 

@@ -1,4 +1,5 @@
-//! Scanning and promotion: the `content.scan` job.
+//! Scanning and promotion: what the `content.scan` job does
+//! (`jobs/tasks/content_scan.rs` decodes the payload and calls [`run_job`]).
 //!
 //! STAGED → SCANNING → CLEAN → PROMOTED, or QUARANTINED, or SCAN_FAILED.
 //! The handler reads the content's state and does the next step, so a job
@@ -23,7 +24,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::content::{ContentState, SCAN_JOB, transition};
+use super::content::{ContentState, transition};
 use crate::app::App;
 use crate::auth::Ctx;
 use crate::config::Promotion;
@@ -33,30 +34,20 @@ use crate::service::WriteTx;
 
 const SCANNER: &str = "scanner";
 
-pub struct ScanJob;
-
-#[async_trait::async_trait]
-impl crate::jobs::Handler for ScanJob {
-    fn kind(&self) -> &'static str {
-        SCAN_JOB
-    }
-
-    async fn run(&self, app: &App, job: &entity::job::Model) -> anyhow::Result<()> {
-        let id: Uuid = job
-            .payload
-            .get("content_id")
-            .and_then(|v| v.as_str())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("payload has no content_id"))?;
-        let last_attempt = job.attempts >= job.max_attempts;
-        let promote = job.payload.get("promote").and_then(serde_json::Value::as_bool).unwrap_or(false);
-        step(app, id, last_attempt, promote).await.map_err(|e| anyhow::anyhow!("{e}"))
-    }
+/// The payload of a `content.scan` job.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct ScanPayload {
+    pub content_id: Uuid,
+    /// An operator's `promoteContent` (needed with manual promotion).
+    #[serde(default)]
+    pub promote: bool,
 }
 
-/// Do every remaining step for one content.
-/// `promote` is an operator's `promoteContent` (needed with manual promotion).
-async fn step(app: &App, id: Uuid, last_attempt: bool, promote: bool) -> Result<()> {
+/// One run of the job `content.scan` (`jobs/tasks/content_scan.rs`): every
+/// remaining step for one content; `last_attempt` makes a clamd failure
+/// final (SCAN_FAILED). `promote` is an operator's `promoteContent` (needed
+/// with manual promotion).
+pub async fn run_job(app: &App, id: Uuid, last_attempt: bool, promote: bool) -> Result<()> {
     let ctx = Ctx::system(SCANNER);
     let mut first = true;
     loop {

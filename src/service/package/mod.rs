@@ -14,6 +14,14 @@
 //! - `(product, version)` is unique among packages that share a device
 //!   model (or where either has none): two hardware models may each have
 //!   their own firmware 1.0.0, one model cannot have two.
+//!
+//! Why one file of this size: the package is one state, the tags, and
+//! everything here either writes those tags and derives the index from
+//! them in the same transaction, or reads the index. The ExoSense path
+//! (`createContent` with `otau_info`) shares the `otau_info` parsing and
+//! the checks with `createSoftwarePackage`, since both end in the same
+//! tags; only binding its payload to uploaded contents is its own
+//! (`exosense.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -34,6 +42,10 @@ use crate::service::WriteTx;
 use crate::service::content::ContentState;
 use crate::service::device_model::{self, DeviceModel};
 use crate::service::pagination::{Page, PageRequest, cursor};
+
+mod exosense;
+
+pub(crate) use exosense::bind_exosense_files;
 
 pub const OTAU_INFO_TAG: &str = "otau_info";
 pub const FILES_TAG: &str = "otadepot.files";
@@ -222,52 +234,6 @@ fn check_promoted(field: &str, file: &content::Model) -> Result<()> {
             ),
         ));
     }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------
-// The ExoSense path: createContent with an otau_info tag.
-
-/// Complete the tags of a content created with an `otau_info` tag: the
-/// payload's file names are bound to the newest PROMOTED content of that
-/// name (of the same product id, when the holder has one) in an
-/// `otadepot.files` tag, unless the caller gave one.
-pub(crate) async fn bind_exosense_files(
-    conn: &impl ConnectionTrait,
-    product_id: Option<&str>,
-    tags: &mut Vec<(String, String)>,
-) -> Result<()> {
-    if tags.iter().any(|(n, _)| n == FILES_TAG) {
-        return Ok(());
-    }
-    let Some((_, raw)) = tags.iter().find(|(n, _)| n == OTAU_INFO_TAG) else { return Ok(()) };
-    let info = parse_otau_info(raw)?;
-    let mut files = BTreeMap::new();
-    for (i, entry) in info.payload.iter().enumerate() {
-        if is_link(entry) {
-            continue;
-        }
-        let field = format!("otau_info.config_otau.payload[{i}]");
-        let mut query = content::Entity::find()
-            .filter(content::Column::Name.eq(entry.as_str()))
-            .filter(content::Column::State.ne(ContentState::Deleted.as_str()));
-        if let Some(product_id) = product_id {
-            query = query.filter(
-                Condition::any()
-                    .add(content::Column::ProductId.eq(product_id))
-                    .add(content::Column::ProductId.is_null()),
-            );
-        }
-        let candidates = query.order_by_desc(content::Column::Id).all(conn).await?;
-        let Some(chosen) =
-            candidates.iter().find(|c| c.state == ContentState::Promoted.as_str()).or_else(|| candidates.first())
-        else {
-            return Err(Error::invalid(field, format!("no uploaded content is named {entry:?}")));
-        };
-        check_promoted(&field, chosen)?;
-        files.insert(entry.clone(), chosen.id.to_string());
-    }
-    tags.push((FILES_TAG.to_owned(), serde_json::to_string(&files).map_err(Error::internal)?));
     Ok(())
 }
 

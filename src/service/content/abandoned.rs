@@ -1,0 +1,112 @@
+//! Releasing uploads nobody is finishing: the periodic sweep for uploads
+//! left UPLOADING, and the release after a refused or broken upload.
+
+use chrono::{DateTime, Utc};
+use entity::content;
+use object_store::ObjectStoreExt;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{ContentState, transition};
+use crate::app::{App, Event};
+use crate::auth::Ctx;
+use crate::error::Result;
+use crate::service::WriteTx;
+
+/// Job kind of the sweep for abandoned uploads.
+pub const RELEASE_ABANDONED_JOB: &str = "content.release_abandoned_uploads";
+
+/// Make uploadable again what an upload left UPLOADING and nobody is
+/// finishing: a one-shot upload idle for `content.upload_idle_timeout`
+/// (uploads in progress mark themselves alive, so this is one whose server
+/// stopped halfway), or a resumable one with no PATCH for
+/// `content.tus_upload_expiry` (its pieces are deleted). Audited as
+/// `content.upload_abandoned`; returns how many.
+pub async fn release_abandoned_uploads(app: &App) -> Result<u64> {
+    let config = &app.config.content;
+    let idle = chrono::TimeDelta::from_std(config.upload_idle_timeout).unwrap_or(chrono::TimeDelta::minutes(10));
+    let expiry = chrono::TimeDelta::from_std(config.tus_upload_expiry).unwrap_or(chrono::TimeDelta::days(1));
+    let now = Utc::now();
+    let candidates = content::Entity::find()
+        .filter(content::Column::State.eq(ContentState::Uploading.as_str()))
+        .filter(content::Column::UpdatedAt.lt(now - idle))
+        .order_by_asc(content::Column::UpdatedAt)
+        .limit(1000)
+        .all(&app.db)
+        .await?;
+    let system = Ctx::system("upload-sweep");
+    let mut released = 0;
+    for candidate in candidates {
+        if crate::service::tus::is_busy(app, candidate.id) {
+            continue;
+        }
+        let tus = crate::service::tus::last_activity(app, candidate.id).await?;
+        let reason = match tus {
+            Some(last) if now - last.max(candidate.updated_at) < expiry => continue,
+            Some(_) => "resumable upload expired",
+            None => "one-shot upload stopped",
+        };
+        let mut tx = WriteTx::begin(app).await?;
+        // Conditional on the row as read: an upload that moved on meanwhile is left alone.
+        let moved = content::Entity::update_many()
+            .col_expr(content::Column::State, Expr::value(ContentState::AwaitingUpload.as_str()))
+            .col_expr(content::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(content::Column::Id.eq(candidate.id))
+            .filter(content::Column::State.eq(ContentState::Uploading.as_str()))
+            .filter(content::Column::UpdatedAt.eq(candidate.updated_at))
+            .exec(tx.conn())
+            .await?;
+        if moved.rows_affected != 1 {
+            continue;
+        }
+        tx.audit(
+            &system,
+            "content.upload_abandoned",
+            "content",
+            &candidate.id.to_string(),
+            json!({ "reason": reason, "idle_since": candidate.updated_at }),
+        )
+        .await?;
+        tx.notify(Event::ContentChanged(candidate.id));
+        tx.commit().await?;
+        if tus.is_some() {
+            crate::service::tus::discard(app, candidate.id).await;
+        }
+        let _ = app.stores.staging.delete(&crate::storage::staging_key(candidate.id)).await;
+        released += 1;
+    }
+    Ok(released)
+}
+
+/// UPLOADING → AWAITING_UPLOAD after a refused or broken upload; with
+/// `mark`, only while the claim is still that upload's (a later upload's
+/// claim is left alone).
+pub(in crate::service) async fn release_upload(app: &App, id: Uuid, mark: Option<DateTime<Utc>>) {
+    let result = async {
+        let mut tx = WriteTx::begin(app).await?;
+        match mark {
+            None => transition(&mut tx, id, ContentState::Uploading, ContentState::AwaitingUpload).await?,
+            Some(mark) => {
+                let released = content::Entity::update_many()
+                    .col_expr(content::Column::State, Expr::value(ContentState::AwaitingUpload.as_str()))
+                    .col_expr(content::Column::UpdatedAt, Expr::value(Utc::now()))
+                    .filter(content::Column::Id.eq(id))
+                    .filter(content::Column::State.eq(ContentState::Uploading.as_str()))
+                    .filter(content::Column::UpdatedAt.eq(mark))
+                    .exec(tx.conn())
+                    .await?;
+                if released.rows_affected != 1 {
+                    return Ok(());
+                }
+                tx.notify(Event::ContentChanged(id));
+            }
+        }
+        tx.commit().await
+    }
+    .await;
+    if let Err(err) = result {
+        tracing::error!(content = %id, error = %err, "could not release a failed upload");
+    }
+}
