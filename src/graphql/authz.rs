@@ -30,7 +30,7 @@ use super::content::Content;
 use super::deployment::{Deployment, DeviceUpdate};
 use super::device::{Device, EnrollmentToken};
 use super::device_model::DeviceModel;
-use super::group::DeviceGroup;
+use super::device_group::DeviceGroup;
 use super::package::Package;
 use super::role::Role;
 use crate::auth::Ctx;

@@ -10,8 +10,8 @@ pub mod connection;
 pub mod content;
 pub mod deployment;
 pub mod device;
+pub mod device_group;
 pub mod device_model;
-pub mod group;
 pub mod limits;
 pub mod package;
 pub mod role;
@@ -31,7 +31,7 @@ pub struct Query(
     content::ContentQuery,
     device_model::DeviceModelQuery,
     device::DeviceQuery,
-    group::GroupQuery,
+    device_group::GroupQuery,
     deployment::DeploymentQuery,
     command::CommandQuery,
     package::PackageQuery,
@@ -43,7 +43,7 @@ pub struct Mutation(
     content::ContentMutation,
     device_model::DeviceModelMutation,
     device::DeviceMutation,
-    group::GroupMutation,
+    device_group::GroupMutation,
     deployment::DeploymentMutation,
     command::CommandMutation,
     package::PackageMutation,

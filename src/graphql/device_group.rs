@@ -10,10 +10,10 @@ use super::connection::{Conn, from_page};
 use super::device::{AttributeFilter, Device, InstalledVersionFilter, parse_id_of};
 use super::device_model::DeviceModel;
 use super::{app, caller};
-use crate::service::group as service;
+use crate::service::device_group as service;
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq, Default)]
-#[graphql(name = "DeviceGroupKind", remote = "crate::service::group::GroupKind", rename_items = "SCREAMING_SNAKE_CASE")]
+#[graphql(name = "DeviceGroupKind", remote = "crate::service::device_group::GroupKind", rename_items = "SCREAMING_SNAKE_CASE")]
 pub enum GroupKindGql {
     /// Lists its members.
     #[default]
