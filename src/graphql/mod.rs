@@ -12,6 +12,8 @@ pub mod deployment;
 pub mod device;
 pub mod device_group;
 pub mod device_model;
+pub mod enrollment;
+pub mod ids;
 pub mod limits;
 pub mod package;
 pub mod role;
@@ -31,6 +33,7 @@ pub struct Query(
     content::ContentQuery,
     device_model::DeviceModelQuery,
     device::DeviceQuery,
+    enrollment::EnrollmentQuery,
     device_group::GroupQuery,
     deployment::DeploymentQuery,
     command::CommandQuery,
@@ -43,6 +46,7 @@ pub struct Mutation(
     content::ContentMutation,
     device_model::DeviceModelMutation,
     device::DeviceMutation,
+    enrollment::EnrollmentMutation,
     device_group::GroupMutation,
     deployment::DeploymentMutation,
     command::CommandMutation,
