@@ -1,8 +1,9 @@
 //! The one domain error type.
 //!
 //! Services return [`Error`]; it is converted once to a GraphQL error (with
-//! `extensions.code`) in [`Error::into_graphql`] and once to an HTTP
-//! response in its `IntoResponse` impl. Internal errors are logged where
+//! `extensions.code`) in [`Error::into_graphql`], once to an HTTP
+//! response in its `IntoResponse` impl, and once to the EnOS edge
+//! protocol's shape in [`Error::into_enos_response`]. Internal errors are logged where
 //! they are converted (inside the request's span, so with its request id)
 //! and reach the client as a bare "internal error".
 //!
@@ -188,6 +189,22 @@ impl Error {
             }
         });
         err
+    }
+}
+
+impl Error {
+    /// The EnOS edge protocol's error, `{"httpstatus": 404, "message": "…"}`
+    /// with the HTTP status it names (and `Retry-After` when there is one).
+    pub fn into_enos_response(self) -> Response {
+        let status = self.status();
+        let message = self.public_message();
+        let retry_after = self.retry_after();
+        let body = serde_json::json!({ "httpstatus": status.as_u16(), "message": message });
+        let mut response = (status, Json(body)).into_response();
+        if let Some(value) = retry_after {
+            response.headers_mut().insert(http::header::RETRY_AFTER, value);
+        }
+        response
     }
 }
 

@@ -1,5 +1,6 @@
 //! Devices: `device`, `deviceByEndpointId`, `devices`, `registerDevice`,
-//! `registerDevices`, `rotateDeviceCredential`, `decommissionDevice`.
+//! `registerDevices`, `rotateDeviceCredential`, `setDeviceGateway`,
+//! `decommissionDevice` (enrollment is in `enrollment`).
 
 use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
@@ -7,8 +8,8 @@ use chrono::{DateTime, Utc};
 use super::authz::Guarded;
 use super::connection::{Conn, from_page};
 use super::device_model::DeviceModel;
+use super::ids::parse_id;
 use super::{app, caller};
-use crate::error::Error;
 use crate::service::device as service;
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
@@ -129,14 +130,6 @@ impl Device {
     async fn installations(&self, ctx: &Context<'_>) -> Result<Vec<super::deployment::Installation>> {
         super::deployment::device_installations(ctx, self.uuid).await
     }
-}
-
-pub(crate) fn parse_id(field: &str, id: &ID) -> Result<uuid::Uuid> {
-    parse_id_of(field, "device", id)
-}
-
-pub(crate) fn parse_id_of(field: &str, kind: &str, id: &ID) -> Result<uuid::Uuid> {
-    id.parse::<uuid::Uuid>().map_err(|_| Error::bad_id(field, kind).into_graphql())
 }
 
 #[derive(InputObject)]
@@ -330,7 +323,7 @@ impl DeviceFilter {
             .map(<(service::AttributeSource, service::ValueFilter)>::from)
             .partition(|(source, _)| *source == service::AttributeSource::Reported);
         Ok(service::DeviceFilter {
-            model: self.model.as_ref().map(|m| super::device_model::parse_id("filter.model", m)).transpose()?,
+            model: self.model.as_ref().map(|m| parse_id("filter.model", "device model", m)).transpose()?,
             status: self.status.map(Into::into),
             attributes: operator.into_iter().map(|(_, f)| f).collect(),
             reported_attributes: reported.into_iter().map(|(_, f)| f).collect(),
@@ -338,86 +331,10 @@ impl DeviceFilter {
             last_seen_before: self.last_seen_before,
             last_seen_after: self.last_seen_after,
             search: self.search,
-            group: self.group.as_ref().map(|g| parse_id_of("filter.group", "device group", g)).transpose()?,
+            group: self.group.as_ref().map(|g| parse_id("filter.group", "device group", g)).transpose()?,
             within: None,
         })
     }
-}
-
-#[derive(SimpleObject)]
-pub struct EnrollmentToken {
-    id: ID,
-    name: String,
-    /// Only devices of this model may enroll with it (any, when null).
-    model: Option<DeviceModel>,
-    expires_at: Option<DateTime<Utc>>,
-    revoked_at: Option<DateTime<Utc>>,
-    /// Most devices that may enroll with it (no quota when null).
-    max_devices: Option<i32>,
-    /// Enrollments it has answered, counted against `maxDevices`.
-    enrolled_count: i32,
-    created_by: String,
-    created_at: DateTime<Utc>,
-}
-
-impl From<crate::service::enrollment::EnrollmentToken> for EnrollmentToken {
-    fn from(t: crate::service::enrollment::EnrollmentToken) -> Self {
-        let r = t.row;
-        Self {
-            id: ID(r.id.to_string()),
-            name: r.name,
-            model: t.model.map(Into::into),
-            expires_at: r.expires_at,
-            revoked_at: r.revoked_at,
-            max_devices: r.max_devices,
-            enrolled_count: r.enrolled_count,
-            created_by: r.created_by,
-            created_at: r.created_at,
-        }
-    }
-}
-
-#[derive(InputObject)]
-pub struct CreateEnrollmentTokenInput {
-    name: String,
-    /// Limit it to devices of this model (id or name).
-    model: Option<ID>,
-    /// Lifetime (60 s to a year); without one it lasts until revoked.
-    expires_in_seconds: Option<i64>,
-    /// Most devices that may enroll with it; without one, no quota.
-    max_devices: Option<i32>,
-}
-
-/// The token, shown this once: devices enroll at `POST /device/v1/enroll`
-/// with `Authorization: Bearer <token>`.
-#[derive(SimpleObject)]
-pub struct CreateEnrollmentTokenPayload {
-    /// Null without DEVICE_READ.
-    enrollment_token: Guarded<EnrollmentToken>,
-    token: String,
-}
-
-#[derive(SimpleObject)]
-pub struct EnrollmentTokenPayload {
-    /// Null without DEVICE_READ.
-    enrollment_token: Guarded<EnrollmentToken>,
-}
-
-#[derive(InputObject)]
-pub struct EnrollmentTokenIdInput {
-    id: ID,
-}
-
-#[derive(InputObject)]
-pub struct DevicesInput {
-    /// Device ids or endpoint ids.
-    devices: Vec<ID>,
-}
-
-#[derive(SimpleObject)]
-pub struct DevicesPayload {
-    /// Null without DEVICE_READ.
-    devices: Guarded<Vec<Device>>,
 }
 
 #[derive(InputObject)]
@@ -433,23 +350,11 @@ pub struct DeviceQuery;
 #[Object]
 impl DeviceQuery {
     async fn device(&self, ctx: &Context<'_>, id: ID) -> Result<Device> {
-        Ok(service::get(app(ctx), caller(ctx), parse_id("id", &id)?).await?.into())
+        Ok(service::get(app(ctx), caller(ctx), parse_id("id", "device", &id)?).await?.into())
     }
 
     async fn device_by_endpoint_id(&self, ctx: &Context<'_>, endpoint_id: String) -> Result<Device> {
         Ok(service::get_by_endpoint_id(app(ctx), caller(ctx), &endpoint_id).await?.into())
-    }
-
-    /// Newest first.
-    #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
-    async fn enrollment_tokens(
-        &self,
-        ctx: &Context<'_>,
-        first: Option<i32>,
-        after: Option<String>,
-    ) -> Result<Conn<EnrollmentToken>> {
-        let page = crate::service::enrollment::list(app(ctx), caller(ctx), first, after.as_deref()).await?;
-        Ok(from_page(page, after.is_some(), EnrollmentToken::from))
     }
 
     /// Newest first.
@@ -493,48 +398,7 @@ impl DeviceMutation {
         ctx: &Context<'_>,
         input: DeviceIdInput,
     ) -> Result<DeviceCredentialPayload> {
-        Ok(service::rotate_credential(app(ctx), caller(ctx), parse_id("id", &input.id)?).await?.into())
-    }
-
-    /// A token with which devices enroll themselves (as PENDING).
-    async fn create_enrollment_token(
-        &self,
-        ctx: &Context<'_>,
-        input: CreateEnrollmentTokenInput,
-    ) -> Result<CreateEnrollmentTokenPayload> {
-        let new = crate::service::enrollment::NewToken {
-            name: input.name,
-            model: input.model.map(|m| m.0),
-            expires_in_seconds: input.expires_in_seconds,
-            max_devices: input.max_devices.map(i64::from),
-        };
-        let (token, secret) = crate::service::enrollment::create(app(ctx), caller(ctx), new).await?;
-        Ok(CreateEnrollmentTokenPayload { enrollment_token: Guarded::new(token.into()), token: secret })
-    }
-
-    /// Devices can no longer enroll with it (enrolled ones stay).
-    async fn revoke_enrollment_token(
-        &self,
-        ctx: &Context<'_>,
-        input: EnrollmentTokenIdInput,
-    ) -> Result<EnrollmentTokenPayload> {
-        let id = parse_id_of("id", "enrollment token", &input.id)?;
-        let token = crate::service::enrollment::revoke(app(ctx), caller(ctx), id).await?;
-        Ok(EnrollmentTokenPayload { enrollment_token: Guarded::new(token.into()) })
-    }
-
-    /// PENDING (enrolled) devices become REGISTERED; all or none.
-    async fn approve_devices(&self, ctx: &Context<'_>, input: DevicesInput) -> Result<DevicesPayload> {
-        let refs = input.devices.into_iter().map(|d| d.0).collect();
-        let devices = crate::service::enrollment::decide(app(ctx), caller(ctx), refs, true).await?;
-        Ok(DevicesPayload { devices: Guarded::new(devices.into_iter().map(Into::into).collect()) })
-    }
-
-    /// PENDING devices become REJECTED: their credential never works.
-    async fn reject_devices(&self, ctx: &Context<'_>, input: DevicesInput) -> Result<DevicesPayload> {
-        let refs = input.devices.into_iter().map(|d| d.0).collect();
-        let devices = crate::service::enrollment::decide(app(ctx), caller(ctx), refs, false).await?;
-        Ok(DevicesPayload { devices: Guarded::new(devices.into_iter().map(Into::into).collect()) })
+        Ok(service::rotate_credential(app(ctx), caller(ctx), parse_id("id", "device", &input.id)?).await?.into())
     }
 
     /// Let a gateway act for this device on the device API (or stop it).
@@ -542,7 +406,7 @@ impl DeviceMutation {
         let device = crate::service::device::set_gateway(
             app(ctx),
             caller(ctx),
-            parse_id("device", &input.device)?,
+            parse_id("device", "device", &input.device)?,
             input.gateway,
         )
         .await?;
@@ -551,7 +415,7 @@ impl DeviceMutation {
 
     /// For good: the credential stops working.
     async fn decommission_device(&self, ctx: &Context<'_>, input: DeviceIdInput) -> Result<DevicePayload> {
-        let device = service::decommission(app(ctx), caller(ctx), parse_id("id", &input.id)?).await?;
+        let device = service::decommission(app(ctx), caller(ctx), parse_id("id", "device", &input.id)?).await?;
         Ok(DevicePayload { device: Guarded::new(device.into()) })
     }
 }

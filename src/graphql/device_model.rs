@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 
 use super::authz::Guarded;
 use super::connection::{Conn, from_page};
+use super::ids::parse_id;
 use super::{app, caller};
-use crate::error::Error;
 use crate::service::device_model as service;
 
 #[derive(SimpleObject, Clone)]
@@ -34,10 +34,6 @@ impl From<service::DeviceModel> for DeviceModel {
             updated_at: m.updated_at,
         }
     }
-}
-
-pub(crate) fn parse_id(field: &str, id: &ID) -> Result<uuid::Uuid> {
-    id.parse::<uuid::Uuid>().map_err(|_| Error::bad_id(field, "device model").into_graphql())
 }
 
 #[derive(InputObject)]
@@ -81,7 +77,7 @@ pub struct DeviceModelQuery;
 #[Object]
 impl DeviceModelQuery {
     async fn device_model(&self, ctx: &Context<'_>, id: ID) -> Result<DeviceModel> {
-        Ok(service::get(app(ctx), caller(ctx), parse_id("id", &id)?).await?.into())
+        Ok(service::get(app(ctx), caller(ctx), parse_id("id", "device model", &id)?).await?.into())
     }
 
     /// In name order.
@@ -121,7 +117,7 @@ impl DeviceModelMutation {
         input: UpdateDeviceModelInput,
     ) -> Result<DeviceModelPayload> {
         let changes = service::DeviceModelChanges {
-            id: parse_id("id", &input.id)?,
+            id: parse_id("id", "device model", &input.id)?,
             name: input.name,
             manufacturer: input.manufacturer,
             description: input.description,
@@ -135,6 +131,6 @@ impl DeviceModelMutation {
         ctx: &Context<'_>,
         input: DeleteDeviceModelInput,
     ) -> Result<DeviceModelPayload> {
-        Ok(service::delete(app(ctx), caller(ctx), parse_id("id", &input.id)?).await?.into())
+        Ok(service::delete(app(ctx), caller(ctx), parse_id("id", "device model", &input.id)?).await?.into())
     }
 }

@@ -10,8 +10,10 @@ pub mod connection;
 pub mod content;
 pub mod deployment;
 pub mod device;
+pub mod device_group;
 pub mod device_model;
-pub mod group;
+pub mod enrollment;
+pub mod ids;
 pub mod limits;
 pub mod package;
 pub mod role;
@@ -31,7 +33,8 @@ pub struct Query(
     content::ContentQuery,
     device_model::DeviceModelQuery,
     device::DeviceQuery,
-    group::GroupQuery,
+    enrollment::EnrollmentQuery,
+    device_group::GroupQuery,
     deployment::DeploymentQuery,
     command::CommandQuery,
     package::PackageQuery,
@@ -43,7 +46,8 @@ pub struct Mutation(
     content::ContentMutation,
     device_model::DeviceModelMutation,
     device::DeviceMutation,
-    group::GroupMutation,
+    enrollment::EnrollmentMutation,
+    device_group::GroupMutation,
     deployment::DeploymentMutation,
     command::CommandMutation,
     package::PackageMutation,

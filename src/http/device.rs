@@ -8,37 +8,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Map, Value, json};
 
-use super::{HttpState, request_id};
-use crate::auth::Ctx;
+use super::{HttpState, extract, request_id};
 use crate::error::{Error, Result};
 use crate::service::device::{Device, Inventory};
 use crate::service::device_api::{self, CommandStatus, ReportStatus, StatusReport, UpdateOffer};
-
-/// Header with which a gateway names the sub-device it acts for.
-pub const ACT_FOR: &str = "x-device-id";
-
-/// The calling device, from its bearer secret; a gateway acting for a
-/// sub-device names it in `X-Device-Id`.
-pub async fn device_ctx(state: &HttpState, headers: &HeaderMap) -> Result<Ctx> {
-    let ctx = own_ctx(state, headers).await?;
-    match headers.get(ACT_FOR) {
-        None => Ok(ctx),
-        Some(value) => {
-            let endpoint_id = value.to_str().map_err(|_| Error::invalid(ACT_FOR, "not text"))?;
-            device_api::act_for(&state.app, &ctx, endpoint_id.trim()).await
-        }
-    }
-}
-
-async fn own_ctx(state: &HttpState, headers: &HeaderMap) -> Result<Ctx> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(|| Error::Unauthenticated("a device credential is required".into()))?;
-    device_api::authenticate(&state.app, token, request_id(headers)).await
-}
 
 /// The body as a JSON object; `shape` names its fields for the error.
 fn json_object(body: &Bytes, shape: &str) -> Result<Map<String, Value>> {
@@ -76,7 +49,7 @@ fn view(device: &Device) -> Value {
 
 /// `GET /device/v1/device`: who the credential belongs to.
 pub async fn me(State(state): State<HttpState>, headers: HeaderMap) -> Result<Json<Value>> {
-    let ctx = device_ctx(&state, &headers).await?;
+    let ctx = extract::device(&state, &headers).await?;
     let device = device_api::device(&state.app, &ctx).await?;
     Ok(Json(view(&device)))
 }
@@ -111,13 +84,7 @@ pub async fn enroll(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>)> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| crate::service::enrollment::is_enrollment_token(t))
-        .ok_or_else(|| Error::Unauthenticated("an enrollment token is required".into()))?;
+    let token = extract::enrollment_token(&headers)?;
     let body = json_object(&body, "{\"endpointId\", \"serial\", \"model\", \"attributes\"}")?;
     let text = |field: &str| text(&body, field);
     let input = crate::service::device::NewDevice {
@@ -138,7 +105,7 @@ pub async fn enroll(
 /// `POST /device/v1/inventory` `{"installed": {"firmware": "1.2.0", "agent":
 /// "0.4"}, "attributes": {"region": "eu"}}`: what the device runs and is.
 pub async fn inventory(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>> {
-    let ctx = device_ctx(&state, &headers).await?;
+    let ctx = extract::device(&state, &headers).await?;
     let body = json_object(&body, "{\"installed\", \"attributes\"}")?;
     if let Some(unknown) = body.keys().find(|k| !matches!(k.as_str(), "installed" | "attributes")) {
         return Err(Error::invalid(unknown.as_str(), "unknown field (installed, attributes)"));
@@ -163,7 +130,7 @@ pub async fn poll(
     headers: HeaderMap,
 ) -> Result<axum::response::Response> {
     use axum::response::IntoResponse;
-    let ctx = device_ctx(&state, &headers).await?;
+    let ctx = extract::device(&state, &headers).await?;
     let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::trim);
     let wait = query.wait.map(std::time::Duration::from_secs);
     let answer = device_api::poll_wait(&state.app, &ctx, if_none_match, wait).await?;
@@ -212,7 +179,7 @@ pub async fn update_status(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>> {
-    let ctx = device_ctx(&state, &headers).await?;
+    let ctx = extract::device(&state, &headers).await?;
     let id = id.parse().map_err(|_| Error::not_found("update", &id))?;
     let body = json_object(&body, "{\"status\", \"progress\", \"version\", \"errcode\", \"message\"}")?;
     let progress = match body.get("progress") {
@@ -245,7 +212,7 @@ pub async fn command_status(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>> {
-    let ctx = device_ctx(&state, &headers).await?;
+    let ctx = extract::device(&state, &headers).await?;
     let id = id.parse().map_err(|_| Error::not_found("command", &id))?;
     let mut body = json_object(&body, "{\"status\", \"result\", \"message\"}")?;
     if let Some(unknown) = body.keys().find(|k| !matches!(k.as_str(), "status" | "result" | "message")) {

@@ -4,7 +4,8 @@
 //! the seed's JSON bodies. The device secret authenticates; an `assetId`
 //! other than the caller's own endpoint id is a sub-device the caller must
 //! be the gateway of (EnOS Edge acts for its sub-devices). Errors use the
-//! seed's shape, `{"httpstatus": 404, "message": "…"}`.
+//! seed's shape, `{"httpstatus": 404, "message": "…"}`
+//! (`Error::into_enos_response`).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -13,26 +14,9 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use super::HttpState;
-use super::device::device_ctx;
-use crate::auth::Ctx;
+use super::{HttpState, extract};
 use crate::error::Error;
 use crate::service::device_api::enos;
-
-/// An error in the seed's shape.
-fn enos_error(err: Error) -> Response {
-    let status = err.status();
-    let message = err.to_string();
-    if let Error::Internal(inner) = &err {
-        tracing::error!(error = format!("{inner:#}"), "internal error");
-    }
-    let retry_after = err.retry_after();
-    let mut response = (status, Json(json!({ "httpstatus": status.as_u16(), "message": message }))).into_response();
-    if let Some(value) = retry_after {
-        response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
-    }
-    response
-}
 
 fn body_object(body: &Bytes) -> Result<Map<String, Value>, Error> {
     match serde_json::from_slice(body) {
@@ -58,18 +42,12 @@ fn number(body: &Map<String, Value>, field: &str) -> Result<i64, Error> {
     }
 }
 
-/// The caller, or the sub-device `asset_id` names.
-async fn asset_ctx(state: &HttpState, headers: &HeaderMap, asset_id: Option<&str>) -> Result<Ctx, Error> {
-    let ctx = device_ctx(state, headers).await?;
-    enos::act_for_asset(&state.app, ctx, asset_id).await
-}
-
 /// `POST /checkversion` `{"assetId", "version", "serialNum"}`.
 pub async fn check_version(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
         let body = body_object(&body)?;
         let asset_id = text(&body, "assetId").unwrap_or_default();
-        let ctx = asset_ctx(&state, &headers, Some(&asset_id)).await?;
+        let ctx = extract::enos_asset(&state, &headers, Some(&asset_id)).await?;
         let reported = text(&body, "version").unwrap_or_default();
         let check = enos::check_version(&state.app, &ctx, &reported).await?;
         let asset_id = check.asset_id;
@@ -88,7 +66,7 @@ pub async fn check_version(State(state): State<HttpState>, headers: HeaderMap, b
     .await;
     match result {
         Ok(answer) => Json(answer).into_response(),
-        Err(err) => enos_error(err),
+        Err(err) => err.into_enos_response(),
     }
 }
 
@@ -100,14 +78,14 @@ pub async fn version(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let ctx = device_ctx(&state, &headers).await?;
+        let ctx = extract::device(&state, &headers).await?;
         let id = id.parse().map_err(|_| Error::not_found("update", &id))?;
         let download = crate::service::device_api::update_file(&state.app, &ctx, id).await?;
         let private = axum::http::HeaderValue::from_static("private");
         super::repository::serve(&state, &method, &headers, &download, private).await
     }
     .await;
-    result.unwrap_or_else(enos_error)
+    result.unwrap_or_else(Error::into_enos_response)
 }
 
 /// `POST /downloadresult/{id}` `{"assetId", "code": 0|1, "message"}`: 204.
@@ -119,14 +97,14 @@ pub async fn download_result(
 ) -> Response {
     let result = async {
         let body = body_object(&body)?;
-        let ctx = asset_ctx(&state, &headers, text(&body, "assetId").as_deref()).await?;
+        let ctx = extract::enos_asset(&state, &headers, text(&body, "assetId").as_deref()).await?;
         let id = id.parse().map_err(|_| Error::not_found("update", &id))?;
         enos::download_result(&state.app, &ctx, id, number(&body, "code")?, text(&body, "message")).await
     }
     .await;
     match result {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(err) => enos_error(err),
+        Err(err) => err.into_enos_response(),
     }
 }
 
@@ -135,7 +113,7 @@ pub async fn download_result(
 pub async fn update_result(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
         let body = body_object(&body)?;
-        let ctx = asset_ctx(&state, &headers, text(&body, "assetId").as_deref()).await?;
+        let ctx = extract::enos_asset(&state, &headers, text(&body, "assetId").as_deref()).await?;
         let result = enos::UpdateResult {
             flag: number(&body, "flag")?,
             process: number(&body, "process")?,
@@ -148,6 +126,6 @@ pub async fn update_result(State(state): State<HttpState>, headers: HeaderMap, b
     .await;
     match result {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(err) => enos_error(err),
+        Err(err) => err.into_enos_response(),
     }
 }

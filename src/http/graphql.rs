@@ -28,8 +28,7 @@ use axum::response::{Html, IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::{HttpState, request_id};
-use crate::app::App;
-use crate::auth::{Actor, Ctx};
+use crate::auth::Actor;
 use crate::error::Error;
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
@@ -77,23 +76,6 @@ impl Reply {
     }
 }
 
-/// The caller of an operator endpoint, from its `Authorization` header.
-async fn caller(app: &App, headers: &HeaderMap) -> Result<Ctx, Error> {
-    let request_id = request_id(headers);
-    let actor = match headers.get(header::AUTHORIZATION) {
-        None => Actor::Anonymous,
-        Some(value) => {
-            let token = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-                .ok_or_else(|| Error::Unauthenticated("Authorization must be \"Bearer <token>\"".into()))?;
-            Actor::User(crate::service::role::authenticate_operator(app, token.trim()).await?)
-        }
-    };
-    Ok(Ctx::new(actor, request_id))
-}
-
 pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
     let reply = Reply::negotiate(&headers);
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
@@ -101,7 +83,7 @@ pub async fn post(State(state): State<HttpState>, headers: HeaderMap, body: Body
     let config = &state.app.config.http;
 
     // Who calls is known before a byte of the body is read.
-    let ctx = match caller(&state.app, &headers).await {
+    let ctx = match super::extract::operator(&state.app, &headers).await {
         Ok(ctx) => ctx,
         Err(err) => return reply.request_error(err.status(), &err),
     };
@@ -197,7 +179,7 @@ pub async fn get(State(state): State<HttpState>, headers: HeaderMap, RawQuery(qu
         response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    let ctx = match caller(&state.app, &headers).await {
+    let ctx = match super::extract::operator(&state.app, &headers).await {
         Ok(ctx) => ctx,
         Err(err) => return reply.request_error(err.status(), &err),
     };
@@ -292,11 +274,7 @@ pub async fn ws(State(state): State<HttpState>, headers: HeaderMap, upgrade: Web
         return (StatusCode::BAD_REQUEST, "Sec-WebSocket-Protocol: graphql-transport-ws (or graphql-ws)")
             .into_response();
     };
-    let header_token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
+    let header_token = super::extract::bearer(&headers).map(str::to_owned);
     let request_id = request_id(&headers);
     let (schema, app) = (state.schema.clone(), state.app.clone());
     upgrade

@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::HttpState;
+use super::extract::Authorization;
+use crate::error::Error;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -30,16 +32,18 @@ pub async fn healthz() -> impl IntoResponse {
 /// with an operator token; a token that does not verify is a 401.
 pub async fn readyz(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let app = &state.app;
-    let operator = match headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        None => false,
-        Some(value) => {
-            let token = value.strip_prefix("Bearer ").map(str::trim).unwrap_or_default();
+    let operator = match super::extract::authorization(&headers) {
+        Authorization::Missing => false,
+        Authorization::Bearer(token) => {
             // The token's signature and claims only: its roles live in the
             // database, which may be what is down.
             if let Err(err) = app.jwt.verify(token) {
                 return err.into_response();
             }
             true
+        }
+        Authorization::Malformed => {
+            return Error::Unauthenticated("Authorization must be \"Bearer <token>\"".into()).into_response();
         }
     };
     let (database, staging, repository, clamd) = tokio::join!(

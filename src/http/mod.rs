@@ -6,6 +6,7 @@
 mod cors;
 mod device;
 mod enos;
+pub mod extract;
 mod graphiql;
 mod graphql;
 mod health;

@@ -38,15 +38,12 @@ async fn access(state: &HttpState, headers: &HeaderMap, signature: Signature) ->
     if let (Some(exp), Some(sig)) = (signature.exp, signature.sig) {
         return Ok(DownloadAccess::Signed { exp, sig, device: signature.device, update: signature.update });
     }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let token = super::extract::bearer(headers)
         .ok_or_else(|| Error::Unauthenticated("a signed URL or a bearer token is required".into()))?;
-    if crate::service::device::is_device_secret(token.trim()) {
-        return Ok(DownloadAccess::Caller(super::device::device_ctx(state, headers).await?));
+    if crate::service::device::is_device_secret(token) {
+        return Ok(DownloadAccess::Caller(super::extract::device(state, headers).await?));
     }
-    let user = crate::service::role::authenticate_operator(&state.app, token.trim()).await?;
+    let user = crate::service::role::authenticate_operator(&state.app, token).await?;
     Ok(DownloadAccess::Caller(Ctx::new(Actor::User(user), request_id(headers))))
 }
 

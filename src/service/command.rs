@@ -118,7 +118,8 @@ pub async fn send(app: &App, ctx: &Ctx, input: NewCommand) -> Result<Batch> {
     };
 
     let mut tx = WriteTx::begin(app).await?;
-    let (group, targets) = crate::service::group::resolve_targets(tx.conn(), input.group, &input.devices).await?;
+    let (group, targets) =
+        crate::service::device_group::resolve_targets(tx.conn(), input.group, &input.devices).await?;
     if targets.is_empty() {
         return Err(Error::invalid("group", "has no devices in use (REGISTERED or ACTIVE)"));
     }

@@ -1348,7 +1348,7 @@ pub async fn list(
     ctx.require(Permission::DeviceRead)?;
     match filter.group {
         Some(group) => {
-            let within = crate::service::group::members_of(&app.db, group).await?;
+            let within = crate::service::device_group::members_of(&app.db, group).await?;
             let filter = DeviceFilter { within: Some(within), group: None, ..filter.clone() };
             list_unchecked(&app.db, &filter, first, after).await
         }

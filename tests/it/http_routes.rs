@@ -257,6 +257,11 @@ const BOGUS_DEVICE_SECRET: &str =
 
 /// The request of one row with one credential.
 fn probe(app: &TestApp, w: &World, row: &Row, cred: Cred) -> reqwest::RequestBuilder {
+    probe_as(app, w, row, cred, "Bearer")
+}
+
+/// `probe`, with a bearer credential sent as `<scheme> <token>`.
+fn probe_as(app: &TestApp, w: &World, row: &Row, cred: Cred, scheme: &str) -> reqwest::RequestBuilder {
     let path = match row.pattern {
         "/graphiql/4.1.2/{file}" => "/graphiql/4.1.2/graphiql.min.js".to_owned(),
         "/uploads/content/{id}" | "/uploads/tus/{id}" => {
@@ -311,7 +316,7 @@ fn probe(app: &TestApp, w: &World, row: &Row, cred: Cred) -> reqwest::RequestBui
         _ => None,
     };
     if let Some(token) = bearer {
-        request = request.bearer_auth(token);
+        request = request.header("authorization", format!("{scheme} {token}"));
     }
     // Device routes without an object of their own: another device acts
     // for this one, which it is not the gateway of.
@@ -398,6 +403,71 @@ async fn every_route_requires_its_credential() {
     }
 }
 
+/// Whether a row's right credential is a bearer header (not a signed URL).
+fn takes_a_bearer(row: &Row) -> bool {
+    match row.needs {
+        Needs::Operator => row.pattern != "/graphql/ws",
+        Needs::Device | Needs::EnrollmentToken => true,
+        Needs::SignedOrBearer => row.pattern.contains("sha256"),
+        Needs::Public | Needs::SignedUpload => false,
+    }
+}
+
+/// RFC 9110: the auth scheme is case-insensitive. Every route that takes a
+/// bearer takes `bearer` and `BEARER`; any other scheme, or a scheme
+/// without a token, is the route's 401 (EnOS routes in their own shape).
+#[tokio::test]
+async fn every_bearer_route_takes_the_scheme_in_any_case() {
+    let app = TestApp::start_unscanned().await;
+    let w = world(&app).await;
+    let rows: Vec<Row> = table().into_iter().filter(takes_a_bearer).collect();
+    assert!(rows.len() >= 10, "the table lost its bearer routes");
+    for row in &rows {
+        let label = format!("{} {}", row.method, row.pattern);
+        for junk in ["Basic", "Token", "Bearer:", "Bearerx"] {
+            let response = probe_as(&app, &w, row, Cred::Right, junk).send().await.unwrap();
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap_or_default();
+            assert_eq!(status, 401, "{label} with scheme {junk:?}: {body}");
+            if row.pattern.starts_with("/checkversion")
+                || row.pattern.starts_with("/version/")
+                || row.pattern.starts_with("/downloadresult/")
+                || row.pattern.starts_with("/updateresult")
+            {
+                let body: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(body["httpstatus"], 401, "{label}: {body}");
+            }
+        }
+        let response = probe(&app, &w, row, Cred::None).header("authorization", "Bearer").send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{label} with a scheme and no token");
+        // Lower case, and upper case for the routes that change nothing
+        // (enrolling twice is a different answer by design).
+        let schemes: &[&str] = if row.method == Method::GET { &["bearer", "BEARER"] } else { &["bearer"] };
+        for scheme in schemes {
+            let response = probe_as(&app, &w, row, Cred::Right, scheme).send().await.unwrap();
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            assert!(status.is_success(), "{label} with scheme {scheme:?}: {status} {body}");
+            if row.pattern == "/graphql" {
+                let body: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(body["data"]["me"]["subject"], "route-admin", "{label}: {body}");
+            }
+        }
+    }
+
+    // `/readyz` verifies an operator token it is given, in any case of the
+    // scheme, and refuses another scheme.
+    let readyz = |value: String| app.client.get(app.url("/readyz")).header("authorization", value).send();
+    assert_eq!(readyz(format!("bearer {}", w.admin)).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(readyz("bearer not-a-jwt".into()).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(readyz(format!("Basic {}", w.admin)).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+
+    // `/graphql/ws`: the `connection_init` payload's `Authorization` too.
+    assert_eq!(connection_refused_with(&app, &format!("bearer {}", w.admin)).await, None);
+    assert_eq!(connection_refused_with(&app, &format!("BEARER {}", w.admin)).await, None);
+    assert_eq!(connection_refused_with(&app, "bearer not-a-jwt").await, Some(4403));
+}
+
 /// `/graphql/ws`: the token goes in `connection_init`.
 async fn websocket_requires_a_valid_token(app: &TestApp, w: &World) {
     use crate::audit::subscription_error_code;
@@ -414,13 +484,19 @@ async fn websocket_requires_a_valid_token(app: &TestApp, w: &World) {
 /// The close code the server answers a `connection_init` carrying `token`
 /// with (None: it did not close).
 async fn connection_refused(app: &TestApp, token: &str) -> Option<u16> {
+    connection_refused_with(app, &format!("Bearer {token}")).await
+}
+
+/// `connection_refused` with `authorization` as the payload's whole
+/// `Authorization` value.
+async fn connection_refused_with(app: &TestApp, authorization: &str) -> Option<u16> {
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut request = format!("ws://{}/graphql/ws", app.server().addr).into_client_request().unwrap();
     request.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    let init = json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}});
+    let init = json!({"type": "connection_init", "payload": {"Authorization": authorization}});
     socket.send(Message::text(init.to_string())).await.unwrap();
     match tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("answered") {
         Some(Ok(Message::Close(Some(frame)))) => Some(u16::from(frame.code)),

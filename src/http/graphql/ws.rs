@@ -315,13 +315,13 @@ fn completed(text: &str) -> Option<String> {
     value.get("id").and_then(Value::as_str).map(str::to_owned)
 }
 
-/// `{"Authorization": "Bearer x"}`, `{"authorization": ...}` or `{"token": "x"}`.
+/// `{"Authorization": "Bearer x"}` (any case of either), `{"authorization": "x"}` or `{"token": "x"}`.
 fn token_from_init(payload: &Value) -> Option<String> {
     let object = payload.as_object()?;
     object
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
         .and_then(|(_, v)| v.as_str())
-        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).to_owned())
+        .map(|v| crate::http::extract::bearer_value(v).unwrap_or(v.trim()).to_owned())
         .or_else(|| object.get("token").and_then(Value::as_str).map(str::to_owned))
 }

@@ -108,7 +108,7 @@ async fn apply_in(
         .map(|m| m.device_model_id)
         .collect();
 
-    let (group_id, targets) = crate::service::group::resolve_targets(conn, input.group, &input.devices).await?;
+    let (group_id, targets) = crate::service::device_group::resolve_targets(conn, input.group, &input.devices).await?;
     let targets: Vec<(Uuid, String, Uuid)> = targets.into_iter().map(|t| (t.id, t.endpoint_id, t.model_id)).collect();
     refuse_other_models(conn, &package, &models, group_id, &targets).await?;
 

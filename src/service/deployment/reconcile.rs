@@ -375,7 +375,7 @@ pub(super) async fn assign_newcomers(tx: &mut WriteTx, row: &deployment::Model) 
     else {
         return Ok(0);
     };
-    let within = crate::service::group::members_of(tx.conn(), group.id).await?;
+    let within = crate::service::device_group::members_of(tx.conn(), group.id).await?;
     let existing = device_update::Entity::find()
         .select_only()
         .column(device_update::Column::DeviceId)

@@ -7,13 +7,18 @@ use chrono::{DateTime, Utc};
 
 use super::authz::Guarded;
 use super::connection::{Conn, from_page};
-use super::device::{AttributeFilter, Device, InstalledVersionFilter, parse_id_of};
+use super::device::{AttributeFilter, Device, InstalledVersionFilter};
 use super::device_model::DeviceModel;
+use super::ids::parse_id;
 use super::{app, caller};
-use crate::service::group as service;
+use crate::service::device_group as service;
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq, Default)]
-#[graphql(name = "DeviceGroupKind", remote = "crate::service::group::GroupKind", rename_items = "SCREAMING_SNAKE_CASE")]
+#[graphql(
+    name = "DeviceGroupKind",
+    remote = "crate::service::device_group::GroupKind",
+    rename_items = "SCREAMING_SNAKE_CASE"
+)]
 pub enum GroupKindGql {
     /// Lists its members.
     #[default]
@@ -107,10 +112,6 @@ impl DeviceGroup {
     }
 }
 
-fn parse_id(field: &str, id: &ID) -> Result<uuid::Uuid> {
-    parse_id_of(field, "device group", id)
-}
-
 #[derive(InputObject)]
 pub struct CreateDeviceGroupInput {
     /// Unique.
@@ -163,7 +164,7 @@ pub struct GroupQuery;
 #[Object]
 impl GroupQuery {
     async fn device_group(&self, ctx: &Context<'_>, id: ID) -> Result<DeviceGroup> {
-        Ok(service::get(app(ctx), caller(ctx), parse_id("id", &id)?).await?.into())
+        Ok(service::get(app(ctx), caller(ctx), parse_id("id", "device group", &id)?).await?.into())
     }
 
     /// In name order.
@@ -175,7 +176,7 @@ impl GroupQuery {
         first: Option<i32>,
         after: Option<String>,
     ) -> Result<Conn<DeviceGroup>> {
-        let model = model.as_ref().map(|m| super::device_model::parse_id("model", m)).transpose()?;
+        let model = model.as_ref().map(|m| parse_id("model", "device model", m)).transpose()?;
         let page = service::list(app(ctx), caller(ctx), model, first, after.as_deref()).await?;
         Ok(from_page(page, after.is_some(), DeviceGroup::from))
     }
@@ -207,7 +208,7 @@ impl GroupMutation {
         input: UpdateDeviceGroupInput,
     ) -> Result<DeviceGroupPayload> {
         let changes = service::GroupChanges {
-            id: parse_id("id", &input.id)?,
+            id: parse_id("id", "device group", &input.id)?,
             name: input.name,
             description: input.description,
             filter: input.filter.map(Into::into),
@@ -221,17 +222,21 @@ impl GroupMutation {
         ctx: &Context<'_>,
         input: DeleteDeviceGroupInput,
     ) -> Result<DeviceGroupPayload> {
-        Ok(service::delete(app(ctx), caller(ctx), parse_id("id", &input.id)?).await?.into())
+        Ok(service::delete(app(ctx), caller(ctx), parse_id("id", "device group", &input.id)?).await?.into())
     }
 
     /// Add devices of the group's model to a static group.
     async fn add_group_members(&self, ctx: &Context<'_>, input: GroupMembersInput) -> Result<DeviceGroupPayload> {
         let refs = input.devices.into_iter().map(|d| d.0).collect();
-        Ok(service::add_members(app(ctx), caller(ctx), parse_id("group", &input.group)?, refs).await?.into())
+        Ok(service::add_members(app(ctx), caller(ctx), parse_id("group", "device group", &input.group)?, refs)
+            .await?
+            .into())
     }
 
     async fn remove_group_members(&self, ctx: &Context<'_>, input: GroupMembersInput) -> Result<DeviceGroupPayload> {
         let refs = input.devices.into_iter().map(|d| d.0).collect();
-        Ok(service::remove_members(app(ctx), caller(ctx), parse_id("group", &input.group)?, refs).await?.into())
+        Ok(service::remove_members(app(ctx), caller(ctx), parse_id("group", "device group", &input.group)?, refs)
+            .await?
+            .into())
     }
 }
