@@ -319,6 +319,8 @@ async fn a_resumable_upload_left_alone_expires_and_its_pieces_go() {
     let pieces = app.dir.path().join("staging/tus").join(&id);
     assert!(pieces.exists());
     wait_for_state(&app, &id, "AWAITING_UPLOAD").await;
+    // The release commits the state, then deletes the pieces: let its run end.
+    app.drain_jobs().await;
     assert!(!pieces.exists() || std::fs::read_dir(&pieces).unwrap().next().is_none(), "pieces deleted");
     let response = app.client.head(&location).header("tus-resumable", "1.0.0").send().await.unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
