@@ -28,8 +28,8 @@ pub enum Error {
     #[error("signed URL {0}")]
     BadSignature(&'static str),
     /// Says where ids of that kind come from, for ids copied by hand.
-    #[error("{kind} {id} not found{}", id_source(kind))]
-    NotFound { kind: &'static str, id: String },
+    #[error("{} {id} not found{}", kind.name(), kind.id_source())]
+    NotFound { kind: ResourceKind, id: String },
     #[error("{field}: {reason}")]
     InvalidInput { field: String, reason: String },
     #[error("{0}")]
@@ -51,22 +51,93 @@ pub enum Error {
     Internal(#[source] anyhow::Error),
 }
 
-/// Where ids of `kind` come from, as " (ids come from …)", or nothing for
-/// a kind nobody copies by hand. Part of NOT_FOUND and bad-id messages, so
-/// that an id pasted into the wrong place says where the right one is.
-pub fn id_source(kind: &str) -> &'static str {
-    match kind {
-        "content" => " (ids come from createContent, uploadContent or contents)",
-        "package" => " (ids come from createSoftwarePackage or packages)",
-        "device model" => " (ids come from createDeviceModel or deviceModels)",
-        "device" => " (ids come from registerDevices, `otadepot devices import` or devices)",
-        "device group" => " (ids come from createDeviceGroup or deviceGroups)",
-        "deployment" => " (ids come from applyPackage or deployments)",
-        "update" => " (ids come from the `update` of the device's poll, GET /device/v1/poll)",
-        "command" => " (ids come from the `commands` of the device's poll, GET /device/v1/poll, or from commands)",
-        "command batch" => " (ids come from sendCommand's batchId)",
-        "enrollment token" => " (ids come from createEnrollmentToken or enrollmentTokens)",
-        _ => "",
+/// The kinds of things an id names: one name for messages ("device group
+/// … not found") and one for the audit trail's `object_kind`
+/// (`device_group`), from one place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResourceKind {
+    Command,
+    CommandBatch,
+    Content,
+    Deployment,
+    Device,
+    DeviceGroup,
+    DeviceModel,
+    EnrollmentToken,
+    Package,
+    Role,
+    /// A device update (one device's part of a deployment).
+    Update,
+    /// The file of a device update.
+    UpdateFile,
+    /// The update a device has in progress (EnOS, by its device).
+    UpdateInProgress,
+    /// A repository object (by SHA-256).
+    Object,
+    TusUpload,
+}
+
+impl ResourceKind {
+    /// As messages name it: "device group".
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Command => "command",
+            Self::CommandBatch => "command batch",
+            Self::Content => "content",
+            Self::Deployment => "deployment",
+            Self::Device => "device",
+            Self::DeviceGroup => "device group",
+            Self::DeviceModel => "device model",
+            Self::EnrollmentToken => "enrollment token",
+            Self::Package => "package",
+            Self::Role => "role",
+            Self::Update => "update",
+            Self::UpdateFile => "file of update",
+            Self::UpdateInProgress => "update in progress",
+            Self::Object => "object",
+            Self::TusUpload => "tus upload",
+        }
+    }
+
+    /// As the audit trail records it (`object_kind`): "device_group".
+    pub fn audit_kind(self) -> &'static str {
+        match self {
+            Self::Command => "command",
+            Self::CommandBatch => "command_batch",
+            Self::Content => "content",
+            Self::Deployment => "deployment",
+            Self::Device => "device",
+            Self::DeviceGroup => "device_group",
+            Self::DeviceModel => "device_model",
+            Self::EnrollmentToken => "enrollment_token",
+            Self::Package => "package",
+            Self::Role => "role",
+            Self::Update | Self::UpdateFile | Self::UpdateInProgress => "device_update",
+            Self::Object => "object",
+            Self::TusUpload => "tus_upload",
+        }
+    }
+
+    /// Where ids of this kind come from, as " (ids come from …)", or
+    /// nothing for a kind nobody copies by hand. Part of NOT_FOUND and
+    /// bad-id messages, so that an id pasted into the wrong place says where
+    /// the right one is.
+    pub fn id_source(self) -> &'static str {
+        match self {
+            Self::Content => " (ids come from createContent, uploadContent or contents)",
+            Self::Package => " (ids come from createSoftwarePackage or packages)",
+            Self::DeviceModel => " (ids come from createDeviceModel or deviceModels)",
+            Self::Device => " (ids come from registerDevices, `otadepot devices import` or devices)",
+            Self::DeviceGroup => " (ids come from createDeviceGroup or deviceGroups)",
+            Self::Deployment => " (ids come from applyPackage or deployments)",
+            Self::Update => " (ids come from the `update` of the device's poll, GET /device/v1/poll)",
+            Self::Command => {
+                " (ids come from the `commands` of the device's poll, GET /device/v1/poll, or from commands)"
+            }
+            Self::CommandBatch => " (ids come from sendCommand's batchId)",
+            Self::EnrollmentToken => " (ids come from createEnrollmentToken or enrollmentTokens)",
+            Self::Role | Self::UpdateFile | Self::UpdateInProgress | Self::Object | Self::TusUpload => "",
+        }
     }
 }
 
@@ -89,7 +160,7 @@ impl std::fmt::Display for RowError {
 }
 
 impl Error {
-    pub fn not_found(kind: &'static str, id: impl Into<String>) -> Self {
+    pub fn not_found(kind: ResourceKind, id: impl Into<String>) -> Self {
         Self::NotFound { kind, id: id.into() }
     }
 
@@ -99,8 +170,8 @@ impl Error {
 
     /// An id that does not even parse: "not a {kind} id", saying where
     /// ids of that kind come from.
-    pub fn bad_id(field: impl Into<String>, kind: &str) -> Self {
-        Self::invalid(field, format!("not a {kind} id{}", id_source(kind)))
+    pub fn bad_id(field: impl Into<String>, kind: ResourceKind) -> Self {
+        Self::invalid(field, format!("not a {} id{}", kind.name(), kind.id_source()))
     }
 
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {
@@ -252,5 +323,25 @@ impl From<DbErr> for Error {
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => Self::Unavailable("database unavailable".into()),
             _ => Self::Internal(err.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kind_names_itself_once_for_messages_and_once_for_the_audit_trail() {
+        assert_eq!(
+            Error::not_found(ResourceKind::DeviceGroup, "g1").to_string(),
+            "device group g1 not found (ids come from createDeviceGroup or deviceGroups)"
+        );
+        assert_eq!(Error::not_found(ResourceKind::Object, "ab").to_string(), "object ab not found");
+        assert_eq!(
+            Error::bad_id("group", ResourceKind::DeviceGroup).to_string(),
+            "group: not a device group id (ids come from createDeviceGroup or deviceGroups)"
+        );
+        assert_eq!((ResourceKind::Update.name(), ResourceKind::Update.audit_kind()), ("update", "device_update"));
+        assert_eq!(ResourceKind::CommandBatch.audit_kind(), "command_batch");
     }
 }

@@ -10,6 +10,7 @@ use super::connection::{Conn, from_page};
 use super::device::Device;
 use super::ids::parse_id;
 use super::{app, caller};
+use crate::error::ResourceKind;
 use crate::service::command as service;
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +140,7 @@ impl CommandBatch {
         after: Option<String>,
     ) -> Result<Conn<Command>> {
         let filter = service::CommandFilter {
-            batch: Some(parse_id("id", "command batch", &self.id)?),
+            batch: Some(parse_id("id", ResourceKind::CommandBatch, &self.id)?),
             state: state.map(Into::into),
             ..Default::default()
         };
@@ -182,7 +183,7 @@ pub struct CommandQuery;
 #[Object]
 impl CommandQuery {
     async fn command(&self, ctx: &Context<'_>, id: ID) -> Result<Command> {
-        Ok(service::get(app(ctx), caller(ctx), parse_id("id", "command", &id)?).await?.into())
+        Ok(service::get(app(ctx), caller(ctx), parse_id("id", ResourceKind::Command, &id)?).await?.into())
     }
 
     /// Newest first.
@@ -197,7 +198,7 @@ impl CommandQuery {
         let f = filter.unwrap_or_default();
         let filter = service::CommandFilter {
             device: f.device.map(|d| d.0),
-            batch: f.batch.as_ref().map(|b| parse_id("filter.batch", "command batch", b)).transpose()?,
+            batch: f.batch.as_ref().map(|b| parse_id("filter.batch", ResourceKind::CommandBatch, b)).transpose()?,
             state: f.state.map(Into::into),
             name: f.name,
         };
@@ -206,7 +207,7 @@ impl CommandQuery {
 
     /// A batch with its counts per state.
     async fn command_batch(&self, ctx: &Context<'_>, id: ID) -> Result<CommandBatch> {
-        Ok(service::batch(app(ctx), caller(ctx), parse_id("id", "command batch", &id)?).await?.into())
+        Ok(service::batch(app(ctx), caller(ctx), parse_id("id", ResourceKind::CommandBatch, &id)?).await?.into())
     }
 }
 
@@ -239,7 +240,7 @@ impl SendCommandPayload {
     async fn commands(&self, ctx: &Context<'_>, first: Option<i32>, after: Option<String>) -> Guarded<Conn<Command>> {
         let commands = async {
             let filter = service::CommandFilter {
-                batch: Some(parse_id("batchId", "command batch", &self.batch_id)?),
+                batch: Some(parse_id("batchId", ResourceKind::CommandBatch, &self.batch_id)?),
                 ..Default::default()
             };
             list(ctx, &filter, first, after).await
@@ -275,7 +276,7 @@ impl CommandMutation {
     async fn send_command(&self, ctx: &Context<'_>, input: SendCommandInput) -> Result<SendCommandPayload> {
         let new = service::NewCommand {
             devices: input.devices.unwrap_or_default().into_iter().map(|d| d.0).collect(),
-            group: input.group.as_ref().map(|g| parse_id("group", "device group", g)).transpose()?,
+            group: input.group.as_ref().map(|g| parse_id("group", ResourceKind::DeviceGroup, g)).transpose()?,
             name: input.name,
             args: input.args.map(|a| a.0),
             expires_in_seconds: input.expires_in_seconds,
@@ -286,7 +287,7 @@ impl CommandMutation {
 
     /// Cancel a command that has not finished; its device no longer gets it.
     async fn cancel_command(&self, ctx: &Context<'_>, input: CommandIdInput) -> Result<CancelCommandPayload> {
-        let id = parse_id("id", "command", &input.id)?;
+        let id = parse_id("id", ResourceKind::Command, &input.id)?;
         Ok(CancelCommandPayload { command: Guarded::new(service::cancel(app(ctx), caller(ctx), id).await?.into()) })
     }
 
@@ -296,7 +297,7 @@ impl CommandMutation {
         ctx: &Context<'_>,
         input: CommandIdInput,
     ) -> Result<CancelCommandBatchPayload> {
-        let id = parse_id("id", "command batch", &input.id)?;
+        let id = parse_id("id", ResourceKind::CommandBatch, &input.id)?;
         let batch = service::cancel_batch(app(ctx), caller(ctx), id).await?;
         Ok(CancelCommandBatchPayload { batch: Guarded::new(batch.into()) })
     }
@@ -324,7 +325,7 @@ impl CommandSubscription {
         batch: ID,
     ) -> Result<impl futures::Stream<Item = CommandBatchUpdate> + use<>> {
         use futures::StreamExt;
-        let id = parse_id("batch", "command batch", &batch)?;
+        let id = parse_id("batch", ResourceKind::CommandBatch, &batch)?;
         let stream = service::watch(app(ctx), caller(ctx), id).await?;
         Ok(stream
             .map(|(batch, command)| CommandBatchUpdate { batch: batch.into(), command: command.map(Command::from) }))

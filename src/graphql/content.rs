@@ -12,7 +12,7 @@ use super::connection::{Conn, from_page};
 use super::ids::parse_id;
 use super::upload::Upload;
 use super::{app, caller};
-use crate::error::Error;
+use crate::error::{Error, ResourceKind};
 use crate::service::content as service;
 
 /// A tag value: a string, or a number (kept as its decimal text), as the
@@ -201,7 +201,7 @@ pub struct ContentQuery;
 #[Object]
 impl ContentQuery {
     async fn content(&self, ctx: &Context<'_>, id: ID) -> Result<Content> {
-        Ok(service::get(app(ctx), caller(ctx), parse_id("id", "content", &id)?).await?.into())
+        Ok(service::get(app(ctx), caller(ctx), parse_id("id", ResourceKind::Content, &id)?).await?.into())
     }
 
     /// Content, newest first.
@@ -257,7 +257,7 @@ impl ContentSubscription {
     /// The content now, then after each change of its state or tags.
     async fn content_updated(&self, ctx: &Context<'_>, id: ID) -> Result<impl futures::Stream<Item = Content> + use<>> {
         use futures::StreamExt;
-        let stream = service::watch(app(ctx), caller(ctx), parse_id("id", "content", &id)?).await?;
+        let stream = service::watch(app(ctx), caller(ctx), parse_id("id", ResourceKind::Content, &id)?).await?;
         Ok(stream.map(Content::from))
     }
 }
@@ -325,21 +325,23 @@ impl ContentMutation {
     /// Replace a content's tags.
     async fn set_content_tags(&self, ctx: &Context<'_>, input: SetContentTagsInput) -> Result<ContentPayload> {
         let tags = input.tags.into_iter().map(|t| (t.name, t.value.0)).collect();
-        Ok(service::set_tags(app(ctx), caller(ctx), parse_id("id", "content", &input.id)?, tags).await?.into())
+        Ok(service::set_tags(app(ctx), caller(ctx), parse_id("id", ResourceKind::Content, &input.id)?, tags)
+            .await?
+            .into())
     }
 
     /// Mark a content DELETED (it is never served again).
     async fn delete_content(&self, ctx: &Context<'_>, input: ContentIdInput) -> Result<ContentPayload> {
-        Ok(service::delete(app(ctx), caller(ctx), parse_id("id", "content", &input.id)?).await?.into())
+        Ok(service::delete(app(ctx), caller(ctx), parse_id("id", ResourceKind::Content, &input.id)?).await?.into())
     }
 
     /// Scan a SCAN_FAILED content again.
     async fn rescan_content(&self, ctx: &Context<'_>, input: ContentIdInput) -> Result<ContentPayload> {
-        Ok(service::rescan(app(ctx), caller(ctx), parse_id("id", "content", &input.id)?).await?.into())
+        Ok(service::rescan(app(ctx), caller(ctx), parse_id("id", ResourceKind::Content, &input.id)?).await?.into())
     }
 
     /// Promote a CLEAN content (with manual promotion).
     async fn promote_content(&self, ctx: &Context<'_>, input: ContentIdInput) -> Result<ContentPayload> {
-        Ok(service::promote(app(ctx), caller(ctx), parse_id("id", "content", &input.id)?).await?.into())
+        Ok(service::promote(app(ctx), caller(ctx), parse_id("id", ResourceKind::Content, &input.id)?).await?.into())
     }
 }

@@ -10,6 +10,7 @@ use super::connection::{Conn, from_page};
 use super::device::Device;
 use super::ids::parse_id;
 use super::{app, caller};
+use crate::error::ResourceKind;
 use crate::service::deployment as service;
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +178,7 @@ impl Deployment {
         first: Option<i32>,
         after: Option<String>,
     ) -> Result<Conn<DeviceUpdate>> {
-        let id = parse_id("id", "deployment", &self.id)?;
+        let id = parse_id("id", ResourceKind::Deployment, &self.id)?;
         let state = filter.and_then(|f| f.state).map(Into::into);
         let page = service::updates(app(ctx), caller(ctx), Some(id), None, state, first, after.as_deref()).await?;
         Ok(from_page(page, after.is_some(), DeviceUpdate::from))
@@ -389,7 +390,7 @@ pub struct DeploymentQuery;
 #[Object]
 impl DeploymentQuery {
     async fn deployment(&self, ctx: &Context<'_>, id: ID) -> Result<Deployment> {
-        Ok(service::get(app(ctx), caller(ctx), parse_id("id", "deployment", &id)?).await?.into())
+        Ok(service::get(app(ctx), caller(ctx), parse_id("id", ResourceKind::Deployment, &id)?).await?.into())
     }
 
     /// Newest first.
@@ -404,8 +405,8 @@ impl DeploymentQuery {
         let f = filter.unwrap_or_default();
         let filter = service::DeploymentFilter {
             state: f.state.map(Into::into),
-            package: f.package.as_ref().map(|p| parse_id("filter.package", "package", p)).transpose()?,
-            group: f.group.as_ref().map(|g| parse_id("filter.group", "device group", g)).transpose()?,
+            package: f.package.as_ref().map(|p| parse_id("filter.package", ResourceKind::Package, p)).transpose()?,
+            group: f.group.as_ref().map(|g| parse_id("filter.group", ResourceKind::DeviceGroup, g)).transpose()?,
         };
         let page = service::list(app(ctx), caller(ctx), &filter, first, after.as_deref()).await?;
         Ok(from_page(page, after.is_some(), Deployment::from))
@@ -435,7 +436,7 @@ impl DeploymentSubscription {
         id: ID,
     ) -> Result<impl futures::Stream<Item = DeploymentProgress> + use<>> {
         use futures::StreamExt;
-        let id = parse_id("id", "deployment", &id)?;
+        let id = parse_id("id", ResourceKind::Deployment, &id)?;
         let stream = service::watch(app(ctx), caller(ctx), id).await?;
         Ok(stream.map(|(deployment, update)| DeploymentProgress {
             deployment: deployment.into(),
@@ -452,8 +453,8 @@ impl DeploymentMutation {
     /// Apply a package to a group or a list of devices.
     async fn apply_package(&self, ctx: &Context<'_>, input: ApplyPackageInput) -> Result<ApplyPackagePayload> {
         let new = service::NewDeployment {
-            package: parse_id("package", "package", &input.package)?,
-            group: input.group.as_ref().map(|g| parse_id("group", "device group", g)).transpose()?,
+            package: parse_id("package", ResourceKind::Package, &input.package)?,
+            group: input.group.as_ref().map(|g| parse_id("group", ResourceKind::DeviceGroup, g)).transpose()?,
             devices: input.devices.unwrap_or_default().into_iter().map(|d| d.0).collect(),
             name: input.name,
             policy: policy_of(input.policy),
@@ -474,11 +475,11 @@ impl DeploymentMutation {
         ctx: &Context<'_>,
         input: SetGroupPackageInput,
     ) -> Result<SetGroupPackagePayload> {
-        let group = parse_id("group", "device group", &input.group)?;
+        let group = parse_id("group", ResourceKind::DeviceGroup, &input.group)?;
         let package = input
             .package
             .as_ref()
-            .map(|p| parse_id("package", "package", p))
+            .map(|p| parse_id("package", ResourceKind::Package, p))
             .transpose()?
             .map(|p| (p, policy_of(input.policy), input.mode.into()));
         let created = service::set_group_package(app(ctx), caller(ctx), group, package).await?;
@@ -498,24 +499,24 @@ impl DeploymentMutation {
 
     /// No further releases; devices under way go on.
     async fn pause_deployment(&self, ctx: &Context<'_>, input: DeploymentIdInput) -> Result<DeploymentPayload> {
-        let id = parse_id("id", "deployment", &input.id)?;
+        let id = parse_id("id", ResourceKind::Deployment, &input.id)?;
         Ok(DeploymentPayload { deployment: Guarded::new(service::pause(app(ctx), caller(ctx), id).await?.into()) })
     }
 
     async fn resume_deployment(&self, ctx: &Context<'_>, input: DeploymentIdInput) -> Result<DeploymentPayload> {
-        let id = parse_id("id", "deployment", &input.id)?;
+        let id = parse_id("id", ResourceKind::Deployment, &input.id)?;
         Ok(DeploymentPayload { deployment: Guarded::new(service::resume(app(ctx), caller(ctx), id).await?.into()) })
     }
 
     /// Devices not yet installing are CANCELLED; they learn it on their next poll.
     async fn cancel_deployment(&self, ctx: &Context<'_>, input: DeploymentIdInput) -> Result<DeploymentPayload> {
-        let id = parse_id("id", "deployment", &input.id)?;
+        let id = parse_id("id", ResourceKind::Deployment, &input.id)?;
         Ok(DeploymentPayload { deployment: Guarded::new(service::cancel(app(ctx), caller(ctx), id).await?.into()) })
     }
 
     /// Let the devices of a DOWNLOAD_ONLY (or COORDINATED) deployment install.
     async fn release_install(&self, ctx: &Context<'_>, input: DeploymentIdInput) -> Result<DeploymentPayload> {
-        let id = parse_id("id", "deployment", &input.id)?;
+        let id = parse_id("id", ResourceKind::Deployment, &input.id)?;
         Ok(DeploymentPayload {
             deployment: Guarded::new(service::release_install(app(ctx), caller(ctx), id).await?.into()),
         })

@@ -10,6 +10,7 @@ use super::connection::{Conn, from_page};
 use super::device_model::DeviceModel;
 use super::ids::parse_id;
 use super::{app, caller};
+use crate::error::ResourceKind;
 use crate::service::device as service;
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
@@ -323,7 +324,7 @@ impl DeviceFilter {
             .map(<(service::AttributeSource, service::ValueFilter)>::from)
             .partition(|(source, _)| *source == service::AttributeSource::Reported);
         Ok(service::DeviceFilter {
-            model: self.model.as_ref().map(|m| parse_id("filter.model", "device model", m)).transpose()?,
+            model: self.model.as_ref().map(|m| parse_id("filter.model", ResourceKind::DeviceModel, m)).transpose()?,
             status: self.status.map(Into::into),
             attributes: operator.into_iter().map(|(_, f)| f).collect(),
             reported_attributes: reported.into_iter().map(|(_, f)| f).collect(),
@@ -331,7 +332,7 @@ impl DeviceFilter {
             last_seen_before: self.last_seen_before,
             last_seen_after: self.last_seen_after,
             search: self.search,
-            group: self.group.as_ref().map(|g| parse_id("filter.group", "device group", g)).transpose()?,
+            group: self.group.as_ref().map(|g| parse_id("filter.group", ResourceKind::DeviceGroup, g)).transpose()?,
             within: None,
         })
     }
@@ -350,7 +351,7 @@ pub struct DeviceQuery;
 #[Object]
 impl DeviceQuery {
     async fn device(&self, ctx: &Context<'_>, id: ID) -> Result<Device> {
-        Ok(service::get(app(ctx), caller(ctx), parse_id("id", "device", &id)?).await?.into())
+        Ok(service::get(app(ctx), caller(ctx), parse_id("id", ResourceKind::Device, &id)?).await?.into())
     }
 
     async fn device_by_endpoint_id(&self, ctx: &Context<'_>, endpoint_id: String) -> Result<Device> {
@@ -398,7 +399,9 @@ impl DeviceMutation {
         ctx: &Context<'_>,
         input: DeviceIdInput,
     ) -> Result<DeviceCredentialPayload> {
-        Ok(service::rotate_credential(app(ctx), caller(ctx), parse_id("id", "device", &input.id)?).await?.into())
+        Ok(service::rotate_credential(app(ctx), caller(ctx), parse_id("id", ResourceKind::Device, &input.id)?)
+            .await?
+            .into())
     }
 
     /// Let a gateway act for this device on the device API (or stop it).
@@ -406,7 +409,7 @@ impl DeviceMutation {
         let device = crate::service::device::set_gateway(
             app(ctx),
             caller(ctx),
-            parse_id("device", "device", &input.device)?,
+            parse_id("device", ResourceKind::Device, &input.device)?,
             input.gateway,
         )
         .await?;
@@ -415,7 +418,8 @@ impl DeviceMutation {
 
     /// For good: the credential stops working.
     async fn decommission_device(&self, ctx: &Context<'_>, input: DeviceIdInput) -> Result<DevicePayload> {
-        let device = service::decommission(app(ctx), caller(ctx), parse_id("id", "device", &input.id)?).await?;
+        let device =
+            service::decommission(app(ctx), caller(ctx), parse_id("id", ResourceKind::Device, &input.id)?).await?;
         Ok(DevicePayload { device: Guarded::new(device.into()) })
     }
 }

@@ -11,6 +11,7 @@ use super::device::{AttributeFilter, Device, InstalledVersionFilter};
 use super::device_model::DeviceModel;
 use super::ids::parse_id;
 use super::{app, caller};
+use crate::error::ResourceKind;
 use crate::service::device_group as service;
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq, Default)]
@@ -164,7 +165,7 @@ pub struct GroupQuery;
 #[Object]
 impl GroupQuery {
     async fn device_group(&self, ctx: &Context<'_>, id: ID) -> Result<DeviceGroup> {
-        Ok(service::get(app(ctx), caller(ctx), parse_id("id", "device group", &id)?).await?.into())
+        Ok(service::get(app(ctx), caller(ctx), parse_id("id", ResourceKind::DeviceGroup, &id)?).await?.into())
     }
 
     /// In name order.
@@ -176,7 +177,7 @@ impl GroupQuery {
         first: Option<i32>,
         after: Option<String>,
     ) -> Result<Conn<DeviceGroup>> {
-        let model = model.as_ref().map(|m| parse_id("model", "device model", m)).transpose()?;
+        let model = model.as_ref().map(|m| parse_id("model", ResourceKind::DeviceModel, m)).transpose()?;
         let page = service::list(app(ctx), caller(ctx), model, first, after.as_deref()).await?;
         Ok(from_page(page, after.is_some(), DeviceGroup::from))
     }
@@ -208,7 +209,7 @@ impl GroupMutation {
         input: UpdateDeviceGroupInput,
     ) -> Result<DeviceGroupPayload> {
         let changes = service::GroupChanges {
-            id: parse_id("id", "device group", &input.id)?,
+            id: parse_id("id", ResourceKind::DeviceGroup, &input.id)?,
             name: input.name,
             description: input.description,
             filter: input.filter.map(Into::into),
@@ -222,21 +223,31 @@ impl GroupMutation {
         ctx: &Context<'_>,
         input: DeleteDeviceGroupInput,
     ) -> Result<DeviceGroupPayload> {
-        Ok(service::delete(app(ctx), caller(ctx), parse_id("id", "device group", &input.id)?).await?.into())
+        Ok(service::delete(app(ctx), caller(ctx), parse_id("id", ResourceKind::DeviceGroup, &input.id)?).await?.into())
     }
 
     /// Add devices of the group's model to a static group.
     async fn add_group_members(&self, ctx: &Context<'_>, input: GroupMembersInput) -> Result<DeviceGroupPayload> {
         let refs = input.devices.into_iter().map(|d| d.0).collect();
-        Ok(service::add_members(app(ctx), caller(ctx), parse_id("group", "device group", &input.group)?, refs)
-            .await?
-            .into())
+        Ok(service::add_members(
+            app(ctx),
+            caller(ctx),
+            parse_id("group", ResourceKind::DeviceGroup, &input.group)?,
+            refs,
+        )
+        .await?
+        .into())
     }
 
     async fn remove_group_members(&self, ctx: &Context<'_>, input: GroupMembersInput) -> Result<DeviceGroupPayload> {
         let refs = input.devices.into_iter().map(|d| d.0).collect();
-        Ok(service::remove_members(app(ctx), caller(ctx), parse_id("group", "device group", &input.group)?, refs)
-            .await?
-            .into())
+        Ok(service::remove_members(
+            app(ctx),
+            caller(ctx),
+            parse_id("group", ResourceKind::DeviceGroup, &input.group)?,
+            refs,
+        )
+        .await?
+        .into())
     }
 }

@@ -8,6 +8,7 @@ use super::authz::Guarded;
 use super::connection::{Conn, from_page};
 use super::ids::parse_id;
 use super::{app, caller};
+use crate::error::ResourceKind;
 use crate::service::device_model as service;
 
 #[derive(SimpleObject, Clone)]
@@ -77,7 +78,7 @@ pub struct DeviceModelQuery;
 #[Object]
 impl DeviceModelQuery {
     async fn device_model(&self, ctx: &Context<'_>, id: ID) -> Result<DeviceModel> {
-        Ok(service::get(app(ctx), caller(ctx), parse_id("id", "device model", &id)?).await?.into())
+        Ok(service::get(app(ctx), caller(ctx), parse_id("id", ResourceKind::DeviceModel, &id)?).await?.into())
     }
 
     /// In name order.
@@ -117,7 +118,7 @@ impl DeviceModelMutation {
         input: UpdateDeviceModelInput,
     ) -> Result<DeviceModelPayload> {
         let changes = service::DeviceModelChanges {
-            id: parse_id("id", "device model", &input.id)?,
+            id: parse_id("id", ResourceKind::DeviceModel, &input.id)?,
             name: input.name,
             manufacturer: input.manufacturer,
             description: input.description,
@@ -131,6 +132,6 @@ impl DeviceModelMutation {
         ctx: &Context<'_>,
         input: DeleteDeviceModelInput,
     ) -> Result<DeviceModelPayload> {
-        Ok(service::delete(app(ctx), caller(ctx), parse_id("id", "device model", &input.id)?).await?.into())
+        Ok(service::delete(app(ctx), caller(ctx), parse_id("id", ResourceKind::DeviceModel, &input.id)?).await?.into())
     }
 }

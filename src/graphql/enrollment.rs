@@ -12,6 +12,7 @@ use super::device::Device;
 use super::device_model::DeviceModel;
 use super::ids::parse_id;
 use super::{app, caller};
+use crate::error::ResourceKind;
 use crate::service::enrollment as service;
 
 #[derive(SimpleObject)]
@@ -135,7 +136,7 @@ impl EnrollmentMutation {
         ctx: &Context<'_>,
         input: EnrollmentTokenIdInput,
     ) -> Result<EnrollmentTokenPayload> {
-        let id = parse_id("id", "enrollment token", &input.id)?;
+        let id = parse_id("id", ResourceKind::EnrollmentToken, &input.id)?;
         let token = service::revoke(app(ctx), caller(ctx), id).await?;
         Ok(EnrollmentTokenPayload { enrollment_token: Guarded::new(token.into()) })
     }

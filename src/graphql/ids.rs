@@ -8,6 +8,6 @@ use uuid::Uuid;
 use crate::error::Error;
 
 /// The UUID of `id`, given as argument `field`, an id of `kind`.
-pub(crate) fn parse_id(field: &str, kind: &str, id: &ID) -> Result<Uuid> {
+pub(crate) fn parse_id(field: &str, kind: crate::error::ResourceKind, id: &ID) -> Result<Uuid> {
     id.parse::<Uuid>().map_err(|_| Error::bad_id(field, kind).into_graphql())
 }

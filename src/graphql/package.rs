@@ -11,6 +11,7 @@ use super::connection::{Conn, from_page};
 use super::device_model::DeviceModel;
 use super::ids::parse_id;
 use super::{app, caller};
+use crate::error::ResourceKind;
 use crate::service::package as service;
 
 #[derive(SimpleObject)]
@@ -182,7 +183,10 @@ pub struct PackageQuery;
 #[Object]
 impl PackageQuery {
     async fn package(&self, ctx: &Context<'_>, id: ID) -> Result<Package> {
-        Ok(Package::new(app(ctx), service::get(app(ctx), caller(ctx), parse_id("id", "package", &id)?).await?))
+        Ok(Package::new(
+            app(ctx),
+            service::get(app(ctx), caller(ctx), parse_id("id", ResourceKind::Package, &id)?).await?,
+        ))
     }
 
     #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
@@ -196,7 +200,7 @@ impl PackageQuery {
     ) -> Result<Conn<Package>> {
         let filter = filter.unwrap_or_default();
         let filter = service::PackageFilter {
-            model: filter.model.as_ref().map(|m| parse_id("filter.model", "device model", m)).transpose()?,
+            model: filter.model.as_ref().map(|m| parse_id("filter.model", ResourceKind::DeviceModel, m)).transpose()?,
             product: filter.product,
             name: filter.name,
             version: filter.version,
@@ -214,7 +218,7 @@ impl PackageQuery {
     /// The exact JSON a device receives for this package, signed
     /// (docs/manifests.md tells how to verify it).
     async fn package_manifest(&self, ctx: &Context<'_>, id: ID) -> Result<Json<serde_json::Value>> {
-        Ok(Json(service::manifest(app(ctx), caller(ctx), parse_id("id", "package", &id)?).await?))
+        Ok(Json(service::manifest(app(ctx), caller(ctx), parse_id("id", ResourceKind::Package, &id)?).await?))
     }
 
     /// The keys that verify manifests, the active one first (also public
@@ -251,7 +255,7 @@ impl PackageMutation {
             .unwrap_or_default()
             .iter()
             .enumerate()
-            .map(|(i, id)| parse_id(&format!("files[{i}]"), "content", id))
+            .map(|(i, id)| parse_id(&format!("files[{i}]"), ResourceKind::Content, id))
             .collect::<Result<Vec<_>>>()?;
         let new = service::NewPackage {
             name: input.name,
@@ -268,13 +272,13 @@ impl PackageMutation {
 
     /// Mark a package deprecated (it stays readable, is not applied any more).
     async fn deprecate_package(&self, ctx: &Context<'_>, input: DeprecatePackageInput) -> Result<PackagePayload> {
-        let id = parse_id("id", "package", &input.id)?;
+        let id = parse_id("id", ResourceKind::Package, &input.id)?;
         Ok(payload(ctx, service::deprecate(app(ctx), caller(ctx), id, input.deprecated).await?))
     }
 
     /// Replace the compatible device models; the manifest does not change.
     async fn set_package_models(&self, ctx: &Context<'_>, input: SetPackageModelsInput) -> Result<PackagePayload> {
-        let id = parse_id("id", "package", &input.id)?;
+        let id = parse_id("id", ResourceKind::Package, &input.id)?;
         let models = input.models.into_iter().map(|m| m.0).collect();
         Ok(payload(ctx, service::set_models(app(ctx), caller(ctx), id, models).await?))
     }
@@ -282,6 +286,9 @@ impl PackageMutation {
     /// Delete a package (its holder content becomes DELETED); returns it as
     /// it was.
     async fn delete_package(&self, ctx: &Context<'_>, input: DeletePackageInput) -> Result<PackagePayload> {
-        Ok(payload(ctx, service::delete(app(ctx), caller(ctx), parse_id("id", "package", &input.id)?).await?))
+        Ok(payload(
+            ctx,
+            service::delete(app(ctx), caller(ctx), parse_id("id", ResourceKind::Package, &input.id)?).await?,
+        ))
     }
 }

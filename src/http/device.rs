@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Map, Value, json};
 
 use super::{HttpState, extract, request_id};
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::service::device::{Device, Inventory};
 use crate::service::device_api::{self, CommandStatus, ReportStatus, StatusReport, UpdateOffer};
 
@@ -180,7 +180,7 @@ pub async fn update_status(
     body: Bytes,
 ) -> Result<Json<Value>> {
     let ctx = extract::device(&state, &headers).await?;
-    let id = id.parse().map_err(|_| Error::not_found("update", &id))?;
+    let id = id.parse().map_err(|_| Error::not_found(ResourceKind::Update, &id))?;
     let body = json_object(&body, "{\"status\", \"progress\", \"version\", \"errcode\", \"message\"}")?;
     let progress = match body.get("progress") {
         None | Some(Value::Null) => None,
@@ -213,7 +213,7 @@ pub async fn command_status(
     body: Bytes,
 ) -> Result<Json<Value>> {
     let ctx = extract::device(&state, &headers).await?;
-    let id = id.parse().map_err(|_| Error::not_found("command", &id))?;
+    let id = id.parse().map_err(|_| Error::not_found(ResourceKind::Command, &id))?;
     let mut body = json_object(&body, "{\"status\", \"result\", \"message\"}")?;
     if let Some(unknown) = body.keys().find(|k| !matches!(k.as_str(), "status" | "result" | "message")) {
         return Err(Error::invalid(unknown.as_str(), "unknown field (status, result, message)"));

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::{HttpState, extract};
-use crate::error::Error;
+use crate::error::{Error, ResourceKind};
 use crate::service::device_api::enos;
 
 fn body_object(body: &Bytes) -> Result<Map<String, Value>, Error> {
@@ -79,7 +79,7 @@ pub async fn version(
 ) -> Response {
     let result = async {
         let ctx = extract::device(&state, &headers).await?;
-        let id = id.parse().map_err(|_| Error::not_found("update", &id))?;
+        let id = id.parse().map_err(|_| Error::not_found(ResourceKind::Update, &id))?;
         let download = crate::service::device_api::update_file(&state.app, &ctx, id).await?;
         let private = axum::http::HeaderValue::from_static("private");
         super::repository::serve(&state, &method, &headers, &download, private).await
@@ -98,7 +98,7 @@ pub async fn download_result(
     let result = async {
         let body = body_object(&body)?;
         let ctx = extract::enos_asset(&state, &headers, text(&body, "assetId").as_deref()).await?;
-        let id = id.parse().map_err(|_| Error::not_found("update", &id))?;
+        let id = id.parse().map_err(|_| Error::not_found(ResourceKind::Update, &id))?;
         enos::download_result(&state.app, &ctx, id, number(&body, "code")?, text(&body, "message")).await
     }
     .await;

@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use super::{HttpState, request_id};
 use crate::auth::{Actor, Ctx};
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::service::content::{self, Download, DownloadAccess};
 
 #[derive(Deserialize)]
@@ -66,7 +66,7 @@ pub async fn by_id(
     headers: HeaderMap,
 ) -> Result<Response> {
     let access = access(&state, &headers, signature).await?;
-    let id = id.parse().map_err(|_| Error::not_found("content", &id))?;
+    let id = id.parse().map_err(|_| Error::not_found(ResourceKind::Content, &id))?;
     let download = content::open_download(&state.app, &access, id).await?;
     serve(&state, &method, &headers, &download, cache_control(&access)?).await
 }

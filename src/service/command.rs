@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::app::{App, Event};
 use crate::auth::{Ctx, Permission};
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::service::WriteTx;
 use crate::service::pagination::{Page, PageRequest, cursor};
 
@@ -149,7 +149,7 @@ pub async fn send(app: &App, ctx: &Ctx, input: NewCommand) -> Result<Batch> {
     tx.audit(
         ctx,
         "command.send",
-        "command_batch",
+        ResourceKind::CommandBatch,
         &batch.to_string(),
         json!({
             "name": name, "args": serde_json::from_str::<Value>(&args).unwrap_or_default(),
@@ -178,7 +178,7 @@ async fn views(conn: &impl ConnectionTrait, rows: Vec<command::Model>) -> Result
             let device = devices
                 .get(&row.device_id)
                 .cloned()
-                .ok_or_else(|| Error::not_found("device", row.device_id.to_string()))?;
+                .ok_or_else(|| Error::not_found(ResourceKind::Device, row.device_id.to_string()))?;
             Ok(CommandView { state: CommandState::parse(&row.state)?, device, row })
         })
         .collect()
@@ -186,11 +186,14 @@ async fn views(conn: &impl ConnectionTrait, rows: Vec<command::Model>) -> Result
 
 async fn view_of(conn: &impl ConnectionTrait, id: Uuid) -> Result<CommandView> {
     let row = find(conn, id).await?;
-    views(conn, vec![row]).await?.pop().ok_or_else(|| Error::not_found("command", id.to_string()))
+    views(conn, vec![row]).await?.pop().ok_or_else(|| Error::not_found(ResourceKind::Command, id.to_string()))
 }
 
 async fn find(conn: &impl ConnectionTrait, id: Uuid) -> Result<command::Model> {
-    command::Entity::find_by_id(id).one(conn).await?.ok_or_else(|| Error::not_found("command", id.to_string()))
+    command::Entity::find_by_id(id)
+        .one(conn)
+        .await?
+        .ok_or_else(|| Error::not_found(ResourceKind::Command, id.to_string()))
 }
 
 /// `cancelCommand`: a command not yet finished becomes CANCELLED; the
@@ -221,7 +224,7 @@ pub async fn cancel(app: &App, ctx: &Ctx, id: Uuid) -> Result<CommandView> {
     tx.audit(
         ctx,
         "command.cancel",
-        "command",
+        ResourceKind::Command,
         &id.to_string(),
         json!({ "batch_id": row.batch_id, "device_id": row.device_id, "name": row.name, "was": from.as_str() }),
     )
@@ -250,8 +253,14 @@ pub async fn cancel_batch(app: &App, ctx: &Ctx, batch: Uuid) -> Result<Batch> {
         .exec(tx.conn())
         .await?
         .rows_affected;
-    tx.audit(ctx, "command_batch.cancel", "command_batch", &batch.to_string(), json!({ "cancelled": cancelled }))
-        .await?;
+    tx.audit(
+        ctx,
+        "command_batch.cancel",
+        ResourceKind::CommandBatch,
+        &batch.to_string(),
+        json!({ "cancelled": cancelled }),
+    )
+    .await?;
     tx.notify(Event::CommandBatchChanged(batch));
     tx.commit().await?;
     batch_unchecked(&app.db, batch).await
@@ -273,7 +282,7 @@ async fn batch_unchecked(conn: &impl ConnectionTrait, id: Uuid) -> Result<Batch>
         .order_by_asc(Column::Id)
         .one(conn)
         .await?
-        .ok_or_else(|| Error::not_found("command batch", id.to_string()))?;
+        .ok_or_else(|| Error::not_found(ResourceKind::CommandBatch, id.to_string()))?;
     let rows: Vec<(String, i64)> = command::Entity::find()
         .select_only()
         .column(Column::State)
@@ -419,7 +428,7 @@ pub async fn report(app: &App, ctx: &Ctx, id: Uuid, outcome: Outcome) -> Result<
         .filter(Column::DeviceId.eq(device.id))
         .one(tx.conn())
         .await?
-        .ok_or_else(|| Error::not_found("command", id.to_string()))?;
+        .ok_or_else(|| Error::not_found(ResourceKind::Command, id.to_string()))?;
     let from = CommandState::parse(&row.state)?;
     let to = match outcome.status {
         to @ (CommandState::Acknowledged | CommandState::Succeeded | CommandState::Failed) => to,
@@ -479,7 +488,7 @@ pub async fn report(app: &App, ctx: &Ctx, id: Uuid, outcome: Outcome) -> Result<
         tx.audit(
             ctx,
             action,
-            "command",
+            ResourceKind::Command,
             &id.to_string(),
             json!({ "batch_id": row.batch_id, "name": row.name, "message": outcome.message }),
         )
@@ -533,7 +542,7 @@ pub async fn expire_overdue(app: &App) -> Result<u64> {
             tx.audit(
                 &system,
                 "command_batch.expire",
-                "command_batch",
+                ResourceKind::CommandBatch,
                 &batch.to_string(),
                 json!({ "expired": expired }),
             )

@@ -45,7 +45,7 @@ use uuid::Uuid;
 
 use crate::app::{App, Event};
 use crate::auth::{Actor, Ctx, DeviceActor, Permission};
-use crate::error::{Error, Result, RowError};
+use crate::error::{Error, ResourceKind, Result, RowError};
 use crate::service::WriteTx;
 use crate::service::device_model::{self, DeviceModel};
 use crate::service::pagination::{Page, PageRequest, cursor};
@@ -224,7 +224,7 @@ async fn touch(app: &App, ctx: &Ctx, row: &device::Model, status: DeviceStatus) 
                 tx.audit(
                     ctx,
                     "device.activate",
-                    "device",
+                    ResourceKind::Device,
                     &row.id.to_string(),
                     json!({ "endpoint_id": row.endpoint_id }),
                 )
@@ -305,7 +305,7 @@ pub(crate) async fn flush_seen(app: &App, seen: HashMap<Uuid, bool>) -> Result<(
         tx.audit(
             &Ctx::system("device-api"),
             "device.activate",
-            "device",
+            ResourceKind::Device,
             "",
             json!({ "count": activated.len(), "endpoint_ids": endpoint_ids }),
         )
@@ -325,7 +325,7 @@ pub(crate) async fn flush_seen(app: &App, seen: HashMap<Uuid, bool>) -> Result<(
 /// gateway learns nothing of other devices).
 pub async fn act_for(app: &App, gateway: &Ctx, endpoint_id: &str) -> Result<Ctx> {
     let acting = gateway.require_device()?;
-    let not_found = || Error::not_found("device", endpoint_id);
+    let not_found = || Error::not_found(ResourceKind::Device, endpoint_id);
     // One level deep: a sub-device reached through its gateway (X-Device-Id)
     // acts for nobody else (EnOS `assetId`), whatever the rows say.
     if acting.via_gateway.is_some() {
@@ -412,7 +412,7 @@ pub async fn set_gateway(app: &App, ctx: &Ctx, id: Uuid, gateway: Option<String>
     tx.audit(
         ctx,
         "device.set_gateway",
-        "device",
+        ResourceKind::Device,
         &id.to_string(),
         json!({ "endpoint_id": current.endpoint_id, "gateway": gateway.as_ref().map(|g| &g.endpoint_id) }),
     )
@@ -744,8 +744,14 @@ pub(crate) async fn insert_devices_in(
     } else {
         ("device.register_batch", String::new())
     };
-    tx.audit(ctx, action, "device", &object_id, json!({ "count": endpoint_ids.len(), "endpoint_ids": endpoint_ids }))
-        .await?;
+    tx.audit(
+        ctx,
+        action,
+        ResourceKind::Device,
+        &object_id,
+        json!({ "count": endpoint_ids.len(), "endpoint_ids": endpoint_ids }),
+    )
+    .await?;
     Ok(registered)
 }
 
@@ -827,8 +833,14 @@ pub async fn rotate_credential(app: &App, ctx: &Ctx, id: Uuid) -> Result<Registe
         .filter(device::Column::Id.eq(id))
         .exec(tx.conn())
         .await?;
-    tx.audit(ctx, "device.rotate_credential", "device", &id.to_string(), json!({ "endpoint_id": current.endpoint_id }))
-        .await?;
+    tx.audit(
+        ctx,
+        "device.rotate_credential",
+        ResourceKind::Device,
+        &id.to_string(),
+        json!({ "endpoint_id": current.endpoint_id }),
+    )
+    .await?;
     tx.notify(Event::DeviceChanged(id));
     tx.commit().await?;
     Ok(Registered { device: get_unchecked(&app.db, id).await?, secret })
@@ -853,7 +865,7 @@ pub async fn decommission(app: &App, ctx: &Ctx, id: Uuid) -> Result<Device> {
     tx.audit(
         ctx,
         "device.decommission",
-        "device",
+        ResourceKind::Device,
         &id.to_string(),
         json!({ "endpoint_id": current.endpoint_id, "status_before": status.as_str() }),
     )
@@ -1015,7 +1027,7 @@ pub(crate) async fn write_inventory_in(tx: &mut WriteTx, ctx: &Ctx, change: Inve
     tx.audit(
         ctx,
         "device.inventory",
-        "device",
+        ResourceKind::Device,
         &device.to_string(),
         json!({ "installed": changed_components, "reported_attributes": changed_attributes }),
     )
@@ -1027,7 +1039,10 @@ pub(crate) async fn write_inventory_in(tx: &mut WriteTx, ctx: &Ctx, change: Inve
 // Reading.
 
 pub(crate) async fn find(conn: &impl ConnectionTrait, id: Uuid) -> Result<device::Model> {
-    device::Entity::find_by_id(id).one(conn).await?.ok_or_else(|| Error::not_found("device", id.to_string()))
+    device::Entity::find_by_id(id)
+        .one(conn)
+        .await?
+        .ok_or_else(|| Error::not_found(ResourceKind::Device, id.to_string()))
 }
 
 /// Models, attributes (both sets) and installed versions of many devices,
@@ -1194,7 +1209,7 @@ pub async fn get_by_endpoint_id(app: &App, ctx: &Ctx, endpoint_id: &str) -> Resu
         .filter(device::Column::EndpointId.eq(endpoint_id))
         .one(&app.db)
         .await?
-        .ok_or_else(|| Error::not_found("device", endpoint_id))?;
+        .ok_or_else(|| Error::not_found(ResourceKind::Device, endpoint_id))?;
     Ok(attach(&app.db, vec![row]).await?.remove(0))
 }
 

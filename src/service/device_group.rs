@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::app::App;
 use crate::auth::{Ctx, Permission};
-use crate::error::{Error, Result, RowError};
+use crate::error::{Error, ResourceKind, Result, RowError};
 use crate::service::WriteTx;
 use crate::service::device::{
     self as devices, AttributeSource, Device, DeviceFilter, DeviceStatus, FilterOp, ValueFilter,
@@ -252,7 +252,7 @@ pub async fn create(app: &App, ctx: &Ctx, input: NewGroup) -> Result<Group> {
     tx.audit(
         ctx,
         "device_group.create",
-        "device_group",
+        ResourceKind::DeviceGroup,
         &row.id.to_string(),
         json!({ "name": row.name, "model": model.name, "kind": row.kind, "filter": row.filter }),
     )
@@ -302,7 +302,7 @@ pub async fn update(app: &App, ctx: &Ctx, input: GroupChanges) -> Result<Group> 
     tx.audit(
         ctx,
         "device_group.update",
-        "device_group",
+        ResourceKind::DeviceGroup,
         &row.id.to_string(),
         json!({ "changed": changed, "name": row.name, "filter": row.filter }),
     )
@@ -316,7 +316,8 @@ pub async fn delete(app: &App, ctx: &Ctx, id: Uuid) -> Result<Group> {
     let mut tx = WriteTx::begin(app).await?;
     let group = attach(tx.conn(), vec![find(tx.conn(), id).await?]).await?.remove(0);
     device_group::Entity::delete_by_id(id).exec(tx.conn()).await?;
-    tx.audit(ctx, "device_group.delete", "device_group", &id.to_string(), json!({ "name": group.row.name })).await?;
+    tx.audit(ctx, "device_group.delete", ResourceKind::DeviceGroup, &id.to_string(), json!({ "name": group.row.name }))
+        .await?;
     tx.commit().await?;
     Ok(group)
 }
@@ -436,7 +437,7 @@ async fn change_members(app: &App, ctx: &Ctx, group_id: Uuid, refs: Vec<String>,
         tx.audit(
             ctx,
             action,
-            "device_group",
+            ResourceKind::DeviceGroup,
             &group_id.to_string(),
             json!({ "count": endpoint_ids.len(), "endpoint_ids": endpoint_ids }),
         )
@@ -453,7 +454,7 @@ async fn find(conn: &impl ConnectionTrait, id: Uuid) -> Result<device_group::Mod
     device_group::Entity::find_by_id(id)
         .one(conn)
         .await?
-        .ok_or_else(|| Error::not_found("device group", id.to_string()))
+        .ok_or_else(|| Error::not_found(ResourceKind::DeviceGroup, id.to_string()))
 }
 
 async fn attach(conn: &impl ConnectionTrait, rows: Vec<device_group::Model>) -> Result<Vec<Group>> {

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::app::App;
 use crate::auth::{Ctx, Permission};
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::service::WriteTx;
 use crate::service::pagination::{Page, PageRequest, cursor};
 
@@ -72,7 +72,7 @@ pub async fn create(app: &App, ctx: &Ctx, input: NewDeviceModel) -> Result<Devic
     tx.audit(
         ctx,
         "device_model.create",
-        "device_model",
+        ResourceKind::DeviceModel,
         &model.id.to_string(),
         json!({ "name": model.name, "manufacturer": model.manufacturer }),
     )
@@ -120,7 +120,7 @@ pub async fn update(app: &App, ctx: &Ctx, input: DeviceModelChanges) -> Result<D
     tx.audit(
         ctx,
         "device_model.update",
-        "device_model",
+        ResourceKind::DeviceModel,
         &model.id.to_string(),
         json!({ "changed": changed, "name_before": current.name, "name": model.name }),
     )
@@ -152,7 +152,8 @@ pub async fn delete(app: &App, ctx: &Ctx, id: Uuid) -> Result<DeviceModel> {
         )));
     }
     device_model::Entity::delete_by_id(id).exec(tx.conn()).await?;
-    tx.audit(ctx, "device_model.delete", "device_model", &id.to_string(), json!({ "name": current.name })).await?;
+    tx.audit(ctx, "device_model.delete", ResourceKind::DeviceModel, &id.to_string(), json!({ "name": current.name }))
+        .await?;
     tx.commit().await?;
     Ok(current)
 }
@@ -185,7 +186,7 @@ pub(crate) async fn find(conn: &impl ConnectionTrait, id: Uuid) -> Result<Device
     device_model::Entity::find_by_id(id)
         .one(conn)
         .await?
-        .ok_or_else(|| Error::not_found("device model", id.to_string()))
+        .ok_or_else(|| Error::not_found(ResourceKind::DeviceModel, id.to_string()))
 }
 
 async fn find_by_name(conn: &impl ConnectionTrait, name: &str) -> Result<Option<DeviceModel>> {

@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::app::App;
 use crate::auth::{Actor, Ctx, Permission};
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::service::WriteTx;
 use crate::service::device::{self as devices, Device, DeviceStatus, NewDevice, Registered};
 use crate::service::device_model::{self, DeviceModel};
@@ -110,7 +110,7 @@ pub async fn create(app: &App, ctx: &Ctx, input: NewToken) -> Result<(Enrollment
     tx.audit(
         ctx,
         "enrollment_token.create",
-        "enrollment_token",
+        ResourceKind::EnrollmentToken,
         &id.to_string(),
         json!({
             "name": row.name, "model": model.as_ref().map(|m| &m.name), "expires_at": expires_at,
@@ -128,7 +128,7 @@ pub async fn revoke(app: &App, ctx: &Ctx, id: Uuid) -> Result<EnrollmentToken> {
     let current = enrollment_token::Entity::find_by_id(id)
         .one(tx.conn())
         .await?
-        .ok_or_else(|| Error::not_found("enrollment token", id.to_string()))?;
+        .ok_or_else(|| Error::not_found(ResourceKind::EnrollmentToken, id.to_string()))?;
     if current.revoked_at.is_some() {
         return Err(Error::InvalidState(format!("enrollment token {:?} is already revoked", current.name)));
     }
@@ -137,13 +137,19 @@ pub async fn revoke(app: &App, ctx: &Ctx, id: Uuid) -> Result<EnrollmentToken> {
         .filter(enrollment_token::Column::Id.eq(id))
         .exec(tx.conn())
         .await?;
-    tx.audit(ctx, "enrollment_token.revoke", "enrollment_token", &id.to_string(), json!({ "name": current.name }))
-        .await?;
+    tx.audit(
+        ctx,
+        "enrollment_token.revoke",
+        ResourceKind::EnrollmentToken,
+        &id.to_string(),
+        json!({ "name": current.name }),
+    )
+    .await?;
     tx.commit().await?;
     let row = enrollment_token::Entity::find_by_id(id)
         .one(&app.db)
         .await?
-        .ok_or_else(|| Error::not_found("enrollment token", id.to_string()))?;
+        .ok_or_else(|| Error::not_found(ResourceKind::EnrollmentToken, id.to_string()))?;
     with_model(&app.db, row).await
 }
 
@@ -259,7 +265,7 @@ pub async fn enroll(app: &App, token: &str, input: NewDevice, request_id: Option
             tx.audit(
                 &ctx,
                 "device.enroll_duplicate",
-                "device",
+                ResourceKind::Device,
                 &existing.id.to_string(),
                 json!({ "endpoint_id": existing.endpoint_id }),
             )
@@ -299,7 +305,8 @@ pub async fn decide(app: &App, ctx: &Ctx, refs: Vec<String>, approve: bool) -> R
     }
     let mut ids = Vec::with_capacity(refs.len());
     for reference in &refs {
-        let row = found.get(reference.as_str()).ok_or_else(|| Error::not_found("device", reference.as_str()))?;
+        let row =
+            found.get(reference.as_str()).ok_or_else(|| Error::not_found(ResourceKind::Device, reference.as_str()))?;
         if row.status != DeviceStatus::Pending.as_str() {
             return Err(Error::InvalidState(format!(
                 "device {} is {}; only PENDING devices are approved or rejected",
@@ -322,7 +329,14 @@ pub async fn decide(app: &App, ctx: &Ctx, refs: Vec<String>, approve: bool) -> R
     let action = if approve { "device.approve" } else { "device.reject" };
     let endpoint_ids: Vec<&String> = ids.iter().map(|(_, e)| e).collect();
     let object_id = if ids.len() == 1 { ids[0].0.to_string() } else { String::new() };
-    tx.audit(ctx, action, "device", &object_id, json!({ "count": ids.len(), "endpoint_ids": endpoint_ids })).await?;
+    tx.audit(
+        ctx,
+        action,
+        ResourceKind::Device,
+        &object_id,
+        json!({ "count": ids.len(), "endpoint_ids": endpoint_ids }),
+    )
+    .await?;
     if ids.len() > 100 {
         tx.notify(crate::app::Event::AllPollersWake);
     } else {

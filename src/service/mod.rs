@@ -85,11 +85,11 @@ impl WriteTx {
         &mut self,
         ctx: &Ctx,
         action: &str,
-        object_kind: &str,
+        object_kind: crate::error::ResourceKind,
         object_id: &str,
         details: serde_json::Value,
     ) -> Result<entity::audit_event::Model> {
-        let event = audit::append(&self.tx, ctx, action, object_kind, object_id, details).await?;
+        let event = audit::append(&self.tx, ctx, action, object_kind.audit_kind(), object_id, details).await?;
         self.events.push(Event::Audit(Box::new(event.clone())));
         Ok(event)
     }

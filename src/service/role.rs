@@ -23,7 +23,7 @@ use crate::app::App;
 use crate::auth::jwt::Claims;
 use crate::auth::permission;
 use crate::auth::{Actor, Ctx, Permission, User};
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::service::WriteTx;
 
 pub const ADMIN: &str = "admin";
@@ -136,7 +136,7 @@ pub async fn create(app: &App, ctx: &Ctx, input: CreateRole) -> Result<Role> {
     tx.audit(
         ctx,
         "role.create",
-        "role",
+        ResourceKind::Role,
         &model.name,
         serde_json::json!({ "id": model.id, "permissions": names(&permissions) }),
     )
@@ -151,7 +151,8 @@ pub async fn update(app: &App, ctx: &Ctx, input: UpdateRole) -> Result<Role> {
     let permissions = input.permissions.map(normalize);
 
     let mut tx = WriteTx::begin(app).await?;
-    let existing = find_by_name(tx.conn(), &input.name).await?.ok_or_else(|| Error::not_found("role", &input.name))?;
+    let existing =
+        find_by_name(tx.conn(), &input.name).await?.ok_or_else(|| Error::not_found(ResourceKind::Role, &input.name))?;
     if existing.built_in && existing.name == ADMIN {
         return Err(Error::InvalidState("the admin role always holds every permission and cannot be changed".into()));
     }
@@ -179,7 +180,7 @@ pub async fn update(app: &App, ctx: &Ctx, input: UpdateRole) -> Result<Role> {
     }
     active.updated_at = Set(Utc::now());
     let model = active.update(tx.conn()).await?;
-    tx.audit(ctx, "role.update", "role", &model.name, changes.into()).await?;
+    tx.audit(ctx, "role.update", ResourceKind::Role, &model.name, changes.into()).await?;
     tx.commit().await?;
     Ok(model.into())
 }
@@ -187,7 +188,7 @@ pub async fn update(app: &App, ctx: &Ctx, input: UpdateRole) -> Result<Role> {
 pub async fn delete(app: &App, ctx: &Ctx, name: &str) -> Result<Role> {
     ctx.require(Permission::RoleAdmin)?;
     let mut tx = WriteTx::begin(app).await?;
-    let existing = find_by_name(tx.conn(), name).await?.ok_or_else(|| Error::not_found("role", name))?;
+    let existing = find_by_name(tx.conn(), name).await?.ok_or_else(|| Error::not_found(ResourceKind::Role, name))?;
     if existing.built_in {
         return Err(Error::InvalidState(format!("{name:?} is a built-in role and cannot be deleted")));
     }
@@ -195,7 +196,7 @@ pub async fn delete(app: &App, ctx: &Ctx, name: &str) -> Result<Role> {
         return Err(refuse(tx, ctx, "role.delete_denied", name, refused, None).await);
     }
     role::Entity::delete_by_id(existing.id).exec(tx.conn()).await?;
-    tx.audit(ctx, "role.delete", "role", name, serde_json::json!({ "id": existing.id })).await?;
+    tx.audit(ctx, "role.delete", ResourceKind::Role, name, serde_json::json!({ "id": existing.id })).await?;
     tx.commit().await?;
     Ok(existing.into())
 }
@@ -243,7 +244,7 @@ async fn refuse(
         details["permissions"] = serde_json::json!(names(requested));
     }
     let recorded = async {
-        tx.audit(ctx, action, "role", role, details).await?;
+        tx.audit(ctx, action, ResourceKind::Role, role, details).await?;
         tx.commit().await
     };
     match recorded.await {

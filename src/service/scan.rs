@@ -28,7 +28,7 @@ use super::content::{ContentState, transition};
 use crate::app::App;
 use crate::auth::Ctx;
 use crate::config::Promotion;
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::scan::{ScanError, Verdict};
 use crate::service::WriteTx;
 
@@ -78,7 +78,10 @@ pub async fn run_job(app: &App, id: Uuid, last_attempt: bool, promote: bool) -> 
 }
 
 async fn load(app: &App, id: Uuid) -> Result<content::Model> {
-    content::Entity::find_by_id(id).one(&app.db).await?.ok_or_else(|| Error::not_found("content", id.to_string()))
+    content::Entity::find_by_id(id)
+        .one(&app.db)
+        .await?
+        .ok_or_else(|| Error::not_found(ResourceKind::Content, id.to_string()))
 }
 
 async fn scan(app: &App, ctx: &Ctx, current: &content::Model, last_attempt: bool) -> Result<()> {
@@ -132,7 +135,14 @@ async fn record_verdict(
         .exec(tx.conn())
         .await?;
     let action = if to == ContentState::ScanFailed { "content.scan_failed" } else { "content.scan" };
-    tx.audit(ctx, action, "content", &current.id.to_string(), json!({ "verdict": verdict, "error": error })).await?;
+    tx.audit(
+        ctx,
+        action,
+        ResourceKind::Content,
+        &current.id.to_string(),
+        json!({ "verdict": verdict, "error": error }),
+    )
+    .await?;
     tx.commit().await?;
     if to == ContentState::ScanFailed {
         // An operator must hear of it: the content will never be promoted.
@@ -160,7 +170,14 @@ async fn quarantine(app: &App, ctx: &Ctx, current: &content::Model, signature: &
         .filter(content::Column::Id.eq(current.id))
         .exec(tx.conn())
         .await?;
-    tx.audit(ctx, "content.quarantine", "content", &current.id.to_string(), json!({ "signature": signature })).await?;
+    tx.audit(
+        ctx,
+        "content.quarantine",
+        ResourceKind::Content,
+        &current.id.to_string(),
+        json!({ "signature": signature }),
+    )
+    .await?;
     tx.commit().await?;
     tracing::warn!(content = %current.id, signature, "clamd found malware: the content is QUARANTINED");
     let _ = app.stores.staging.delete(&from).await;
@@ -195,7 +212,7 @@ async fn promote_clean(app: &App, ctx: &Ctx, current: &content::Model) -> Result
     tx.audit(
         ctx,
         "content.promote",
-        "content",
+        ResourceKind::Content,
         &current.id.to_string(),
         json!({ "sha256": sha256, "deduplicated": exists }),
     )

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::content::{self, Content, ContentState, UPLOAD_PURPOSE, UploadGrant, find, transition};
 use crate::app::App;
 use crate::auth::Ctx;
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::service::WriteTx;
 
 /// Where a resumable upload stands.
@@ -73,7 +73,7 @@ pub async fn status(app: &App, grant: &UploadGrant) -> Result<TusUpload> {
     let current = authorized(app, grant).await?;
     let length = u64::try_from(current.length).unwrap_or_default();
     if ContentState::parse(&current.state)? != ContentState::Uploading || !is_tus(app, current.id).await? {
-        return Err(Error::not_found("tus upload", current.id.to_string()));
+        return Err(Error::not_found(ResourceKind::TusUpload, current.id.to_string()));
     }
     Ok(TusUpload { content_id: current.id, offset: received(app, current.id).await?, length, finished: None })
 }

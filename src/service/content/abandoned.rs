@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{ContentState, transition};
 use crate::app::{App, Event};
 use crate::auth::Ctx;
-use crate::error::Result;
+use crate::error::{ResourceKind, Result};
 use crate::service::WriteTx;
 
 /// Job kind of the sweep for abandoned uploads.
@@ -64,7 +64,7 @@ pub async fn release_abandoned_uploads(app: &App) -> Result<u64> {
         tx.audit(
             &system,
             "content.upload_abandoned",
-            "content",
+            ResourceKind::Content,
             &candidate.id.to_string(),
             json!({ "reason": reason, "idle_since": candidate.updated_at }),
         )

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{Content, ContentState};
 use crate::app::App;
 use crate::auth::{Ctx, Permission};
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::service::package;
 
 pub(super) const DOWNLOAD_PURPOSE: &str = "content-download";
@@ -58,11 +58,11 @@ pub async fn open_download(app: &App, access: &DownloadAccess, id: Uuid) -> Resu
         .filter(content::Column::State.eq(ContentState::Promoted.as_str()))
         .one(&app.db)
         .await?
-        .ok_or_else(|| Error::not_found("content", id.to_string()))?;
+        .ok_or_else(|| Error::not_found(ResourceKind::Content, id.to_string()))?;
     if let Some(device_model) = device_model
         && !package::files_for_model(&app.db, device_model, &[model.id]).await?
     {
-        return Err(Error::not_found("content", id.to_string()));
+        return Err(Error::not_found(ResourceKind::Content, id.to_string()));
     }
     download_of(&model)
 }
@@ -78,7 +78,7 @@ pub(crate) async fn open_download_for_update(app: &App, access: &DownloadAccess,
         .filter(content::Column::State.eq(ContentState::Promoted.as_str()))
         .one(&app.db)
         .await?
-        .ok_or_else(|| Error::not_found("content", id.to_string()))?;
+        .ok_or_else(|| Error::not_found(ResourceKind::Content, id.to_string()))?;
     download_of(&model)
 }
 
@@ -94,18 +94,18 @@ pub async fn open_download_by_hash(app: &App, access: &DownloadAccess, sha256: &
         DownloadAccess::Signed { device: Some(_), .. } => return Err(Error::BadSignature("does not verify")),
     };
     if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(Error::not_found("object", sha256));
+        return Err(Error::not_found(ResourceKind::Object, sha256));
     }
     let same = content::Entity::find()
         .filter(content::Column::Sha256.eq(sha256.as_str()))
         .filter(content::Column::State.eq(ContentState::Promoted.as_str()))
         .all(&app.db)
         .await?;
-    let Some(model) = same.first() else { return Err(Error::not_found("object", sha256)) };
+    let Some(model) = same.first() else { return Err(Error::not_found(ResourceKind::Object, sha256)) };
     if let Some(device_model) = device_model
         && !package::files_for_model(&app.db, device_model, &same.iter().map(|c| c.id).collect::<Vec<_>>()).await?
     {
-        return Err(Error::not_found("object", sha256));
+        return Err(Error::not_found(ResourceKind::Object, sha256));
     }
     download_of(model)
 }
@@ -122,7 +122,7 @@ pub(super) fn authorize_download(ctx: &Ctx) -> Result<Option<Uuid>> {
 
 pub(super) fn download_of(model: &content::Model) -> Result<Download> {
     // A package's manifest holder is PROMOTED without any bytes.
-    let sha256 = model.sha256.clone().ok_or_else(|| Error::not_found("content", model.id.to_string()))?;
+    let sha256 = model.sha256.clone().ok_or_else(|| Error::not_found(ResourceKind::Content, model.id.to_string()))?;
     Ok(Download {
         key: crate::storage::repository_key(&sha256),
         length: u64::try_from(model.length).unwrap_or_default(),

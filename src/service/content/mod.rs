@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::app::{App, Event};
 use crate::auth::{Ctx, Permission};
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::service::pagination::{Page, PageRequest, cursor};
 use crate::service::{WriteTx, package};
 
@@ -160,7 +160,10 @@ pub async fn transition(tx: &mut WriteTx, id: Uuid, from: ContentState, to: Cont
 }
 
 pub(super) async fn find(conn: &impl ConnectionTrait, id: Uuid) -> Result<content::Model> {
-    content::Entity::find_by_id(id).one(conn).await?.ok_or_else(|| Error::not_found("content", id.to_string()))
+    content::Entity::find_by_id(id)
+        .one(conn)
+        .await?
+        .ok_or_else(|| Error::not_found(ResourceKind::Content, id.to_string()))
 }
 
 async fn get_unchecked(conn: &impl ConnectionTrait, id: Uuid) -> Result<Content> {
@@ -297,7 +300,7 @@ pub async fn set_tags(app: &App, ctx: &Ctx, id: Uuid, tags: Vec<(String, String)
     tx.audit(
         ctx,
         "content.set_tags",
-        "content",
+        ResourceKind::Content,
         &id.to_string(),
         json!({ "before": before, "after": tags.iter().map(|(n, _)| n).collect::<Vec<_>>() }),
     )
@@ -330,7 +333,8 @@ pub async fn delete(app: &App, ctx: &Ctx, id: Uuid) -> Result<Content> {
         return Err(Error::Conflict(format!("content {id} is a file of package(s) {}", names.join(", "))));
     }
     transition_for_delete(&mut tx, id, from).await?;
-    tx.audit(ctx, "content.delete", "content", &id.to_string(), json!({ "state_before": from.as_str() })).await?;
+    tx.audit(ctx, "content.delete", ResourceKind::Content, &id.to_string(), json!({ "state_before": from.as_str() }))
+        .await?;
     tx.commit().await?;
     for key in [crate::storage::staging_key(id), crate::storage::quarantine_key(id)] {
         let _ = app.stores.staging.delete(&key).await;
@@ -377,7 +381,7 @@ pub async fn rescan(app: &App, ctx: &Ctx, id: Uuid) -> Result<Content> {
     transition(&mut tx, id, ContentState::ScanFailed, ContentState::Scanning).await?;
     let attempts = app.config.scanner.max_attempts;
     crate::jobs::enqueue_at(tx.conn(), SCAN_JOB, scan_payload(id, false)?, Utc::now(), attempts).await?;
-    tx.audit(ctx, "content.rescan", "content", &id.to_string(), json!({})).await?;
+    tx.audit(ctx, "content.rescan", ResourceKind::Content, &id.to_string(), json!({})).await?;
     tx.commit().await?;
     app.wake_workers();
     get_unchecked(&app.db, id).await
@@ -395,7 +399,7 @@ pub async fn promote(app: &App, ctx: &Ctx, id: Uuid) -> Result<Content> {
     }
     crate::jobs::enqueue_at(tx.conn(), SCAN_JOB, scan_payload(id, true)?, Utc::now(), app.config.scanner.max_attempts)
         .await?;
-    tx.audit(ctx, "content.promote_requested", "content", &id.to_string(), json!({})).await?;
+    tx.audit(ctx, "content.promote_requested", ResourceKind::Content, &id.to_string(), json!({})).await?;
     tx.commit().await?;
     app.wake_workers();
     get_unchecked(&app.db, id).await

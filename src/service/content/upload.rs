@@ -23,7 +23,7 @@ use super::{
 };
 use crate::app::{App, Event};
 use crate::auth::{Ctx, Permission};
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::service::{WriteTx, package};
 
 const MAX_TAGS: usize = 200;
@@ -64,7 +64,7 @@ pub async fn create(app: &App, ctx: &Ctx, input: NewContent) -> Result<(Content,
     tx.audit(
         ctx,
         "content.create",
-        "content",
+        ResourceKind::Content,
         &id.to_string(),
         json!({
             "name": input.name, "type": input.kind, "length": input.length,
@@ -105,7 +105,7 @@ pub(crate) async fn insert_manifest_holder(
     tx.audit(
         ctx,
         "content.create",
-        "content",
+        ResourceKind::Content,
         &id.to_string(),
         json!({ "name": name, "type": "manifest", "length": 0, "tags": tags.iter().map(|(n, _)| n).collect::<Vec<_>>() }),
     )
@@ -237,7 +237,7 @@ pub struct UploadGrant {
 impl UploadGrant {
     /// From the URL's path id and query; an id that is no UUID is NOT_FOUND.
     pub fn parse(id: &str, exp: i64, sig: String) -> Result<Self> {
-        let content_id = id.parse::<Uuid>().map_err(|_| Error::not_found("content", id))?;
+        let content_id = id.parse::<Uuid>().map_err(|_| Error::not_found(ResourceKind::Content, id))?;
         Ok(Self { content_id, exp, sig })
     }
 }
@@ -324,7 +324,7 @@ pub(super) async fn discard_failed_upload(app: &App, ctx: &Ctx, id: Uuid, cause:
         tx.audit(
             ctx,
             "content.delete",
-            "content",
+            ResourceKind::Content,
             &id.to_string(),
             json!({ "state_before": ContentState::AwaitingUpload.as_str(), "reason": format!("the upload failed: {cause}") }),
         )
@@ -542,7 +542,7 @@ pub(in crate::service) async fn finish_upload(
     tx.audit(
         ctx,
         "content.upload",
-        "content",
+        ResourceKind::Content,
         &current.id.to_string(),
         json!({ "length": current.length, "sha256": digests.sha256, "md5": digests.md5, "created_by": current.created_by }),
     )

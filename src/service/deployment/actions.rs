@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::app::{App, Event};
 use crate::auth::{Ctx, Permission};
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::service::WriteTx;
 
 use super::reconcile::{cancel_updates, reconcile_in, release_install_in, set_state};
@@ -36,7 +36,7 @@ async fn operator_action(
     tx.audit(
         ctx,
         &format!("deployment.{action}"),
-        "deployment",
+        ResourceKind::Deployment,
         &id.to_string(),
         json!({ "state_before": state.as_str() }),
     )

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::app::App;
 use crate::auth::{Ctx, Permission};
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::service::WriteTx;
 
 use super::reconcile::{interval, reconcile_in, schedule, wake};
@@ -148,7 +148,7 @@ async fn apply_in(
     tx.audit(
         ctx,
         "deployment.create",
-        "deployment",
+        ResourceKind::Deployment,
         &id.to_string(),
         json!({
             "package_id": package.id, "product": package.product, "version": package.version,
@@ -248,7 +248,7 @@ pub async fn set_group_package(
     let row = entity::device_group::Entity::find_by_id(group)
         .one(tx.conn())
         .await?
-        .ok_or_else(|| Error::not_found("device group", group.to_string()))?;
+        .ok_or_else(|| Error::not_found(ResourceKind::DeviceGroup, group.to_string()))?;
     if let Some(previous) = row.auto_deployment_id {
         entity::device_group::Entity::update_many()
             .col_expr(entity::device_group::Column::AutoDeploymentId, Expr::value(Option::<Uuid>::None))
@@ -276,7 +276,7 @@ pub async fn set_group_package(
     tx.audit(
         ctx,
         "device_group.set_package",
-        "device_group",
+        ResourceKind::DeviceGroup,
         &group.to_string(),
         json!({ "deployment_id": created.as_ref().map(|(id, _)| *id), "previous": row.auto_deployment_id }),
     )

@@ -36,7 +36,7 @@ use uuid::Uuid;
 
 use crate::app::{App, Event};
 use crate::auth::{Ctx, Permission};
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::service::device::Device;
 use crate::service::pagination::{Page, PageRequest, cursor};
 
@@ -149,7 +149,10 @@ pub(super) fn parse_phases(raw: &str) -> Vec<i32> {
 }
 
 pub(crate) async fn find(conn: &impl ConnectionTrait, id: Uuid) -> Result<deployment::Model> {
-    deployment::Entity::find_by_id(id).one(conn).await?.ok_or_else(|| Error::not_found("deployment", id.to_string()))
+    deployment::Entity::find_by_id(id)
+        .one(conn)
+        .await?
+        .ok_or_else(|| Error::not_found(ResourceKind::Deployment, id.to_string()))
 }
 
 // ---------------------------------------------------------------------------
@@ -353,5 +356,8 @@ pub(crate) async fn active_for_package(conn: &impl ConnectionTrait, package: Uui
 }
 
 pub(crate) async fn find_update(conn: &impl ConnectionTrait, id: Uuid) -> Result<device_update::Model> {
-    device_update::Entity::find_by_id(id).one(conn).await?.ok_or_else(|| Error::not_found("update", id.to_string()))
+    device_update::Entity::find_by_id(id)
+        .one(conn)
+        .await?
+        .ok_or_else(|| Error::not_found(ResourceKind::Update, id.to_string()))
 }

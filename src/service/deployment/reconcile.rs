@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::app::{App, Event};
 use crate::auth::Ctx;
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::service::WriteTx;
 use crate::service::device::DeviceStatus;
 
@@ -156,7 +156,7 @@ pub(crate) async fn reconcile_in(tx: &mut WriteTx, row: &deployment::Model) -> R
     let row = deployment::Entity::find_by_id(row.id)
         .one(tx.conn())
         .await?
-        .ok_or_else(|| Error::not_found("deployment", row.id.to_string()))?;
+        .ok_or_else(|| Error::not_found(ResourceKind::Deployment, row.id.to_string()))?;
     let mut state = DeploymentState::parse(&row.state)?;
     if state.is_final() {
         return Ok(false);
@@ -169,7 +169,7 @@ pub(crate) async fn reconcile_in(tx: &mut WriteTx, row: &deployment::Model) -> R
             return Ok(true);
         }
         set_state(tx, &row, DeploymentState::Running, None).await?;
-        tx.audit(&system, "deployment.start", "deployment", &id.to_string(), json!({})).await?;
+        tx.audit(&system, "deployment.start", ResourceKind::Deployment, &id.to_string(), json!({})).await?;
         state = DeploymentState::Running;
     }
     let mode = Mode::parse(&row.mode)?;
@@ -193,7 +193,7 @@ pub(crate) async fn reconcile_in(tx: &mut WriteTx, row: &deployment::Model) -> R
             .filter(deployment::Column::Id.eq(id))
             .exec(tx.conn())
             .await?;
-        tx.audit(&system, "deployment.expire", "deployment", &id.to_string(), json!({})).await?;
+        tx.audit(&system, "deployment.expire", ResourceKind::Deployment, &id.to_string(), json!({})).await?;
         counts = self::counts(tx.conn(), id).await?;
     }
 
@@ -216,7 +216,8 @@ pub(crate) async fn reconcile_in(tx: &mut WriteTx, row: &deployment::Model) -> R
         .await?;
         let reason = format!("{failed} device(s) failed before the coordinated install; nobody installs");
         set_state(tx, &row, DeploymentState::Aborted, Some(&reason)).await?;
-        tx.audit(&system, "deployment.abort", "deployment", &id.to_string(), json!({ "reason": reason })).await?;
+        tx.audit(&system, "deployment.abort", ResourceKind::Deployment, &id.to_string(), json!({ "reason": reason }))
+            .await?;
         tx.notify(Event::DeploymentChanged(id));
         return Ok(false);
     }
@@ -232,7 +233,8 @@ pub(crate) async fn reconcile_in(tx: &mut WriteTx, row: &deployment::Model) -> R
             failed * 100 / finished
         );
         set_state(tx, &row, DeploymentState::Aborted, Some(&reason)).await?;
-        tx.audit(&system, "deployment.abort", "deployment", &id.to_string(), json!({ "reason": reason })).await?;
+        tx.audit(&system, "deployment.abort", ResourceKind::Deployment, &id.to_string(), json!({ "reason": reason }))
+            .await?;
         tx.notify(Event::DeploymentChanged(id));
         return Ok(false);
     }
@@ -285,7 +287,7 @@ pub(crate) async fn reconcile_in(tx: &mut WriteTx, row: &deployment::Model) -> R
             tx.audit(
                 &system,
                 "deployment.phase",
-                "deployment",
+                ResourceKind::Deployment,
                 &id.to_string(),
                 json!({ "phase": phase, "percent": phases[phase] }),
             )
@@ -329,7 +331,7 @@ pub(crate) async fn reconcile_in(tx: &mut WriteTx, row: &deployment::Model) -> R
         tx.audit(
             &system,
             "deployment.complete",
-            "deployment",
+            ResourceKind::Deployment,
             &id.to_string(),
             json!({ "installed": installed, "failed": failed, "cancelled": count(&counts, UpdateState::Cancelled) }),
         )
@@ -349,7 +351,7 @@ pub(super) async fn release_install_in(tx: &mut WriteTx, row: &deployment::Model
         .exec(tx.conn())
         .await?;
     if let Some(ctx) = audit {
-        tx.audit(ctx, "deployment.release_install", "deployment", &row.id.to_string(), json!({})).await?;
+        tx.audit(ctx, "deployment.release_install", ResourceKind::Deployment, &row.id.to_string(), json!({})).await?;
     }
     let devices: Vec<Uuid> = device_update::Entity::find()
         .select_only()
@@ -397,7 +399,7 @@ pub(super) async fn assign_newcomers(tx: &mut WriteTx, row: &deployment::Model) 
     let package = entity::package::Entity::find_by_id(row.package_id)
         .one(tx.conn())
         .await?
-        .ok_or_else(|| Error::not_found("package", row.package_id.to_string()))?;
+        .ok_or_else(|| Error::not_found(ResourceKind::Package, row.package_id.to_string()))?;
     let models: HashSet<Uuid> = package_model::Entity::find()
         .filter(package_model::Column::PackageId.eq(package.id))
         .all(tx.conn())
@@ -427,7 +429,7 @@ pub(super) async fn assign_newcomers(tx: &mut WriteTx, row: &deployment::Model) 
     tx.audit(
         &Ctx::system("deployment-reconciler"),
         "deployment.auto_assign",
-        "deployment",
+        ResourceKind::Deployment,
         &row.id.to_string(),
         json!({ "group_id": group.id, "devices": endpoint_ids, "skipped": skipped.len() }),
     )

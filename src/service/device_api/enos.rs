@@ -15,7 +15,7 @@ use super::poll::current_update;
 use super::report::{self, ReportStatus, StatusReport};
 use crate::app::App;
 use crate::auth::{Actor, Ctx};
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::service::WriteTx;
 use crate::service::deployment::{UpdateState, find_update};
 
@@ -184,7 +184,7 @@ pub async fn update_result(app: &App, ctx: &Ctx, result: UpdateResult) -> Result
     let mut tx = WriteTx::begin(app).await?;
     let (update, deployment) = current_update(tx.conn(), device.id)
         .await?
-        .ok_or_else(|| Error::not_found("update in progress", device.endpoint_id.clone()))?;
+        .ok_or_else(|| Error::not_found(ResourceKind::UpdateInProgress, device.endpoint_id.clone()))?;
     let steps = update_result_steps(UpdateState::parse(&update.state)?, deployment.install_released, &result);
     let mut woke = false;
     for step in steps {

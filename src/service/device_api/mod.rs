@@ -40,7 +40,7 @@ pub use report::{ReportStatus, StatusReport, report, report_steps};
 
 use crate::app::App;
 use crate::auth::Ctx;
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::service::command::CommandState;
 use crate::service::device::{Device, Inventory};
 
@@ -120,10 +120,11 @@ pub async fn update_file(app: &App, ctx: &Ctx, update_id: Uuid) -> Result<crate:
         .filter(device_update::Column::DeviceId.eq(device.id))
         .one(&app.db)
         .await?
-        .ok_or_else(|| Error::not_found("update", update_id.to_string()))?;
+        .ok_or_else(|| Error::not_found(ResourceKind::Update, update_id.to_string()))?;
     let deployment = crate::service::deployment::find(&app.db, update.deployment_id).await?;
     let package = crate::service::package::get_any(&app.db, deployment.package_id).await?;
-    let file = package.files.first().ok_or_else(|| Error::not_found("file of update", update_id.to_string()))?;
+    let file =
+        package.files.first().ok_or_else(|| Error::not_found(ResourceKind::UpdateFile, update_id.to_string()))?;
     let access = crate::service::content::DownloadAccess::Caller(ctx.clone());
     crate::service::content::open_download_for_update(app, &access, file.content_id).await
 }

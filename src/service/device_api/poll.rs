@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::app::{App, Event};
 use crate::auth::Ctx;
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::service::deployment::{UpdateState, find};
 
 /// The ETag of "nothing pending".
@@ -190,7 +190,7 @@ pub async fn poll(app: &App, ctx: &Ctx, if_none_match: Option<&str>, fresh: bool
         let a = action_of(update, deployment)?;
         let row = crate::service::device_download::device_row(app, device.id)
             .await?
-            .ok_or_else(|| Error::not_found("device", device.id.to_string()))?;
+            .ok_or_else(|| Error::not_found(ResourceKind::Device, device.id.to_string()))?;
         let window =
             crate::service::device_download::window(update.id, app.config.devices.download_url_ttl, Utc::now());
         tag = format!(

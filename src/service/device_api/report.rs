@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::app::{App, Event};
 use crate::auth::Ctx;
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::service::WriteTx;
 use crate::service::deployment::reconcile::wake_soon;
 use crate::service::deployment::{UpdateState, find, find_update};
@@ -157,7 +157,7 @@ pub(super) async fn apply_in(
         .filter(device_update::Column::DeviceId.eq(device.id))
         .one(tx.conn())
         .await?
-        .ok_or_else(|| Error::not_found("update", update_id.to_string()))?;
+        .ok_or_else(|| Error::not_found(ResourceKind::Update, update_id.to_string()))?;
     let deployment = find(tx.conn(), update.deployment_id).await?;
     let from = UpdateState::parse(&update.state)?;
     let now = Utc::now();
@@ -265,7 +265,7 @@ pub(super) async fn apply_in(
         tx.audit(
             ctx,
             action,
-            "device_update",
+            ResourceKind::Update,
             &update_id.to_string(),
             json!({ "deployment_id": deployment.id, "errcode": report.errcode, "message": message }),
         )

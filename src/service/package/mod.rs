@@ -37,7 +37,7 @@ use uuid::Uuid;
 
 use crate::app::{App, Event};
 use crate::auth::{Ctx, Permission};
-use crate::error::{Error, Result};
+use crate::error::{Error, ResourceKind, Result};
 use crate::service::WriteTx;
 use crate::service::content::ContentState;
 use crate::service::device_model::{self, DeviceModel};
@@ -327,7 +327,7 @@ pub(crate) async fn index(
     tx.audit(
         ctx,
         "package.create",
-        "package",
+        ResourceKind::Package,
         &row.id.to_string(),
         json!({
             "content_id": holder.id, "product": row.product, "name": row.name, "version": row.version,
@@ -512,7 +512,7 @@ pub async fn reindex(app: &App, ctx: &Ctx) -> Result<usize> {
         }
         count += 1;
     }
-    tx.audit(ctx, "package.reindex", "package", "*", json!({ "packages": count })).await?;
+    tx.audit(ctx, "package.reindex", ResourceKind::Package, "*", json!({ "packages": count })).await?;
     tx.commit().await?;
     Ok(count)
 }
@@ -653,7 +653,7 @@ async fn find_live(conn: &impl ConnectionTrait, id: Uuid) -> Result<package::Mod
         .filter(package::Column::DeletedAt.is_null())
         .one(conn)
         .await?
-        .ok_or_else(|| Error::not_found("package", id.to_string()))
+        .ok_or_else(|| Error::not_found(ResourceKind::Package, id.to_string()))
 }
 
 /// A live, not deprecated package to deploy.
@@ -667,8 +667,10 @@ pub(crate) async fn find_live_for_deployment(conn: &impl ConnectionTrait, id: Uu
 
 /// A package by id, deleted or not (deployments keep theirs).
 pub(crate) async fn get_any(conn: &impl ConnectionTrait, id: Uuid) -> Result<Package> {
-    let row =
-        package::Entity::find_by_id(id).one(conn).await?.ok_or_else(|| Error::not_found("package", id.to_string()))?;
+    let row = package::Entity::find_by_id(id)
+        .one(conn)
+        .await?
+        .ok_or_else(|| Error::not_found(ResourceKind::Package, id.to_string()))?;
     Ok(attach(conn, vec![row]).await?.remove(0))
 }
 
@@ -863,8 +865,14 @@ pub async fn deprecate(app: &App, ctx: &Ctx, id: Uuid, deprecated: bool) -> Resu
             .exec(tx.conn())
             .await?;
         let action = if deprecated { "package.deprecate" } else { "package.undeprecate" };
-        tx.audit(ctx, action, "package", &id.to_string(), json!({ "product": row.product, "version": row.version }))
-            .await?;
+        tx.audit(
+            ctx,
+            action,
+            ResourceKind::Package,
+            &id.to_string(),
+            json!({ "product": row.product, "version": row.version }),
+        )
+        .await?;
         tx.notify(Event::ContentChanged(row.content_id));
     }
     tx.commit().await?;
@@ -906,7 +914,7 @@ pub async fn set_models(app: &App, ctx: &Ctx, id: Uuid, models: Vec<String>) -> 
     tx.audit(
         ctx,
         "package.set_models",
-        "package",
+        ResourceKind::Package,
         &id.to_string(),
         json!({ "before": before, "after": resolved.iter().map(|m| &m.name).collect::<Vec<_>>() }),
     )
@@ -945,7 +953,7 @@ pub async fn delete(app: &App, ctx: &Ctx, id: Uuid) -> Result<Package> {
     tx.audit(
         ctx,
         "package.delete",
-        "package",
+        ResourceKind::Package,
         &id.to_string(),
         json!({ "content_id": row.content_id, "product": row.product, "version": row.version }),
     )
