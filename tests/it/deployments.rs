@@ -34,16 +34,7 @@ async fn fleet(app: &TestApp, n: usize) -> (Fleet, Vec<DeviceClient<'_>>) {
     let admin = app.operator("admin");
     admin.ok("mutation { createDeviceModel(input: {name: \"X100\"}) { deviceModel { id } } }", json!({})).await;
     admin.ok("mutation { createDeviceModel(input: {name: \"S200\"}) { deviceModel { id } } }", json!({})).await;
-    let (file, _) = app.promoted("fw-2.0.0.bin", b"firmware 2.0.0 image").await;
-    let package = admin
-        .ok(
-            "mutation($f: ID!) { createSoftwarePackage(input: {name: \"fw\", version: \"2.0.0\", type: \"URL_LIST\", models: [\"X100\"], files: [$f]}) { package { id } } }",
-            json!({"f": file}),
-        )
-        .await["createSoftwarePackage"]["package"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (file, package) = app.firmware_package("2.0.0", "fw-2.0.0.bin", b"firmware 2.0.0 image").await;
     let (group, devices) = crate::support::fleet_in_group(app, n, "X100", "fleet").await;
     let sims = DeviceClient::all(app, devices);
     (Fleet { package, file, group }, sims)
@@ -666,14 +657,7 @@ async fn the_enos_endpoints_with_the_seeds_bodies() {
     let admin = app.operator("admin");
     admin.ok("mutation { createDeviceModel(input: {name: \"X100\"}) { deviceModel { id } } }", json!({})).await;
     let image = b"EnOS sub-device firmware v2.0.0.1".to_vec();
-    let (file, _) = app.promoted("fw.bin", &image).await;
-    let package = admin
-        .ok(
-            "mutation($f: ID!) { createSoftwarePackage(input: {name: \"fw\", version: \"v2.0.0.1\", type: \"URL_LIST\", models: [\"X100\"], files: [$f]}) { package { id } } }",
-            json!({"f": file}),
-        )
-        .await["createSoftwarePackage"]["package"]["id"]
-        .clone();
+    let (_, package) = app.firmware_package("v2.0.0.1", "fw.bin", &image).await;
     let edge = admin
         .ok("mutation { registerDevice(input: {endpointId: \"edge\", model: \"X100\"}) { secret } }", json!({}))
         .await["registerDevice"]["secret"]

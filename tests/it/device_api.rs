@@ -63,14 +63,7 @@ async fn released_update() -> (TestApp, String) {
     .await;
     let admin = app.operator("admin");
     admin.ok("mutation { createDeviceModel(input: {name: \"X100\"}) { deviceModel { id } } }", json!({})).await;
-    let (file, _) = app.promoted("fw.bin", b"EnOS firmware v2.0.0.1").await;
-    let package = admin
-        .ok(
-            "mutation($f: ID!) { createSoftwarePackage(input: {name: \"fw\", version: \"v2.0.0.1\", type: \"URL_LIST\", models: [\"X100\"], files: [$f]}) { package { id } } }",
-            json!({"f": file}),
-        )
-        .await["createSoftwarePackage"]["package"]["id"]
-        .clone();
+    let (_, package) = app.firmware_package("v2.0.0.1", "fw.bin", b"EnOS firmware v2.0.0.1").await;
     let secret = admin
         .ok("mutation { registerDevice(input: {endpointId: \"enos-1\", model: \"X100\"}) { secret } }", json!({}))
         .await["registerDevice"]["secret"]

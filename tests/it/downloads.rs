@@ -30,14 +30,7 @@ struct Rollout {
 async fn rollout(app: &TestApp, n: usize) -> Rollout {
     let admin = app.operator("admin");
     admin.ok("mutation { createDeviceModel(input: {name: \"X100\"}) { deviceModel { id } } }", json!({})).await;
-    let (file, _) = app.promoted("fw-2.0.0.bin", b"firmware 2.0.0 image").await;
-    let package = admin
-        .ok(
-            "mutation($f: ID!) { createSoftwarePackage(input: {name: \"fw\", version: \"2.0.0\", type: \"URL_LIST\", models: [\"X100\"], files: [$f]}) { package { id } } }",
-            json!({"f": file}),
-        )
-        .await["createSoftwarePackage"]["package"]["id"]
-        .clone();
+    let (file, package) = app.firmware_package("2.0.0", "fw-2.0.0.bin", b"firmware 2.0.0 image").await;
     let (group, devices) = crate::support::fleet_in_group(app, n, "X100", "fleet").await;
     let out = app
         .operator("deployment_manager")

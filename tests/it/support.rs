@@ -203,6 +203,23 @@ impl TestApp {
         }
     }
 
+    /// A firmware package `fw` `version` for model X100 (which must exist)
+    /// of one promoted file `name` holding `data`: (file id, package id).
+    pub async fn firmware_package(&self, version: &str, name: &str, data: &[u8]) -> (String, String) {
+        let (file, _) = self.promoted(name, data).await;
+        let package = self
+            .operator("package_admin")
+            .ok(
+                "mutation($v: String!, $f: ID!) { createSoftwarePackage(input: {name: \"fw\", version: $v, type: \"URL_LIST\", models: [\"X100\"], files: [$f]}) { package { id } } }",
+                json!({"v": version, "f": file}),
+            )
+            .await["createSoftwarePackage"]["package"]["id"]
+            .as_str()
+            .expect("package id")
+            .to_owned();
+        (file, package)
+    }
+
     pub fn server(&self) -> &Server {
         self.server.as_ref().expect("server running")
     }
