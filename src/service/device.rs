@@ -272,21 +272,27 @@ pub(crate) async fn flush_seen(app: &App, seen: HashMap<Uuid, bool>) -> Result<(
         return Ok(());
     }
     let mut tx = WriteTx::begin(app).await?;
-    // The audit chain's lock before the device rows, in the order every
-    // operator write that checks devices takes them (`set_gateway`,
-    // approvals): rows first and the chain at the audit event deadlocked
-    // against them on PostgreSQL.
+    // Operator writes take device rows and the audit chain in both orders
+    // (`set_gateway` the chain first, `rotate_credential` the row first),
+    // so this background pass never waits for a row while it holds the
+    // chain: it takes the chain, then only the rows nobody holds (SKIP
+    // LOCKED on PostgreSQL; SQLite serializes writers). A device skipped
+    // that way stays REGISTERED a little longer: the cache still thinks so,
+    // and a call of it after `SEEN_EVERY` activates it.
     crate::service::audit::serialize_writes(tx.conn()).await?;
+    let postgres = tx.conn().get_database_backend() == sea_orm::DbBackend::Postgres;
     let mut activated: Vec<(Uuid, String)> = Vec::new();
     for chunk in activate.chunks(INSERT_CHUNK) {
-        let registered: Vec<(Uuid, String)> = device::Entity::find()
+        let mut query = device::Entity::find()
             .select_only()
             .columns([device::Column::Id, device::Column::EndpointId])
             .filter(device::Column::Id.is_in(chunk.iter().copied()))
-            .filter(device::Column::Status.eq(DeviceStatus::Registered.as_str()))
-            .into_tuple()
-            .all(tx.conn())
-            .await?;
+            .filter(device::Column::Status.eq(DeviceStatus::Registered.as_str()));
+        if postgres {
+            query = query
+                .lock_with_behavior(sea_orm::sea_query::LockType::Update, sea_orm::sea_query::LockBehavior::SkipLocked);
+        }
+        let registered: Vec<(Uuid, String)> = query.into_tuple().all(tx.conn()).await?;
         if registered.is_empty() {
             continue;
         }
