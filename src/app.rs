@@ -84,7 +84,7 @@ pub struct Inner {
     pub reconcile_wakes: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, std::time::Instant>>,
     /// Resumable uploads with a PATCH or DELETE under way in this process
     /// (`service::tus`).
-    pub tus_busy: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
+    pub tus_busy: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, crate::service::tus::Writer>>,
 }
 
 impl std::ops::Deref for App {

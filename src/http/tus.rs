@@ -89,7 +89,7 @@ pub async fn head(
     if let Some(refused) = check_version(&headers) {
         return Ok(refused);
     }
-    let upload = tus::status(&state.app, &UploadGrant::parse(&id, signature.exp, signature.sig)?).await?;
+    let upload = tus::offset(&state.app, &UploadGrant::parse(&id, signature.exp, signature.sig)?).await?;
     Ok((
         StatusCode::OK,
         [

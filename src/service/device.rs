@@ -257,7 +257,9 @@ async fn touch(app: &App, ctx: &Ctx, row: &device::Model, status: DeviceStatus) 
 
 /// Write the devices seen since the last flush: one UPDATE per 1,000 of
 /// them, and REGISTERED → ACTIVE for first calls (one audit event).
-pub(crate) async fn flush_seen(app: &App, seen: HashMap<Uuid, bool>) -> Result<()> {
+/// Returns the devices whose activation was put off because another
+/// transaction held their row: the cache queues them for the next flush.
+pub(crate) async fn flush_seen(app: &App, seen: HashMap<Uuid, bool>) -> Result<Vec<Uuid>> {
     let now = Utc::now();
     let ids: Vec<Uuid> = seen.keys().copied().collect();
     for chunk in ids.chunks(INSERT_CHUNK) {
@@ -269,7 +271,7 @@ pub(crate) async fn flush_seen(app: &App, seen: HashMap<Uuid, bool>) -> Result<(
     }
     let activate: Vec<Uuid> = seen.into_iter().filter(|(_, a)| *a).map(|(id, _)| id).collect();
     if activate.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut tx = WriteTx::begin(app).await?;
     // Operator writes take device rows and the audit chain in both orders
@@ -277,11 +279,11 @@ pub(crate) async fn flush_seen(app: &App, seen: HashMap<Uuid, bool>) -> Result<(
     // so this background pass never waits for a row while it holds the
     // chain: it takes the chain, then only the rows nobody holds (SKIP
     // LOCKED on PostgreSQL; SQLite serializes writers). A device skipped
-    // that way stays REGISTERED a little longer: the cache still thinks so,
-    // and a call of it after `SEEN_EVERY` activates it.
+    // that way is handed back and tried again at the next flush.
     crate::service::audit::serialize_writes(tx.conn()).await?;
     let postgres = tx.conn().get_database_backend() == sea_orm::DbBackend::Postgres;
     let mut activated: Vec<(Uuid, String)> = Vec::new();
+    let mut put_off: Vec<Uuid> = Vec::new();
     for chunk in activate.chunks(INSERT_CHUNK) {
         let mut query = device::Entity::find()
             .select_only()
@@ -293,6 +295,21 @@ pub(crate) async fn flush_seen(app: &App, seen: HashMap<Uuid, bool>) -> Result<(
                 .lock_with_behavior(sea_orm::sea_query::LockType::Update, sea_orm::sea_query::LockBehavior::SkipLocked);
         }
         let registered: Vec<(Uuid, String)> = query.into_tuple().all(tx.conn()).await?;
+        if postgres && registered.len() < chunk.len() {
+            // Missing: no longer REGISTERED, or skipped as locked. A plain
+            // read (it waits for no lock) tells them apart.
+            let found: HashSet<Uuid> = registered.iter().map(|(id, _)| *id).collect();
+            let missing: Vec<Uuid> = chunk.iter().copied().filter(|id| !found.contains(id)).collect();
+            let skipped: Vec<Uuid> = device::Entity::find()
+                .select_only()
+                .column(device::Column::Id)
+                .filter(device::Column::Id.is_in(missing))
+                .filter(device::Column::Status.eq(DeviceStatus::Registered.as_str()))
+                .into_tuple()
+                .all(tx.conn())
+                .await?;
+            put_off.extend(skipped);
+        }
         if registered.is_empty() {
             continue;
         }
@@ -323,7 +340,7 @@ pub(crate) async fn flush_seen(app: &App, seen: HashMap<Uuid, bool>) -> Result<(
     for (id, _) in &activated {
         app.device_cache.mark_active(*id, now);
     }
-    Ok(())
+    Ok(put_off)
 }
 
 /// A gateway acting for one of its sub-devices (named by endpoint id): the

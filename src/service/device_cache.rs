@@ -171,6 +171,20 @@ impl DeviceCache {
         }
     }
 
+    /// Devices whose activation the flush put off (their row was held):
+    /// queued again for the next flush.
+    pub(crate) fn retry_activation(&self, ids: &[Uuid]) {
+        if ids.is_empty() {
+            return;
+        }
+        self.unmark_written(ids);
+        if let Ok(mut seen) = self.seen.lock() {
+            for id in ids {
+                seen.insert(*id, true);
+            }
+        }
+    }
+
     fn unmark_written(&self, ids: &[Uuid]) {
         if let Ok(mut written) = self.written.lock() {
             for id in ids {
@@ -238,7 +252,7 @@ impl DeviceCache {
                             let ids: Vec<Uuid> = seen.keys().copied().collect();
                             app.device_cache.mark_written(ids.iter().copied());
                             match crate::service::device::flush_seen(&app, seen).await {
-                                Ok(()) => {}
+                                Ok(put_off) => app.device_cache.retry_activation(&put_off),
                                 Err(err) => {
                                     app.device_cache.unmark_written(&ids);
                                     tracing::warn!(error = %err, "could not record when devices were seen");

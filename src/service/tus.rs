@@ -14,6 +14,7 @@
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::{ObjectStoreExt, WriteMultipart};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::content::{self, Content, ContentState, UPLOAD_PURPOSE, UploadGrant, find, transition};
@@ -68,8 +69,16 @@ pub async fn create(app: &App, grant: &UploadGrant, upload_length: u64) -> Resul
     Ok(TusUpload { content_id: current.id, offset: 0, length, finished: None })
 }
 
-/// The offset: bytes received so far (HEAD).
-pub async fn status(app: &App, grant: &UploadGrant) -> Result<TusUpload> {
+/// HEAD: the offset, once a request still writing the upload (a stalled
+/// PATCH) has stopped and kept what it received.
+pub async fn offset(app: &App, grant: &UploadGrant) -> Result<TusUpload> {
+    authorized(app, grant).await?;
+    let _busy = Busy::take(app, grant.content_id).await?;
+    status(app, grant).await
+}
+
+/// The offset: bytes received so far.
+async fn status(app: &App, grant: &UploadGrant) -> Result<TusUpload> {
     let current = authorized(app, grant).await?;
     let length = u64::try_from(current.length).unwrap_or_default();
     if ContentState::parse(&current.state)? != ContentState::Uploading || !is_tus(app, current.id).await? {
@@ -98,33 +107,77 @@ async fn received(app: &App, id: Uuid) -> Result<u64> {
     Ok(pieces.iter().filter(|m| m.location != marker(id)).map(|m| m.size).sum())
 }
 
-/// One PATCH or DELETE at a time per upload (in this process): a second one
-/// while the first runs is a CONFLICT, so two writers never race over the
-/// same piece or assemble twice.
+/// How long a newer request waits for the one it takes over from to end.
+const TAKE_OVER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The request writing an upload right now (in this process).
+#[derive(Clone)]
+pub struct Writer {
+    /// Which request this is (the entry is only removed by its own).
+    serial: u64,
+    /// Cancelled when a newer request takes over.
+    stop: CancellationToken,
+    /// Cancelled when this request has let go.
+    gone: CancellationToken,
+}
+
+/// One request at a time per upload (in this process), so two writers
+/// never race over the same piece or assemble twice. A newer request (a
+/// PATCH, DELETE or HEAD: a client resuming after a stall) takes over, as
+/// tusd's lock release does: the running PATCH stops reading, keeps what
+/// arrived and ends; the newer one waits up to [`TAKE_OVER_WAIT`] for that,
+/// then reads the offset. Without this a resumed upload got 409 for as long
+/// as the stalled request lived.
 struct Busy {
     app: App,
     id: Uuid,
+    me: Writer,
 }
 
 impl Busy {
-    fn take(app: &App, id: Uuid) -> Result<Self> {
-        let mut busy = app.tus_busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !busy.insert(id) {
-            return Err(Error::Conflict(format!("another request is writing upload {id}; retry after it")));
+    async fn take(app: &App, id: Uuid) -> Result<Self> {
+        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let me = Writer { serial, stop: CancellationToken::new(), gone: CancellationToken::new() };
+        let deadline = tokio::time::Instant::now() + TAKE_OVER_WAIT;
+        loop {
+            let running = {
+                let mut busy = app.tus_busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match busy.get(&id) {
+                    Some(running) => running.clone(),
+                    None => {
+                        busy.insert(id, me.clone());
+                        return Ok(Self { app: app.clone(), id, me });
+                    }
+                }
+            };
+            running.stop.cancel();
+            if tokio::time::timeout_at(deadline, running.gone.cancelled()).await.is_err() {
+                return Err(Error::Conflict(format!("another request is writing upload {id}; retry after it")));
+            }
         }
-        Ok(Self { app: app.clone(), id })
+    }
+
+    /// Resolves when a newer request takes over.
+    async fn taken_over(&self) {
+        self.me.stop.cancelled().await;
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.app.tus_busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.id);
+        let mut busy = self.app.tus_busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if busy.get(&self.id).is_some_and(|w| w.serial == self.me.serial) {
+            busy.remove(&self.id);
+        }
+        drop(busy);
+        self.me.gone.cancel();
     }
 }
 
-/// Whether a PATCH or DELETE of `id` runs in this process right now.
+/// Whether a request writes upload `id` in this process right now.
 pub(crate) fn is_busy(app: &App, id: Uuid) -> bool {
-    app.tus_busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&id)
+    app.tus_busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(&id)
 }
 
 /// PATCH: append the body at `offset` (which must be the current offset).
@@ -133,7 +186,7 @@ where
     S: Stream<Item = std::io::Result<Bytes>> + Send,
 {
     authorized(app, grant).await?;
-    let _busy = Busy::take(app, grant.content_id)?;
+    let busy = Busy::take(app, grant.content_id).await?;
     let mut upload = status(app, grant).await?;
     if offset != upload.offset {
         return Err(Error::Conflict(format!("Upload-Offset is {offset}; the upload is at {}", upload.offset)));
@@ -145,9 +198,14 @@ where
     let mut got: u64 = 0;
     let mut body = std::pin::pin!(body);
     let mut too_long = false;
-    while let Some(chunk) = body.next().await {
+    loop {
+        let chunk = tokio::select! {
+            chunk = body.next() => chunk,
+            // A newer request resumes the upload: end with what arrived.
+            () = busy.taken_over() => break,
+        };
         // A cut-off request keeps what arrived: the client resumes from there.
-        let Ok(chunk) = chunk else { break };
+        let Some(Ok(chunk)) = chunk else { break };
         if got + chunk.len() as u64 > remaining {
             too_long = true;
             break;
@@ -219,7 +277,7 @@ async fn assemble(app: &App, ctx: &Ctx, id: Uuid) -> Result<Content> {
 /// DELETE: drop what was received and make the content uploadable again.
 pub async fn terminate(app: &App, grant: &UploadGrant) -> Result<()> {
     authorized(app, grant).await?;
-    let _busy = Busy::take(app, grant.content_id)?;
+    let _busy = Busy::take(app, grant.content_id).await?;
     let upload = status(app, grant).await?;
     discard_pieces(app, upload.content_id).await;
     content::release_upload(app, upload.content_id, None).await;

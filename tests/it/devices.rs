@@ -644,3 +644,40 @@ async fn a_gateway_acts_for_its_sub_devices_and_no_other() {
     assert_eq!(op.error_code(set, json!({"d": gw_id, "g": "gw"})).await, "BAD_USER_INPUT");
     assert_eq!(op.error_code(set, json!({"d": gw_id, "g": "sub"})).await, "BAD_USER_INPUT", "no cycles");
 }
+
+/// A device whose row another transaction held while the background flush
+/// activated devices (PostgreSQL skips locked rows there, so the flush never
+/// waits for a row while it holds the audit chain) is handed back and
+/// activated at the next flush, not a minute later at its next call.
+#[tokio::test]
+async fn a_device_whose_row_was_held_during_activation_becomes_active_at_the_next_flush() {
+    use sea_orm::ConnectionTrait;
+    if crate::support::backend() != crate::support::Backend::Postgres {
+        return; // SQLite serializes writers: nothing is skipped there.
+    }
+    let app = TestApp::start().await;
+    model(&app, "X100").await;
+    let (id, secret) = register(&app, json!({"endpointId": "held", "model": "X100"})).await;
+
+    // Hold the audit chain, so the flush writes last seen and then waits.
+    let chain = otadepot::db::begin_write(app.db()).await.unwrap();
+    otadepot::service::audit::serialize_writes(&chain).await.unwrap();
+    assert_eq!(device_get(&app, &secret, "/device/v1/device").await.status(), StatusCode::OK);
+    let device = seen(&app, &id, |d| d["lastSeenAt"].is_string()).await;
+    assert_eq!(device["status"], "REGISTERED", "{device}");
+
+    // Hold the device's row, then let the flush have the chain: it skips
+    // the row.
+    let row = otadepot::db::begin_write(app.db()).await.unwrap();
+    row.execute_unprepared(&format!("SELECT id FROM device WHERE id = '{id}' FOR UPDATE")).await.unwrap();
+    chain.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let device = app.operator("viewer").ok(DEVICE, json!({"id": id})).await["device"].clone();
+    assert_eq!(device["status"], "REGISTERED", "the flush skipped the held row: {device}");
+    row.commit().await.unwrap();
+
+    // No further call of the device: the next flushes activate it.
+    let device = seen(&app, &id, |d| d["status"] == "ACTIVE").await;
+    assert_eq!(device["status"], "ACTIVE");
+    app.stop().await;
+}

@@ -335,38 +335,86 @@ async fn a_resumable_upload_left_alone_expires_and_its_pieces_go() {
     wait_for_state(&app, &id, "PROMOTED").await;
 }
 
-#[tokio::test]
-async fn a_second_patch_while_one_runs_is_a_conflict() {
-    let app = app().await;
-    let data = bytes(1000);
-    let (id, creation) = content(&app, data.len()).await;
-    let location = create(&app, &creation, data.len()).await;
-    let url = reqwest::Url::parse(&location).unwrap();
-    // A slow PATCH: headers and half its body, then a pause.
+/// A PATCH begun by hand: headers and the first `sent` bytes of a
+/// `length`-byte body at offset 0, then nothing (a stalled link).
+async fn stalled_patch(app: &TestApp, location: &str, data: &[u8], length: usize) -> tokio::net::TcpStream {
+    let url = reqwest::Url::parse(location).unwrap();
     let mut slow = tokio::net::TcpStream::connect(app.server().addr).await.unwrap();
     let head = format!(
-        "PATCH {}?{} HTTP/1.1\r\nHost: {}\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: 500\r\n\r\n",
+        "PATCH {}?{} HTTP/1.1\r\nHost: {}\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {length}\r\n\r\n",
         url.path(),
         url.query().unwrap(),
         app.server().addr
     );
     slow.write_all(head.as_bytes()).await.unwrap();
-    slow.write_all(&data[..250]).await.unwrap();
+    slow.write_all(data).await.unwrap();
     slow.flush().await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let second = patch(&app, &location, 0, &data[..500]).await;
-    assert_eq!(second.status(), StatusCode::CONFLICT, "{}", second.text().await.unwrap());
-    let delete = app.client.delete(&location).header("tus-resumable", "1.0.0").send().await.unwrap();
-    assert_eq!(delete.status(), StatusCode::CONFLICT, "no termination under a running PATCH");
-    // The first finishes; the upload goes on from there.
-    slow.write_all(&data[250..500]).await.unwrap();
+    slow
+}
+
+/// The stalled request's answer.
+async fn answer_of(mut socket: tokio::net::TcpStream) -> String {
     let mut answer = vec![0; 4096];
-    let n = tokio::io::AsyncReadExt::read(&mut slow, &mut answer).await.unwrap();
-    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 204"));
-    assert_eq!(offset(&app, &location).await, 500);
-    assert_eq!(patch(&app, &location, 500, &data[500..]).await.status(), StatusCode::NO_CONTENT);
-    let content = app.operator("package_admin").ok(GET, json!({"id": id})).await["content"].clone();
-    assert_eq!(content["sha256"], hex::encode(Sha256::digest(&data)));
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut socket, &mut answer),
+    )
+    .await
+    .expect("the stalled request ends")
+    .unwrap_or(0);
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn a_client_resuming_takes_over_from_its_stalled_patch() {
+    let app = app().await;
+    let data = bytes(1000);
+    let (id, creation) = content(&app, data.len()).await;
+    let location = create(&app, &creation, data.len()).await;
+    // The link stalls halfway through a PATCH that stays open.
+    let slow = stalled_patch(&app, &location, &data[..250], 500).await;
+    // The client gives up on it and resumes: its HEAD stops the stalled
+    // request, which keeps what arrived (before, this was 409 for as long as
+    // the stalled request lived).
+    assert_eq!(offset(&app, &location).await, 250);
+    let answer = answer_of(slow).await;
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("upload-offset: 250"), "{answer}");
+    let response = patch(&app, &location, 250, &data[250..]).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(response.headers()["upload-offset"], "1000");
+    let stored = app.operator("package_admin").ok(GET, json!({"id": id})).await["content"].clone();
+    assert_eq!(stored["sha256"], hex::encode(Sha256::digest(&data)));
+
+    // A second PATCH straight away (no HEAD) takes over too, and learns
+    // the offset it must resume from.
+    let (_, creation) = content(&app, data.len()).await;
+    let location = create(&app, &creation, data.len()).await;
+    let slow = stalled_patch(&app, &location, &data[..100], 500).await;
+    let stale = patch(&app, &location, 0, &data).await;
+    assert_eq!(stale.status(), StatusCode::CONFLICT, "the stalled request kept 100 bytes");
+    assert!(answer_of(slow).await.starts_with("HTTP/1.1 204"));
+    assert_eq!(patch(&app, &location, 100, &data[100..]).await.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn a_termination_takes_over_from_a_stalled_patch() {
+    let app = app().await;
+    let data = bytes(1000);
+    let (id, creation) = content(&app, data.len()).await;
+    let location = create(&app, &creation, data.len()).await;
+    let slow = stalled_patch(&app, &location, &data[..250], 500).await;
+    let delete = app.client.delete(&location).header("tus-resumable", "1.0.0").send().await.unwrap();
+    assert_eq!(delete.status(), StatusCode::NO_CONTENT);
+    answer_of(slow).await;
+    let stored = app.operator("package_admin").ok(GET, json!({"id": id})).await["content"].clone();
+    assert_eq!(stored["state"], "AWAITING_UPLOAD");
+    let pieces = app.dir.path().join("staging/tus").join(&id);
+    assert!(!pieces.exists() || std::fs::read_dir(&pieces).unwrap().next().is_none(), "pieces deleted");
+    // The content takes a new upload.
+    let location = create(&app, &creation, data.len()).await;
+    assert_eq!(patch(&app, &location, 0, &data).await.status(), StatusCode::NO_CONTENT);
 }
 
 #[tokio::test]
