@@ -11,7 +11,7 @@ pub struct Model {
     /// The holder content whose `otau_info` tag is the manifest.
     pub content_id: Uuid,
     /// The component the package versions on a device (`otau_info.product`).
-    pub product: String,
+    pub component: String,
     pub name: String,
     pub version: String,
     /// Sorts versions: semantic versions by precedence, others by creation.

@@ -31,7 +31,11 @@ pub struct Package {
     id: ID,
     /// The content whose `otau_info` tag holds the manifest.
     content_id: ID,
-    /// The component the package versions on a device (`otau_info.product`).
+    /// The component the package versions on a device (`otau_info.product`),
+    /// matched against a device's `installed { component }`.
+    component: String,
+    /// The old name of `component`.
+    #[graphql(deprecation = "use component: one name for the installed component, as on devices")]
     product: String,
     name: String,
     version: String,
@@ -73,7 +77,8 @@ impl Package {
         Self {
             id: ID(m.id.to_string()),
             content_id: ID(m.content_id.to_string()),
-            product: m.product,
+            product: m.component.clone(),
+            component: m.component,
             name: m.name,
             version: m.version,
             description: m.description,
@@ -115,6 +120,8 @@ pub struct CreateSoftwarePackageInput {
     #[graphql(name = "type")]
     kind: String,
     /// The component the package versions on a device (default `firmware`).
+    component: Option<String>,
+    /// Deprecated: the old name of `component` (give one of the two).
     product: Option<String>,
     /// Compatible device models (ids or model names); at least one.
     models: Vec<ID>,
@@ -128,6 +135,9 @@ pub struct CreateSoftwarePackageInput {
 pub struct PackageFilter {
     /// Compatible with this device model.
     model: Option<ID>,
+    /// Versions this component on a device (`installed { component }`).
+    component: Option<String>,
+    /// Deprecated: the old name of `component` (give one of the two).
     product: Option<String>,
     name: Option<String>,
     version: Option<String>,
@@ -201,7 +211,7 @@ impl PackageQuery {
         let filter = filter.unwrap_or_default();
         let filter = service::PackageFilter {
             model: filter.model.as_ref().map(|m| parse_id("filter.model", ResourceKind::DeviceModel, m)).transpose()?,
-            product: filter.product,
+            component: one_component("filter", filter.component, filter.product)?.0,
             name: filter.name,
             version: filter.version,
             kind: filter.kind,
@@ -257,12 +267,14 @@ impl PackageMutation {
             .enumerate()
             .map(|(i, id)| parse_id(&format!("files[{i}]"), ResourceKind::Content, id))
             .collect::<Result<Vec<_>>>()?;
+        let (component, component_field) = one_component("input", input.component, input.product)?;
         let new = service::NewPackage {
             name: input.name,
             version: input.version,
             description: input.description,
             kind: input.kind,
-            product: input.product,
+            component,
+            component_field,
             models: input.models.into_iter().map(|m| m.0).collect(),
             files,
             links: input.links.unwrap_or_default(),
@@ -290,5 +302,24 @@ impl PackageMutation {
             ctx,
             service::delete(app(ctx), caller(ctx), parse_id("id", ResourceKind::Package, &input.id)?).await?,
         ))
+    }
+}
+
+/// `component`, or its deprecated alias `product`: one of them, or two that
+/// agree. Returns the value and the field it came from (for errors).
+fn one_component(
+    parent: &str,
+    component: Option<String>,
+    product: Option<String>,
+) -> Result<(Option<String>, &'static str)> {
+    match (component, product) {
+        (Some(c), Some(p)) if c != p => Err(crate::error::Error::invalid(
+            format!("{parent}.product"),
+            "is the deprecated name of component; give one of the two",
+        )
+        .into_graphql()),
+        (Some(c), _) => Ok((Some(c), "component")),
+        (None, Some(p)) => Ok((Some(p), "product")),
+        (None, None) => Ok((None, "component")),
     }
 }

@@ -12,7 +12,7 @@ use crate::content::send_seed_request;
 use crate::support::{TestApp, count_rows, error_code};
 
 const CREATE_PACKAGE: &str = "mutation($i: CreateSoftwarePackageInput!) { createSoftwarePackage(input: $i) {
-    package { id contentId product name version description type author deprecated createdBy
+    package { id contentId component name version description type author deprecated createdBy
               models { name } files { name contentId url length sha256 md5 } links configOtau } } }";
 const CREATE_MODEL: &str = "mutation($n: String!) { createDeviceModel(input: {name: $n}) { deviceModel { id name } } }";
 const MANIFEST: &str = "query($id: ID!) { packageManifest(id: $id) }";
@@ -55,12 +55,12 @@ async fn the_seed_request_creates_the_package_from_its_otau_info_tag() {
 
     let list = app
         .operator("viewer")
-        .ok("{ packages { totalCount edges { node { id contentId product name version description type author files { name contentId } links } } } }", json!({}))
+        .ok("{ packages { totalCount edges { node { id contentId component name version description type author files { name contentId } links } } } }", json!({}))
         .await;
     assert_eq!(list["packages"]["totalCount"], 1);
     let package = &list["packages"]["edges"][0]["node"];
     assert_eq!(package["contentId"], holder.as_str());
-    assert_eq!(package["product"], "myconnector");
+    assert_eq!(package["component"], "myconnector");
     assert_eq!(package["version"], "1.0.1");
     assert_eq!(package["name"], "firmware update");
     assert_eq!(package["description"], "firmware update");
@@ -166,7 +166,7 @@ async fn a_package_of_files_and_links_stores_the_seed_manifest_shape() {
                "type": "URL_LIST", "models": [x100], "files": [file_id], "links": ["https://example.com/file1"]}),
     )
     .await;
-    assert_eq!(package["product"], "firmware");
+    assert_eq!(package["component"], "firmware");
     assert_eq!(package["models"], json!([{"name": "X100"}]));
     assert_eq!(package["links"], json!(["https://example.com/file1"]));
     assert_eq!(package["files"][0]["name"], "firmware_updatev102.txt");
@@ -356,7 +356,9 @@ async fn every_validation_error_names_its_field() {
         (with(json!({"version": "1.0 beta"})), "version"),
         (with(json!({"type": ""})), "type"),
         (with(json!({"type": "ZIP"})), "type"),
+        (with(json!({"component": "no spaces allowed"})), "component"),
         (with(json!({"product": "no spaces allowed"})), "product"),
+        (with(json!({"component": "a", "product": "b"})), "input.product"),
         (with(json!({"files": [], "links": []})), "files"),
         (with(json!({"files": [waiting]})), "files[0]"),
         (with(json!({"files": [promoted, deleted]})), "files[1]"),
@@ -379,11 +381,11 @@ async fn every_validation_error_names_its_field() {
 }
 
 #[tokio::test]
-async fn a_version_is_unique_per_product_and_model() {
+async fn a_version_is_unique_per_component_and_model() {
     let app = TestApp::start_unscanned().await;
     let (x100, s200) = (model(&app, "X100").await, model(&app, "S200").await);
-    let input = |models: Value, product: &str| {
-        json!({"name": "fw", "version": "1.0.0", "type": "URL_LIST", "product": product, "models": models,
+    let input = |models: Value, component: &str| {
+        json!({"name": "fw", "version": "1.0.0", "type": "URL_LIST", "component": component, "models": models,
                "links": ["https://example.com/fw"]})
     };
     create_package(&app, input(json!([x100]), "firmware")).await;
@@ -555,7 +557,9 @@ async fn packages_filter_by_model_name_version_type_and_deprecation() {
     assert_eq!(count(json!({"type": "URL_LIST"})).await, 3);
     assert_eq!(count(json!({"deprecated": true})).await, 1);
     assert_eq!(count(json!({"deprecated": false, "model": x100})).await, 1);
-    assert_eq!(count(json!({"product": "agent"})).await, 0);
+    assert_eq!(count(json!({"component": "agent"})).await, 0);
+    assert_eq!(count(json!({"component": "firmware"})).await, 3);
+    assert_eq!(count(json!({"product": "firmware"})).await, 3, "the deprecated alias filters the same");
     // The mark can be taken back, and it is kept in the holder's tags.
     app.operator("package_admin")
         .ok(
@@ -627,4 +631,85 @@ async fn permissions_for_packages_and_models() {
     assert_eq!(body["errors"][0]["extensions"]["permission"], "PACKAGE_WRITE");
     assert_eq!(count_rows(app.db(), "content").await, before);
     create_package(&app, input).await;
+}
+
+/// `product`, the old name of `component`, still works where it was: on
+/// `Package`, in `CreateSoftwarePackageInput` and in `PackageFilter`.
+#[tokio::test]
+async fn the_old_product_names_still_work_as_deprecated_aliases() {
+    let app = TestApp::start_unscanned().await;
+    let x100 = model(&app, "X100").await;
+    let created = app
+        .operator("package_admin")
+        .ok(
+            "mutation($i: CreateSoftwarePackageInput!) { createSoftwarePackage(input: $i) { package { id contentId component product } } }",
+            json!({"i": {"name": "agent", "version": "2.0.0", "type": "URL_LIST", "product": "agent", "models": [x100],
+                         "links": ["https://example.com/agent"]}}),
+        )
+        .await["createSoftwarePackage"]["package"]
+        .clone();
+    assert_eq!((created["component"].as_str(), created["product"].as_str()), (Some("agent"), Some("agent")));
+    let found = app
+        .operator("viewer")
+        .ok("{ packages(filter: {product: \"agent\"}) { edges { node { id product } } } }", json!({}))
+        .await;
+    assert_eq!(found["packages"]["edges"][0]["node"]["id"], created["id"]);
+    // The schema says which name to use.
+    let field = app
+        .operator("viewer")
+        .ok(
+            "{ __type(name: \"Package\") { fields(includeDeprecated: true) { name isDeprecated deprecationReason } } }",
+            json!({}),
+        )
+        .await["__type"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "product")
+        .cloned()
+        .unwrap();
+    assert_eq!(field["isDeprecated"], true);
+    assert!(field["deprecationReason"].as_str().unwrap().contains("component"), "{field}");
+    // The manifest's holder keeps the ExoSense key in its otau_info tag.
+    let tags = app
+        .operator("viewer")
+        .ok("query($id: ID!) { content(id: $id) { tags { name value } } }", json!({"id": created["contentId"]}))
+        .await["content"]["tags"]
+        .clone();
+    let otau = tags.as_array().unwrap().iter().find(|t| t["name"] == "otau_info").unwrap()["value"].clone();
+    let otau: Value = serde_json::from_str(otau.as_str().unwrap()).unwrap();
+    assert_eq!(otau["product"], "agent", "{otau}");
+}
+
+/// A package made before the rename keeps its component through the
+/// migration, and the migration goes down and up again.
+#[tokio::test]
+async fn packages_made_before_the_rename_keep_their_component() {
+    use migration::MigratorTrait;
+    let app = TestApp::start_unscanned().await;
+    let x100 = model(&app, "X100").await;
+    let id = create_package(
+        &app,
+        json!({"name": "fw", "version": "3.0.0", "type": "URL_LIST", "component": "bootloader", "models": [x100],
+               "links": ["https://example.com/bl"]}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Back to just before the rename (and whatever came after it).
+    let migrations = migration::Migrator::migrations();
+    let rename =
+        migrations.iter().position(|m| m.name() == "m20261203_000017_rename_package_product_to_component").unwrap();
+    migration::Migrator::down(app.db(), Some((migrations.len() - rename) as u32)).await.unwrap();
+    let before: i64 =
+        crate::support::query_i64(app.db(), "SELECT COUNT(*) AS n FROM package WHERE product = 'bootloader'").await;
+    assert_eq!(before, 1, "down: the column is product again");
+    migration::Migrator::up(app.db(), None).await.unwrap();
+    let after: i64 =
+        crate::support::query_i64(app.db(), "SELECT COUNT(*) AS n FROM package WHERE component = 'bootloader'").await;
+    assert_eq!(after, 1, "up: the same row, now under component");
+    let package =
+        app.operator("viewer").ok("query($id: ID!) { package(id: $id) { component } }", json!({"id": id})).await;
+    assert_eq!(package["package"]["component"], "bootloader");
 }

@@ -329,7 +329,7 @@ pub async fn delete(app: &App, ctx: &Ctx, id: Uuid) -> Result<Content> {
     }
     let users = package::using_file(tx.conn(), id).await?;
     if !users.is_empty() {
-        let names: Vec<String> = users.iter().map(|p| format!("{} {} ({})", p.product, p.version, p.id)).collect();
+        let names: Vec<String> = users.iter().map(|p| format!("{} {} ({})", p.component, p.version, p.id)).collect();
         return Err(Error::Conflict(format!("content {id} is a file of package(s) {}", names.join(", "))));
     }
     transition_for_delete(&mut tx, id, from).await?;

@@ -151,7 +151,7 @@ async fn apply_in(
         ResourceKind::Deployment,
         &id.to_string(),
         json!({
-            "package_id": package.id, "product": package.product, "version": package.version,
+            "package_id": package.id, "component": package.component, "version": package.version,
             "group_id": group_id, "mode": input.mode.as_str(), "targets": target_count,
             "skipped": skipped.len(), "policy": {
                 "max_in_flight": input.policy.max_in_flight, "phases": input.policy.phases,
@@ -306,7 +306,7 @@ pub(super) async fn plan_updates(
         let found: Vec<Uuid> = device_installed::Entity::find()
             .select_only()
             .column(device_installed::Column::DeviceId)
-            .filter(device_installed::Column::Component.eq(package.product.as_str()))
+            .filter(device_installed::Column::Component.eq(package.component.as_str()))
             .filter(device_installed::Column::Version.eq(package.version.as_str()))
             .filter(device_installed::Column::DeviceId.is_in(chunk.iter().copied()))
             .into_tuple()

@@ -254,7 +254,7 @@ pub(super) async fn apply_in(
         crate::service::device::record_installed(
             tx.conn(),
             device.id,
-            &package.model.product,
+            &package.model.component,
             &package.model.version,
             Some((package.model.id, deployment.id)),
         )

@@ -11,7 +11,7 @@
 //!   every row from the tags.
 //! - A package's manifest never changes after creation (devices verify a
 //!   signature over it): a new manifest is a new version.
-//! - `(product, version)` is unique among packages that share a device
+//! - `(component, version)` is unique among packages that share a device
 //!   model (or where either has none): two hardware models may each have
 //!   their own firmware 1.0.0, one model cannot have two.
 //!
@@ -56,7 +56,7 @@ pub const RESERVED_TAGS: [&str; 4] = [OTAU_INFO_TAG, FILES_TAG, MODELS_TAG, DEPR
 /// Manifest types a device is told how to handle.
 pub const MANIFEST_TYPES: &[&str] = &["URL_LIST"];
 /// The component a package versions when none is named.
-pub const DEFAULT_PRODUCT: &str = "firmware";
+pub const DEFAULT_COMPONENT: &str = "firmware";
 /// Keys of `config_otau` that otadepot adds for the device.
 const RESERVED_MANIFEST_KEYS: [&str; 2] = ["files", "signature"];
 const MAX_PAYLOAD: usize = 256;
@@ -91,7 +91,10 @@ pub struct NewPackage {
     pub version: String,
     pub description: Option<String>,
     pub kind: String,
-    pub product: Option<String>,
+    /// The installed component (`otau_info.product`); `component_field`
+    /// names the argument it came from, for errors.
+    pub component: Option<String>,
+    pub component_field: &'static str,
     pub models: Vec<String>,
     pub files: Vec<Uuid>,
     pub links: Vec<String>,
@@ -130,7 +133,7 @@ fn validate_type(field: &str, value: &str) -> Result<String> {
     Ok(value)
 }
 
-fn validate_product(field: &str, value: &str) -> Result<String> {
+fn validate_component(field: &str, value: &str) -> Result<String> {
     let ok = !value.is_empty()
         && value.len() <= 64
         && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
@@ -165,7 +168,7 @@ pub async fn create(app: &App, ctx: &Ctx, input: NewPackage) -> Result<Package> 
     let name = required_text("name", &input.name, 255)?;
     let version = validate_version("version", &input.version)?;
     let kind = validate_type("type", &input.kind)?;
-    let product = validate_product("product", input.product.as_deref().unwrap_or(DEFAULT_PRODUCT))?;
+    let component = validate_component(input.component_field, input.component.as_deref().unwrap_or(DEFAULT_COMPONENT))?;
     let description = input.description.unwrap_or_default().trim().to_owned();
     if description.chars().count() > 4096 {
         return Err(Error::invalid("description", "at most 4096 characters"));
@@ -204,7 +207,7 @@ pub async fn create(app: &App, ctx: &Ctx, input: NewPackage) -> Result<Package> 
 
     let otau_info = json!({
         "author": author,
-        "product": product,
+        "product": component,
         "config_otau": { "version": version, "name": name, "description": description, "type": kind, "payload": payload },
     });
     let tags = vec![
@@ -215,7 +218,7 @@ pub async fn create(app: &App, ctx: &Ctx, input: NewPackage) -> Result<Package> 
     let holder = crate::service::content::insert_manifest_holder(
         &mut tx,
         ctx,
-        &format!("package_{product}_{version}.json"),
+        &format!("package_{component}_{version}.json"),
         &tags,
     )
     .await?;
@@ -244,7 +247,8 @@ fn check_promoted(field: &str, file: &content::Model) -> Result<()> {
 #[derive(Debug)]
 struct OtauInfo {
     author: String,
-    product: String,
+    /// `otau_info.product`.
+    component: String,
     config: Map<String, Value>,
     name: String,
     version: String,
@@ -264,8 +268,8 @@ fn parse_otau_info(raw: &str) -> Result<OtauInfo> {
         Some(Value::String(s)) => s,
         Some(_) => return Err(Error::invalid("otau_info.author", "must be a string")),
     };
-    let product = match info.remove("product") {
-        Some(Value::String(s)) => validate_product("otau_info.product", &s)?,
+    let component = match info.remove("product") {
+        Some(Value::String(s)) => validate_component("otau_info.product", &s)?,
         None | Some(Value::Null) => return Err(Error::invalid("otau_info.product", "is required")),
         Some(_) => return Err(Error::invalid("otau_info.product", "must be a string")),
     };
@@ -308,7 +312,7 @@ fn parse_otau_info(raw: &str) -> Result<OtauInfo> {
             validate_link(&format!("otau_info.config_otau.payload[{i}]"), entry)?;
         }
     }
-    Ok(OtauInfo { author, product, config, name, version, kind, description, payload })
+    Ok(OtauInfo { author, component, config, name, version, kind, description, payload })
 }
 
 /// Write the index rows of the package that `holder`'s `tags` describe,
@@ -330,7 +334,7 @@ pub(crate) async fn index(
         ResourceKind::Package,
         &row.id.to_string(),
         json!({
-            "content_id": holder.id, "product": row.product, "name": row.name, "version": row.version,
+            "content_id": holder.id, "component": row.component, "name": row.name, "version": row.version,
             "type": row.kind, "models": models.iter().map(|m| &m.name).collect::<Vec<_>>(),
             "files": files.iter().map(|(n, id)| json!({ "name": n, "content_id": id })).collect::<Vec<_>>(),
         }),
@@ -386,7 +390,7 @@ async fn derive(
         id,
         content_id: holder.id,
         version_key: version_key(&info.version, created_at, id),
-        product: info.product,
+        component: info.component,
         name: info.name,
         version: info.version,
         kind: info.kind,
@@ -428,7 +432,7 @@ async fn insert_links(
     Ok(())
 }
 
-/// CONFLICT when a live package of the same product and version shares a
+/// CONFLICT when a live package of the same component and version shares a
 /// device model with `row` (or either has none).
 async fn check_unique(
     conn: &impl ConnectionTrait,
@@ -437,7 +441,7 @@ async fn check_unique(
     except: Option<Uuid>,
 ) -> Result<()> {
     let mut query = package::Entity::find()
-        .filter(package::Column::Product.eq(row.product.as_str()))
+        .filter(package::Column::Component.eq(row.component.as_str()))
         .filter(package::Column::Version.eq(row.version.as_str()))
         .filter(package::Column::DeletedAt.is_null());
     if let Some(except) = except {
@@ -456,7 +460,7 @@ async fn check_unique(
             let scope = if shared.is_empty() { String::new() } else { format!(" for model {}", shared.join(", ")) };
             return Err(Error::Conflict(format!(
                 "package {} {} already exists{scope} (package {})",
-                row.product, row.version, other.id
+                row.component, row.version, other.id
             )));
         }
     }
@@ -660,7 +664,7 @@ async fn find_live(conn: &impl ConnectionTrait, id: Uuid) -> Result<package::Mod
 pub(crate) async fn find_live_for_deployment(conn: &impl ConnectionTrait, id: Uuid) -> Result<package::Model> {
     let row = find_live(conn, id).await?;
     if row.deprecated {
-        return Err(Error::InvalidState(format!("package {} {} is deprecated", row.product, row.version)));
+        return Err(Error::InvalidState(format!("package {} {} is deprecated", row.component, row.version)));
     }
     Ok(row)
 }
@@ -736,7 +740,7 @@ pub(crate) async fn files_for_model(
 #[derive(Clone, Debug, Default)]
 pub struct PackageFilter {
     pub model: Option<Uuid>,
-    pub product: Option<String>,
+    pub component: Option<String>,
     pub name: Option<String>,
     pub version: Option<String>,
     pub kind: Option<String>,
@@ -773,8 +777,8 @@ pub async fn list(
             .into_query();
         condition = condition.add(package::Column::Id.in_subquery(ids));
     }
-    if let Some(product) = &filter.product {
-        condition = condition.add(package::Column::Product.eq(product.as_str()));
+    if let Some(component) = &filter.component {
+        condition = condition.add(package::Column::Component.eq(component.as_str()));
     }
     if let Some(name) = &filter.name {
         condition = condition.add(package::Column::Name.eq(name.as_str()));
@@ -870,7 +874,7 @@ pub async fn deprecate(app: &App, ctx: &Ctx, id: Uuid, deprecated: bool) -> Resu
             action,
             ResourceKind::Package,
             &id.to_string(),
-            json!({ "product": row.product, "version": row.version }),
+            json!({ "component": row.component, "version": row.version }),
         )
         .await?;
         tx.notify(Event::ContentChanged(row.content_id));
@@ -935,7 +939,7 @@ pub async fn delete(app: &App, ctx: &Ctx, id: Uuid) -> Result<Package> {
     if active > 0 {
         return Err(Error::Conflict(format!(
             "package {} {} is used by {active} active deployment(s); cancel them first",
-            row.product, row.version
+            row.component, row.version
         )));
     }
     let package = attach(tx.conn(), vec![row.clone()]).await?.remove(0);
@@ -955,7 +959,7 @@ pub async fn delete(app: &App, ctx: &Ctx, id: Uuid) -> Result<Package> {
         "package.delete",
         ResourceKind::Package,
         &id.to_string(),
-        json!({ "content_id": row.content_id, "product": row.product, "version": row.version }),
+        json!({ "content_id": row.content_id, "component": row.component, "version": row.version }),
     )
     .await?;
     tx.commit().await?;
@@ -1098,7 +1102,7 @@ mod tests {
     fn the_seed_otau_info_parses() {
         let raw = r#"{"author":"user@example.com","product":"myconnector","config_otau":{"version":"1.0.1","name":"firmware update","description":"firmware update","type":"URL_LIST","payload":["firmware_updatev101.txt"]}}"#;
         let info = parse_otau_info(raw).unwrap();
-        assert_eq!((info.product.as_str(), info.version.as_str()), ("myconnector", "1.0.1"));
+        assert_eq!((info.component.as_str(), info.version.as_str()), ("myconnector", "1.0.1"));
         assert_eq!(info.payload, vec!["firmware_updatev101.txt"]);
         let err =
             parse_otau_info(r#"{"product":"p","config_otau":{"version":"1","name":"n","type":"ZIP","payload":["a"]}}"#)
