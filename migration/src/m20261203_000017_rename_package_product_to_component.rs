@@ -1,6 +1,6 @@
 //! The installed component is `component` everywhere: devices always said
 //! so (`device_installed.component`), packages said `product`. The column
-//! and its unique index are renamed; the `otau_info` tag keeps its
+//! and its (component, version) index are renamed; the `otau_info` tag keeps its
 //! ExoSense key `product`.
 
 use sea_orm_migration::prelude::*;

@@ -72,6 +72,8 @@ pub async fn create(app: &App, grant: &UploadGrant, upload_length: u64) -> Resul
 /// HEAD: the offset, once a request still writing the upload (a stalled
 /// PATCH) has stopped and kept what it received.
 pub async fn offset(app: &App, grant: &UploadGrant) -> Result<TusUpload> {
+    // Checked before taking over, so only a holder of the upload URL can
+    // stop a PATCH; read again after, as the stopped one may have finished.
     authorized(app, grant).await?;
     let _busy = Busy::take(app, grant.content_id).await?;
     status(app, grant).await
