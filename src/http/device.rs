@@ -1,135 +1,270 @@
 //! The device API under `/device/v1` (DESIGN.md §6), authenticated by the
 //! device's own secret as `Authorization: Bearer <secret>`. Operator tokens
 //! are refused here, as device secrets are on operator endpoints.
+//!
+//! A thin adapter: a request body is a `Deserialize` struct, each handler
+//! makes one `service::device_api` call, and each answer is a `Serialize`
+//! struct. Rule: an answer's fields are declared in alphabetical order,
+//! the order devices have always been sent them in (`serde_json` without
+//! `preserve_order` writes `json!` objects sorted);
+//! `tests/it/device_api.rs` pins the bytes.
+
+use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use serde_json::{Map, Value, json};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::de::{DeserializeOwned, Error as _, IgnoredAny};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
 
 use super::{HttpState, extract, request_id};
 use crate::error::{Error, ResourceKind, Result};
-use crate::service::device::{Device, Inventory};
-use crate::service::device_api::{self, CommandStatus, ReportStatus, StatusReport, UpdateOffer};
+use crate::service::device::{Device, Inventory, NewDevice};
+use crate::service::device_api::{self, CommandOffer, CommandStatus, ReportStatus, StatusReport, UpdateOffer};
 
-/// The body as a JSON object; `shape` names its fields for the error.
-fn json_object(body: &Bytes, shape: &str) -> Result<Map<String, Value>> {
-    let body: Value = serde_json::from_slice(body).map_err(|e| Error::invalid("body", format!("not JSON: {e}")))?;
-    match body {
-        Value::Object(map) => Ok(map),
-        _ => Err(Error::invalid("body", format!("must be a JSON object {shape}"))),
+// ---------------------------------------------------------------------------
+// Reading bodies.
+
+/// The body as `T`. Not JSON, or not an object, is BAD_USER_INPUT on
+/// `body` (`shape` names the fields); a field of the wrong kind is
+/// BAD_USER_INPUT on that field.
+fn parse<T: DeserializeOwned>(body: &Bytes, shape: &str) -> Result<T> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| Error::invalid("body", format!("not JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(Error::invalid("body", format!("must be a JSON object {shape}")));
+    }
+    // From a `Value`, serde_json's messages carry no position: the message
+    // is the helper's own ("must be a string").
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().iter().next().map_or_else(|| "body".to_owned(), ToString::to_string);
+        Error::invalid(field, e.into_inner().to_string())
+    })
+}
+
+/// BAD_USER_INPUT on the first of `rest` (fields the body may not have).
+fn no_unknown(rest: &BTreeMap<String, IgnoredAny>, known: &str) -> Result<()> {
+    match rest.keys().next() {
+        Some(unknown) => Err(Error::invalid(unknown.as_str(), format!("unknown field ({known})"))),
+        None => Ok(()),
     }
 }
 
 /// An optional text field (a number is taken as its text).
-fn text(body: &Map<String, Value>, field: &str) -> Result<Option<String>> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
+fn text<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(_) => Err(Error::invalid(field, "must be a string")),
+        Some(_) => Err(D::Error::custom("must be a string")),
     }
-}
-
-/// What the device API shows a device of itself: `attributes` are the ones
-/// it reported (what its inventory posts), `operatorAttributes` the ones
-/// operators set, which it cannot change.
-fn view(device: &Device) -> Value {
-    json!({
-        "id": device.row.id,
-        "endpointId": device.row.endpoint_id,
-        "model": device.model.name,
-        "status": device.status.as_str(),
-        "installed": device.installed.iter().map(|(c, i)| (c.clone(), Value::String(i.version.clone()))).collect::<Map<_, _>>(),
-        "attributes": device.reported_attributes,
-        "operatorAttributes": device.attributes,
-    })
-}
-
-/// `GET /device/v1/device`: who the credential belongs to.
-pub async fn me(State(state): State<HttpState>, headers: HeaderMap) -> Result<Json<Value>> {
-    let ctx = extract::device(&state, &headers).await?;
-    let device = device_api::device(&state.app, &ctx).await?;
-    Ok(Json(view(&device)))
 }
 
 /// A JSON object of name → string, number, boolean or null (null removes).
-fn entries(body: &Map<String, Value>, field: &str) -> Result<Vec<(String, Option<String>)>> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(Vec::new()),
+fn entries<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<(String, Option<String>)>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None => Ok(Vec::new()),
         Some(Value::Object(map)) => map
-            .iter()
+            .into_iter()
             .map(|(name, value)| {
                 let value = match value {
                     Value::Null => None,
-                    Value::String(s) => Some(s.clone()),
+                    Value::String(s) => Some(s),
                     Value::Number(n) => Some(n.to_string()),
                     Value::Bool(b) => Some(b.to_string()),
-                    _ => return Err(Error::invalid(field, format!("{name}: a string, number, boolean or null"))),
+                    _ => return Err(D::Error::custom(format!("{name}: a string, number, boolean or null"))),
                 };
-                Ok((name.clone(), value))
+                Ok((name, value))
             })
             .collect(),
-        Some(_) => Err(Error::invalid(field, "must be an object of name to value")),
+        Some(_) => Err(D::Error::custom("must be an object of name to value")),
     }
+}
+
+/// An optional percentage.
+fn progress<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<i32>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(Value::Number(n)) => {
+            n.as_i64().and_then(|n| i32::try_from(n).ok()).map(Some).ok_or_else(|| D::Error::custom("an integer"))
+        }
+        Some(_) => Err(D::Error::custom("an integer from 0 to 100")),
+    }
+}
+
+/// Any JSON value, `null` included, when the field is there at all.
+fn present<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+// ---------------------------------------------------------------------------
+// The device.
+
+/// What the device API shows a device of itself.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeviceView<'a> {
+    /// The ones it reported (what its inventory posts).
+    attributes: &'a BTreeMap<String, String>,
+    endpoint_id: &'a str,
+    id: Uuid,
+    /// Component → version.
+    installed: BTreeMap<&'a str, &'a str>,
+    model: &'a str,
+    /// The ones operators set, which it cannot change.
+    operator_attributes: &'a BTreeMap<String, String>,
+    /// In the answer to its enrollment only, that once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<&'a str>,
+    status: &'static str,
+}
+
+impl<'a> DeviceView<'a> {
+    fn new(device: &'a Device) -> Self {
+        Self {
+            attributes: &device.reported_attributes,
+            endpoint_id: &device.row.endpoint_id,
+            id: device.row.id,
+            installed: device.installed.iter().map(|(c, i)| (c.as_str(), i.version.as_str())).collect(),
+            model: &device.model.name,
+            operator_attributes: &device.attributes,
+            secret: None,
+            status: device.status.as_str(),
+        }
+    }
+}
+
+/// `GET /device/v1/device`: who the credential belongs to.
+pub async fn me(State(state): State<HttpState>, headers: HeaderMap) -> Result<Response> {
+    let ctx = extract::device(&state, &headers).await?;
+    let device = device_api::device(&state.app, &ctx).await?;
+    Ok(Json(DeviceView::new(&device)).into_response())
+}
+
+/// The body of `/device/v1/enroll`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EnrollRequest {
+    #[serde(default, deserialize_with = "text")]
+    endpoint_id: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    serial: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    model: Option<String>,
+    #[serde(default, deserialize_with = "entries")]
+    attributes: Vec<(String, Option<String>)>,
 }
 
 /// `POST /device/v1/enroll` with `Authorization: Bearer <enrollment token>`
 /// and `{"endpointId", "serial", "model", "attributes": {…}}`: the device
 /// registers itself, PENDING until an operator approves it; 201 with its
 /// secret, this once.
-pub async fn enroll(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<(StatusCode, Json<Value>)> {
+pub async fn enroll(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
     let token = extract::enrollment_token(&headers)?;
-    let body = json_object(&body, "{\"endpointId\", \"serial\", \"model\", \"attributes\"}")?;
-    let text = |field: &str| text(&body, field);
-    let input = crate::service::device::NewDevice {
-        endpoint_id: text("endpointId")?.ok_or_else(|| Error::invalid("endpointId", "is required"))?,
-        serial: text("serial")?,
-        model: text("model")?.unwrap_or_default(),
+    let body: EnrollRequest = parse(&body, "{\"endpointId\", \"serial\", \"model\", \"attributes\"}")?;
+    let input = NewDevice {
+        endpoint_id: body.endpoint_id.ok_or_else(|| Error::invalid("endpointId", "is required"))?,
+        serial: body.serial,
+        model: body.model.unwrap_or_default(),
         // The service keeps these as reported attributes.
-        attributes: entries(&body, "attributes")?.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect(),
+        attributes: body.attributes.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect(),
         reported_attributes: Vec::new(),
         gateway: None,
     };
-    let registered = crate::service::enrollment::enroll(&state.app, token, input, request_id(&headers)).await?;
-    let mut view = view(&registered.device);
-    view["secret"] = Value::String(registered.secret);
-    Ok((StatusCode::CREATED, Json(view)))
+    let registered = device_api::enroll(&state.app, token, input, request_id(&headers)).await?;
+    let view = DeviceView { secret: Some(&registered.secret), ..DeviceView::new(&registered.device) };
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// The body of `/device/v1/inventory`.
+#[derive(Deserialize)]
+struct InventoryRequest {
+    #[serde(default, deserialize_with = "entries")]
+    installed: Vec<(String, Option<String>)>,
+    #[serde(default, deserialize_with = "entries")]
+    attributes: Vec<(String, Option<String>)>,
+    #[serde(flatten)]
+    rest: BTreeMap<String, IgnoredAny>,
 }
 
 /// `POST /device/v1/inventory` `{"installed": {"firmware": "1.2.0", "agent":
 /// "0.4"}, "attributes": {"region": "eu"}}`: what the device runs and is.
-pub async fn inventory(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>> {
+pub async fn inventory(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
     let ctx = extract::device(&state, &headers).await?;
-    let body = json_object(&body, "{\"installed\", \"attributes\"}")?;
-    if let Some(unknown) = body.keys().find(|k| !matches!(k.as_str(), "installed" | "attributes")) {
-        return Err(Error::invalid(unknown.as_str(), "unknown field (installed, attributes)"));
-    }
-    let report = Inventory { installed: entries(&body, "installed")?, attributes: entries(&body, "attributes")? };
+    let body: InventoryRequest = parse(&body, "{\"installed\", \"attributes\"}")?;
+    no_unknown(&body.rest, "installed, attributes")?;
+    let report = Inventory { installed: body.installed, attributes: body.attributes };
     let device = device_api::inventory(&state.app, &ctx, report).await?;
-    Ok(Json(view(&device)))
+    Ok(Json(DeviceView::new(&device)).into_response())
 }
 
-#[derive(serde::Deserialize)]
+// ---------------------------------------------------------------------------
+// The poll.
+
+#[derive(Deserialize)]
 pub struct PollQuery {
     /// Long poll: wait up to this many seconds (at most
     /// `deployments.max_poll_wait`) for something to happen.
     wait: Option<u64>,
 }
 
+/// A 200 answer of `/device/v1/poll`.
+#[derive(Serialize)]
+struct PollAnswer<'a> {
+    commands: Vec<CommandView<'a>>,
+    update: Option<UpdateView<'a>>,
+}
+
+/// A command as `/device/v1/poll` shows it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CommandView<'a> {
+    args: &'a Value,
+    expires_at: DateTime<Utc>,
+    id: Uuid,
+    name: &'a str,
+}
+
+impl<'a> From<&'a CommandOffer> for CommandView<'a> {
+    fn from(c: &'a CommandOffer) -> Self {
+        Self { args: &c.args, expires_at: c.expires_at, id: c.id, name: &c.name }
+    }
+}
+
+/// An update offer as `/device/v1/poll` shows it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateView<'a> {
+    action: &'static str,
+    deployment_id: Uuid,
+    id: Uuid,
+    manifest: &'a Value,
+    state: &'static str,
+}
+
+impl<'a> From<&'a UpdateOffer> for UpdateView<'a> {
+    fn from(o: &'a UpdateOffer) -> Self {
+        Self {
+            action: o.action.as_str(),
+            deployment_id: o.deployment_id,
+            id: o.id,
+            manifest: &o.manifest,
+            state: o.state.as_str(),
+        }
+    }
+}
+
 /// `GET /device/v1/poll[?wait=N]`: 200 with the pending update, 204 when
 /// nothing is pending, 304 when `If-None-Match` names what is current.
 pub async fn poll(
     State(state): State<HttpState>,
-    axum::extract::Query(query): axum::extract::Query<PollQuery>,
+    Query(query): Query<PollQuery>,
     headers: HeaderMap,
-) -> Result<axum::response::Response> {
-    use axum::response::IntoResponse;
+) -> Result<Response> {
     let ctx = extract::device(&state, &headers).await?;
     let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::trim);
     let wait = query.wait.map(std::time::Duration::from_secs);
@@ -146,12 +281,11 @@ pub async fn poll(
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
     ];
     Ok(if answer.has_news() {
-        let commands: Vec<Value> = answer
-            .commands
-            .iter()
-            .map(|c| json!({ "id": c.id, "name": c.name, "args": c.args, "expiresAt": c.expires_at }))
-            .collect();
-        (etag, Json(json!({ "update": answer.update.as_ref().map(update_view), "commands": commands }))).into_response()
+        let body = PollAnswer {
+            commands: answer.commands.iter().map(CommandView::from).collect(),
+            update: answer.update.as_ref().map(UpdateView::from),
+        };
+        (etag, Json(body)).into_response()
     } else if answer.not_modified(if_none_match) {
         (StatusCode::NOT_MODIFIED, etag, axum::Extension(super::Routine)).into_response()
     } else {
@@ -159,15 +293,34 @@ pub async fn poll(
     })
 }
 
-/// An update offer as `/device/v1/poll` shows it.
-fn update_view(offer: &UpdateOffer) -> Value {
-    json!({
-        "id": offer.id,
-        "deploymentId": offer.deployment_id,
-        "action": offer.action.as_str(),
-        "state": offer.state.as_str(),
-        "manifest": offer.manifest,
-    })
+// ---------------------------------------------------------------------------
+// Reports.
+
+/// The body of `/device/v1/updates/{id}/status`.
+#[derive(Deserialize)]
+struct StatusRequest {
+    #[serde(default, deserialize_with = "text")]
+    status: Option<String>,
+    #[serde(default, deserialize_with = "progress")]
+    progress: Option<i32>,
+    #[serde(default, deserialize_with = "text")]
+    version: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    errcode: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    message: Option<String>,
+}
+
+/// The update after a status report.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateAnswer<'a> {
+    deployment_id: Uuid,
+    errcode: Option<&'a str>,
+    id: Uuid,
+    message: Option<&'a str>,
+    progress: i32,
+    state: &'a str,
 }
 
 /// `POST /device/v1/updates/{id}/status` `{"status": "DOWNLOADING",
@@ -175,54 +328,76 @@ fn update_view(offer: &UpdateOffer) -> Value {
 /// `errcode` and `message`.
 pub async fn update_status(
     State(state): State<HttpState>,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>> {
+) -> Result<Response> {
     let ctx = extract::device(&state, &headers).await?;
     let id = id.parse().map_err(|_| Error::not_found(ResourceKind::Update, &id))?;
-    let body = json_object(&body, "{\"status\", \"progress\", \"version\", \"errcode\", \"message\"}")?;
-    let progress = match body.get("progress") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => Some(
-            n.as_i64().and_then(|n| i32::try_from(n).ok()).ok_or_else(|| Error::invalid("progress", "an integer"))?,
-        ),
-        Some(_) => return Err(Error::invalid("progress", "an integer from 0 to 100")),
-    };
-    let status = text(&body, "status")?.ok_or_else(|| Error::invalid("status", "is required"))?;
+    let body: StatusRequest = parse(&body, "{\"status\", \"progress\", \"version\", \"errcode\", \"message\"}")?;
+    let status = body.status.ok_or_else(|| Error::invalid("status", "is required"))?;
     let report = StatusReport {
         status: ReportStatus::parse(&status)?,
-        progress,
-        version: text(&body, "version")?,
-        errcode: text(&body, "errcode")?,
-        message: text(&body, "message")?,
+        progress: body.progress,
+        version: body.version,
+        errcode: body.errcode,
+        message: body.message,
     };
     let update = device_api::report(&state.app, &ctx, id, report).await?;
-    Ok(Json(json!({
-        "id": update.id, "deploymentId": update.deployment_id, "state": update.state, "progress": update.progress,
-        "errcode": update.error_code, "message": update.message,
-    })))
+    Ok(Json(UpdateAnswer {
+        deployment_id: update.deployment_id,
+        errcode: update.error_code.as_deref(),
+        id: update.id,
+        message: update.message.as_deref(),
+        progress: update.progress,
+        state: &update.state,
+    })
+    .into_response())
+}
+
+/// The body of `/device/v1/commands/{id}`.
+#[derive(Deserialize)]
+struct CommandRequest {
+    #[serde(default, deserialize_with = "text")]
+    status: Option<String>,
+    /// Kept as sent, `null` included.
+    #[serde(default, deserialize_with = "present")]
+    result: Option<Value>,
+    #[serde(default, deserialize_with = "text")]
+    message: Option<String>,
+    #[serde(flatten)]
+    rest: BTreeMap<String, IgnoredAny>,
+}
+
+/// The command after its result.
+#[derive(Serialize)]
+struct CommandAnswer<'a> {
+    id: Uuid,
+    message: Option<&'a str>,
+    name: &'a str,
+    state: &'a str,
 }
 
 /// `POST /device/v1/commands/{id}` `{"status": "ACKNOWLEDGED" | "SUCCEEDED" |
 /// "FAILED", "result": <JSON>, "message": "..."}`: how a command went.
 pub async fn command_status(
     State(state): State<HttpState>,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>> {
+) -> Result<Response> {
     let ctx = extract::device(&state, &headers).await?;
     let id = id.parse().map_err(|_| Error::not_found(ResourceKind::Command, &id))?;
-    let mut body = json_object(&body, "{\"status\", \"result\", \"message\"}")?;
-    if let Some(unknown) = body.keys().find(|k| !matches!(k.as_str(), "status" | "result" | "message")) {
-        return Err(Error::invalid(unknown.as_str(), "unknown field (status, result, message)"));
-    }
-    let status = text(&body, "status")?.ok_or_else(|| Error::invalid("status", "is required"))?;
+    let body: CommandRequest = parse(&body, "{\"status\", \"result\", \"message\"}")?;
+    no_unknown(&body.rest, "status, result, message")?;
+    let status = body.status.ok_or_else(|| Error::invalid("status", "is required"))?;
     let status = CommandStatus::parse(&status)?;
-    let message = text(&body, "message")?;
-    let command = device_api::command_result(&state.app, &ctx, id, status, body.remove("result"), message).await?;
-    Ok(Json(json!({
-        "id": command.id, "name": command.name, "state": command.state, "message": command.message,
-    })))
+    let command = device_api::command_result(&state.app, &ctx, id, status, body.result, body.message).await?;
+    Ok(Json(CommandAnswer {
+        id: command.id,
+        message: command.message.as_deref(),
+        name: &command.name,
+        state: &command.state,
+    })
+    .into_response())
 }

@@ -6,68 +6,136 @@
 //! be the gateway of (EnOS Edge acts for its sub-devices). Errors use the
 //! seed's shape, `{"httpstatus": 404, "message": "…"}`
 //! (`Error::into_enos_response`).
+//!
+//! A thin adapter, like `device.rs`: `Deserialize` bodies, one
+//! `service::device_api` call, a `Serialize` answer whose fields are in
+//! alphabetical order (the order the seed's answers have always had).
+//! Parsing is lenient, as EnOS devices are: a number may come as a string,
+//! a text as a number, and reading a body never fails once it is a JSON
+//! object; a field that is wrong is refused after the caller is known.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
 use super::{HttpState, extract};
 use crate::error::{Error, ResourceKind};
-use crate::service::device_api::enos;
+use crate::service::device_api::{self, enos};
 
-fn body_object(body: &Bytes) -> Result<Map<String, Value>, Error> {
+/// The body as `T` (never refused once it is a JSON object).
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Error> {
     match serde_json::from_slice(body) {
-        Ok(Value::Object(map)) => Ok(map),
+        Ok(value @ Value::Object(_)) => {
+            serde_json::from_value(value).map_err(|e| Error::invalid("body", e.to_string()))
+        }
         Ok(_) => Err(Error::invalid("body", "must be a JSON object")),
         Err(e) => Err(Error::invalid("body", format!("not JSON: {e}"))),
     }
 }
 
-fn text(body: &Map<String, Value>, field: &str) -> Option<String> {
-    match body.get(field) {
-        Some(Value::String(s)) => Some(s.clone()),
+/// A text: a string, or a number as its text; anything else counts as absent.
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Option::<Value>::deserialize(d)? {
+        Some(Value::String(s)) => Some(s),
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
+    })
+}
+
+/// An integer field: a number, or a string holding one.
+#[derive(Clone, Copy, Debug, Default)]
+enum Int {
+    /// Absent, null, or neither a number nor a string.
+    #[default]
+    Missing,
+    Given(i64),
+    /// A fraction, or a string that is no integer.
+    Invalid,
+}
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match Value::deserialize(d)? {
+            Value::Number(n) => n.as_i64().map_or(Self::Invalid, Self::Given),
+            Value::String(s) => s.trim().parse().map_or(Self::Invalid, Self::Given),
+            _ => Self::Missing,
+        })
     }
 }
 
-fn number(body: &Map<String, Value>, field: &str) -> Result<i64, Error> {
-    match body.get(field) {
-        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| Error::invalid(field, "an integer")),
-        Some(Value::String(s)) => s.trim().parse().map_err(|_| Error::invalid(field, "an integer")),
-        _ => Err(Error::invalid(field, "is required (an integer)")),
+impl Int {
+    /// The value, or BAD_USER_INPUT on `field`.
+    fn get(self, field: &str) -> Result<i64, Error> {
+        match self {
+            Self::Given(n) => Ok(n),
+            Self::Invalid => Err(Error::invalid(field, "an integer")),
+            Self::Missing => Err(Error::invalid(field, "is required (an integer)")),
+        }
     }
+}
+
+/// The body of `/checkversion` (its `serialNum` is not used).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CheckVersionRequest {
+    #[serde(default, deserialize_with = "text")]
+    asset_id: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    version: Option<String>,
+}
+
+/// The answer of `/checkversion`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CheckVersionAnswer<'a> {
+    asset_id: &'a str,
+    /// 1 with an update, 0 without.
+    code: u8,
+    desc: &'static str,
+    downloadurl: String,
+    sign: &'a str,
+    sign_method: &'static str,
+    version: &'a str,
 }
 
 /// `POST /checkversion` `{"assetId", "version", "serialNum"}`.
 pub async fn check_version(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
-        let body = body_object(&body)?;
-        let asset_id = text(&body, "assetId").unwrap_or_default();
+        let body: CheckVersionRequest = parse(&body)?;
+        let asset_id = body.asset_id.unwrap_or_default();
         let ctx = extract::enos_asset(&state, &headers, Some(&asset_id)).await?;
-        let reported = text(&body, "version").unwrap_or_default();
+        let reported = body.version.unwrap_or_default();
         let check = enos::check_version(&state.app, &ctx, &reported).await?;
-        let asset_id = check.asset_id;
-        Ok::<_, Error>(match check.update {
-            None => json!({
-                "assetId": asset_id, "version": reported, "code": 0, "desc": "no update",
-                "signMethod": "", "sign": "", "downloadurl": "",
-            }),
-            Some(check) => json!({
-                "assetId": asset_id, "version": check.version, "code": 1, "desc": "has update",
-                "signMethod": if check.md5.is_empty() { "" } else { "MD5" }, "sign": check.md5,
-                "downloadurl": format!("/version/{}", check.update_id),
-            }),
-        })
+        let asset_id = check.asset_id.as_str();
+        let answer = match &check.update {
+            None => CheckVersionAnswer {
+                asset_id,
+                code: 0,
+                desc: "no update",
+                downloadurl: String::new(),
+                sign: "",
+                sign_method: "",
+                version: &reported,
+            },
+            Some(update) => CheckVersionAnswer {
+                asset_id,
+                code: 1,
+                desc: "has update",
+                downloadurl: format!("/version/{}", update.update_id),
+                sign: &update.md5,
+                sign_method: if update.md5.is_empty() { "" } else { "MD5" },
+                version: &update.version,
+            },
+        };
+        Ok::<_, Error>(Json(answer).into_response())
     }
     .await;
-    match result {
-        Ok(answer) => Json(answer).into_response(),
-        Err(err) => err.into_enos_response(),
-    }
+    result.unwrap_or_else(Error::into_enos_response)
 }
 
 /// `GET /version/{id}`: the firmware file (Range works).
@@ -80,12 +148,25 @@ pub async fn version(
     let result = async {
         let ctx = extract::device(&state, &headers).await?;
         let id = id.parse().map_err(|_| Error::not_found(ResourceKind::Update, &id))?;
-        let download = crate::service::device_api::update_file(&state.app, &ctx, id).await?;
+        let download = device_api::update_file(&state.app, &ctx, id).await?;
         let private = axum::http::HeaderValue::from_static("private");
         super::repository::serve(&state, &method, &headers, &download, private).await
     }
     .await;
     result.unwrap_or_else(Error::into_enos_response)
+}
+
+/// The body of `/downloadresult/{id}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DownloadResultRequest {
+    #[serde(default, deserialize_with = "text")]
+    asset_id: Option<String>,
+    /// 1 downloaded; anything else failed.
+    #[serde(default)]
+    code: Int,
+    #[serde(default, deserialize_with = "text")]
+    message: Option<String>,
 }
 
 /// `POST /downloadresult/{id}` `{"assetId", "code": 0|1, "message"}`: 204.
@@ -96,10 +177,10 @@ pub async fn download_result(
     body: Bytes,
 ) -> Response {
     let result = async {
-        let body = body_object(&body)?;
-        let ctx = extract::enos_asset(&state, &headers, text(&body, "assetId").as_deref()).await?;
+        let body: DownloadResultRequest = parse(&body)?;
+        let ctx = extract::enos_asset(&state, &headers, body.asset_id.as_deref()).await?;
         let id = id.parse().map_err(|_| Error::not_found(ResourceKind::Update, &id))?;
-        enos::download_result(&state.app, &ctx, id, number(&body, "code")?, text(&body, "message")).await
+        enos::download_result(&state.app, &ctx, id, body.code.get("code")?, body.message).await
     }
     .await;
     match result {
@@ -108,18 +189,36 @@ pub async fn download_result(
     }
 }
 
+/// The body of `/updateresult`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateResultRequest {
+    #[serde(default, deserialize_with = "text")]
+    asset_id: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    version: Option<String>,
+    #[serde(default, deserialize_with = "text")]
+    desc: Option<String>,
+    #[serde(default)]
+    flag: Int,
+    #[serde(default)]
+    process: Int,
+    #[serde(default, deserialize_with = "text")]
+    errcode: Option<String>,
+}
+
 /// `POST /updateresult` `{"assetId", "version", "desc", "flag", "process",
 /// "errcode"}`: 204.
 pub async fn update_result(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
-        let body = body_object(&body)?;
-        let ctx = extract::enos_asset(&state, &headers, text(&body, "assetId").as_deref()).await?;
+        let body: UpdateResultRequest = parse(&body)?;
+        let ctx = extract::enos_asset(&state, &headers, body.asset_id.as_deref()).await?;
         let result = enos::UpdateResult {
-            flag: number(&body, "flag")?,
-            process: number(&body, "process")?,
-            version: text(&body, "version").unwrap_or_default(),
-            errcode: text(&body, "errcode"),
-            desc: text(&body, "desc"),
+            flag: body.flag.get("flag")?,
+            process: body.process.get("process")?,
+            version: body.version.unwrap_or_default(),
+            errcode: body.errcode,
+            desc: body.desc,
         };
         enos::update_result(&state.app, &ctx, result).await
     }

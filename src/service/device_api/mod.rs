@@ -42,7 +42,7 @@ use crate::app::App;
 use crate::auth::Ctx;
 use crate::error::{Error, ResourceKind, Result};
 use crate::service::command::CommandState;
-use crate::service::device::{Device, Inventory};
+use crate::service::device::{Device, Inventory, NewDevice, Registered};
 
 /// The calling device, from its own secret (`otd_…`). Anything else (an
 /// operator's token, say) is UNAUTHENTICATED.
@@ -58,6 +58,13 @@ pub async fn authenticate(app: &App, secret: &str, request_id: Option<String>) -
 /// this gateway's. Gateways act one level deep.
 pub async fn act_for(app: &App, gateway: &Ctx, endpoint_id: &str) -> Result<Ctx> {
     crate::service::device::act_for(app, gateway, endpoint_id).await
+}
+
+/// A device registering itself with a fleet enrollment token
+/// (`service::enrollment`): PENDING until an operator approves it; its
+/// secret is in the answer, this once.
+pub async fn enroll(app: &App, token: &str, input: NewDevice, request_id: Option<String>) -> Result<Registered> {
+    crate::service::enrollment::enroll(app, token, input, request_id).await
 }
 
 /// The device itself, as the credential says.
