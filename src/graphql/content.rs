@@ -274,7 +274,9 @@ impl ContentMutation {
         let Some(input) = content else {
             return Err(Error::invalid("content", "is required").into());
         };
-        let (_, form) = service::create(
+        // With `otau_info` the content is a package's holder: the package
+        // service makes both (and hands plain contents to the content one).
+        let (_, form) = crate::service::package::create_content(
             app(ctx),
             caller(ctx),
             service::NewContent {

@@ -26,7 +26,7 @@ pub struct Runner {
 
 /// Jobs that run forever, each queueing its own next run.
 const PERIODIC: [&str; 3] =
-    [super::PRUNE, crate::service::command::EXPIRE_JOB, crate::service::content::RELEASE_ABANDONED_JOB];
+    [super::PRUNE, crate::service::command::EXPIRE_JOB, crate::service::upload_sweep::RELEASE_ABANDONED_JOB];
 /// How often the runner checks that each periodic job is there, in
 /// `jobs.poll_interval`s (a minute by default).
 const PERIODIC_CHECK_POLLS: u32 = 30;

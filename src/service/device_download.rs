@@ -42,10 +42,12 @@ use uuid::Uuid;
 
 use crate::app::{App, Event};
 use crate::error::{Error, Result};
-use crate::service::content::DEVICE_DOWNLOAD_PURPOSE;
 use crate::service::deployment::UpdateState;
 use crate::service::device::DeviceStatus;
 
+/// What a device's file URLs are signed for: the content, the device, its
+/// update and its credential.
+const DEVICE_DOWNLOAD_PURPOSE: &str = "content-download-device";
 /// How long an update's state is trusted without an event (a safety net).
 const UPDATE_TTL: Duration = Duration::from_secs(15 * 60);
 /// Entries at most.

@@ -31,6 +31,7 @@ macro_rules! states {
 
 pub mod audit;
 pub mod authz;
+pub mod catalog;
 pub mod command;
 pub mod content;
 pub mod deployment;
@@ -47,6 +48,7 @@ pub mod rate_limit;
 pub mod role;
 pub mod scan;
 pub mod tus;
+pub mod upload_sweep;
 
 use sea_orm::DatabaseTransaction;
 

@@ -34,15 +34,6 @@ use crate::service::WriteTx;
 
 const SCANNER: &str = "scanner";
 
-/// The payload of a `content.scan` job.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct ScanPayload {
-    pub content_id: Uuid,
-    /// An operator's `promoteContent` (needed with manual promotion).
-    #[serde(default)]
-    pub promote: bool,
-}
-
 /// One run of the job `content.scan` (`jobs/tasks/content_scan.rs`): every
 /// remaining step for one content; `last_attempt` makes a clamd failure
 /// final (SCAN_FAILED). `promote` is an operator's `promoteContent` (needed

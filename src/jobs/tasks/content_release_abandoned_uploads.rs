@@ -1,12 +1,12 @@
 //! `content.release_abandoned_uploads`: the periodic sweep
-//! (`service::content::release_abandoned_uploads`), queued again after
+//! (`service::upload_sweep::release_abandoned_uploads`), queued again after
 //! half of `content.upload_idle_timeout`.
 
 use chrono::{TimeDelta, Utc};
 
 use crate::app::App;
 use crate::jobs::Handler;
-use crate::service::content::{self, RELEASE_ABANDONED_JOB};
+use crate::service::upload_sweep::{self, RELEASE_ABANDONED_JOB};
 
 pub struct ReleaseAbandonedJob;
 
@@ -17,7 +17,7 @@ impl Handler for ReleaseAbandonedJob {
     }
 
     async fn run(&self, app: &App, _job: &entity::job::Model) -> anyhow::Result<()> {
-        let released = content::release_abandoned_uploads(app).await?;
+        let released = upload_sweep::release_abandoned_uploads(app).await?;
         if released > 0 {
             tracing::warn!(released, "released abandoned uploads");
         }

@@ -4,8 +4,8 @@
 
 use crate::app::App;
 use crate::jobs::Handler;
-use crate::service::content::SCAN_JOB;
-use crate::service::scan::{self, ScanPayload};
+use crate::service::content::{SCAN_JOB, ScanPayload};
+use crate::service::scan;
 
 pub struct ScanJob;
 

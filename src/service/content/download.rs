@@ -10,13 +10,10 @@ use super::{Content, ContentState};
 use crate::app::App;
 use crate::auth::{Ctx, Permission};
 use crate::error::{Error, ResourceKind, Result};
-use crate::service::package;
+use crate::service::catalog;
 
 pub(super) const DOWNLOAD_PURPOSE: &str = "content-download";
 pub(super) const DOWNLOAD_BY_HASH_PURPOSE: &str = "content-download-sha256";
-/// URLs in a device's manifest: signed over the content, the device, its
-/// update and its credential (`service/device_download.rs`).
-pub(crate) const DEVICE_DOWNLOAD_PURPOSE: &str = "content-download-device";
 /// Bounds of `downloadUrl(ttlSeconds)`.
 pub const DOWNLOAD_TTL_SECONDS: std::ops::RangeInclusive<i64> = 60..=7 * 24 * 3600;
 
@@ -60,7 +57,7 @@ pub async fn open_download(app: &App, access: &DownloadAccess, id: Uuid) -> Resu
         .await?
         .ok_or_else(|| Error::not_found(ResourceKind::Content, id.to_string()))?;
     if let Some(device_model) = device_model
-        && !package::files_for_model(&app.db, device_model, &[model.id]).await?
+        && !catalog::files_for_model(&app.db, device_model, &[model.id]).await?
     {
         return Err(Error::not_found(ResourceKind::Content, id.to_string()));
     }
@@ -103,7 +100,7 @@ pub async fn open_download_by_hash(app: &App, access: &DownloadAccess, sha256: &
         .await?;
     let Some(model) = same.first() else { return Err(Error::not_found(ResourceKind::Object, sha256)) };
     if let Some(device_model) = device_model
-        && !package::files_for_model(&app.db, device_model, &same.iter().map(|c| c.id).collect::<Vec<_>>()).await?
+        && !catalog::files_for_model(&app.db, device_model, &same.iter().map(|c| c.id).collect::<Vec<_>>()).await?
     {
         return Err(Error::not_found(ResourceKind::Object, sha256));
     }

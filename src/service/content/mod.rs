@@ -21,18 +21,25 @@ use crate::app::{App, Event};
 use crate::auth::{Ctx, Permission};
 use crate::error::{Error, ResourceKind, Result};
 use crate::service::pagination::{Page, PageRequest, cursor};
-use crate::service::{WriteTx, package};
+use crate::service::{WriteTx, catalog};
 
-mod abandoned;
 mod download;
 mod upload;
 
-pub use abandoned::*;
 pub use download::*;
 pub use upload::*;
 
 /// Job kind that scans a staged content.
 pub const SCAN_JOB: &str = "content.scan";
+
+/// The payload of a `content.scan` job (`service::scan` runs it).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct ScanPayload {
+    pub content_id: Uuid,
+    /// An operator's `promoteContent` (needed with manual promotion).
+    #[serde(default)]
+    pub promote: bool,
+}
 
 pub(super) const UPLOAD_PURPOSE: &str = "content-upload";
 
@@ -252,7 +259,7 @@ pub async fn list(
 
 /// The payload of the `content.scan` job that `service::scan` runs.
 fn scan_payload(content_id: Uuid, promote: bool) -> Result<serde_json::Value> {
-    serde_json::to_value(crate::service::scan::ScanPayload { content_id, promote }).map_err(Error::internal)
+    serde_json::to_value(ScanPayload { content_id, promote }).map_err(Error::internal)
 }
 
 fn store_error(err: object_store::Error) -> Error {
@@ -277,7 +284,7 @@ pub async fn set_tags(app: &App, ctx: &Ctx, id: Uuid, tags: Vec<(String, String)
         .collect();
     // A package's manifest tags change only through the package mutations:
     // devices verify signatures over the manifest, so it never changes.
-    for reserved in package::RESERVED_TAGS {
+    for reserved in catalog::RESERVED_TAGS {
         let now = tags.iter().find(|(n, _)| n == reserved).map(|(_, v)| v);
         if now != existing.get(reserved) {
             return Err(Error::invalid(
@@ -321,13 +328,13 @@ pub async fn delete(app: &App, ctx: &Ctx, id: Uuid) -> Result<Content> {
     if from == ContentState::Uploading {
         return Err(Error::InvalidState(format!("content {id} is UPLOADING; wait until the upload ends")));
     }
-    if let Some(holder_of) = package::by_holder(tx.conn(), id).await? {
+    if let Some(holder_of) = catalog::package_of_holder(tx.conn(), id).await? {
         return Err(Error::Conflict(format!(
             "content {id} holds the manifest of package {}; delete the package (deletePackage) instead",
             holder_of.id
         )));
     }
-    let users = package::using_file(tx.conn(), id).await?;
+    let users = catalog::packages_using_file(tx.conn(), id).await?;
     if !users.is_empty() {
         let names: Vec<String> = users.iter().map(|p| format!("{} {} ({})", p.component, p.version, p.id)).collect();
         return Err(Error::Conflict(format!("content {id} is a file of package(s) {}", names.join(", "))));

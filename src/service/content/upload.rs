@@ -2,8 +2,6 @@
 //! signed upload grant, the one-shot upload (multipart or raw body) and the
 //! streaming receive with its digests that the resumable (tus) path shares.
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
 use chrono::{DateTime, SubsecRound, Utc};
 use entity::{content, content_tag};
@@ -16,7 +14,6 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::abandoned::release_upload;
 use super::{
     Content, ContentState, NewContent, SCAN_JOB, UPLOAD_PURPOSE, UploadForm, find, get_unchecked, scan_payload,
     store_error, transition,
@@ -24,7 +21,8 @@ use super::{
 use crate::app::{App, Event};
 use crate::auth::{Ctx, Permission};
 use crate::error::{Error, ResourceKind, Result};
-use crate::service::{WriteTx, package};
+use crate::service::WriteTx;
+use crate::service::catalog::{OTAU_INFO_TAG, RESERVED_TAGS};
 
 const MAX_TAGS: usize = 200;
 const MAX_TAG_VALUE: usize = 64 * 1024;
@@ -34,33 +32,39 @@ const PART_SIZE: usize = 8 * 1024 * 1024;
 /// The multipart field that carries the file.
 pub const UPLOAD_FIELD: &str = "file";
 
-/// Create a content awaiting its bytes. With an `otau_info` tag (the
-/// ExoSense way to create a software package) it also creates the package,
-/// in the same transaction, and needs PACKAGE_WRITE too; a holder of length
-/// 0 is PROMOTED at once, a longer one awaits its upload like any content.
+/// Create a content awaiting its bytes (`createContent` without
+/// `otau_info`; with it, the content is a package's holder and
+/// `service::package::create_content` makes both). The tags only packages
+/// write are refused.
 pub async fn create(app: &App, ctx: &Ctx, input: NewContent) -> Result<(Content, UploadForm)> {
     ctx.require(Permission::ContentWrite)?;
-    let mut input = validate(app, input)?;
-    let is_package = input.tags.iter().any(|(name, _)| name == package::OTAU_INFO_TAG);
-    if is_package {
-        ctx.require(Permission::PackageWrite)?;
-    } else if let Some((name, _)) = input.tags.iter().find(|(name, _)| package::RESERVED_TAGS.contains(&name.as_str()))
-    {
-        return Err(Error::invalid(
-            "tags.name",
-            format!("{name:?} belongs to a package's otau_info; give otau_info too"),
-        ));
+    let input = validate(app, input)?;
+    if let Some((name, _)) = input.tags.iter().find(|(name, _)| RESERVED_TAGS.contains(&name.as_str())) {
+        let reason = if name == OTAU_INFO_TAG {
+            format!("{name:?}: packages are made with createSoftwarePackage or createContent")
+        } else {
+            format!("{name:?} belongs to a package's otau_info; give otau_info too")
+        };
+        return Err(Error::invalid("tags.name", reason));
     }
-    let (_, created_by) = ctx.actor.audit_identity();
-    let now = Utc::now();
-    let id = Uuid::now_v7();
-    let state = if is_package && input.length == 0 { ContentState::Promoted } else { ContentState::AwaitingUpload };
-
+    let state = ContentState::AwaitingUpload;
     let mut tx = WriteTx::begin(app).await?;
-    if is_package {
-        package::bind_exosense_files(tx.conn(), input.product_id.as_deref(), &mut input.tags).await?;
-    }
-    let model = insert_row(&mut tx, id, &input, state, created_by, now).await?;
+    let model = insert_created(&mut tx, ctx, &input, state).await?;
+    tx.commit().await?;
+    let form = upload_form(app, &model);
+    Ok((Content { state, tags: input.tags.into_iter().collect(), model }, form))
+}
+
+/// Insert a content `createContent` made, in `state`, with its audit event.
+pub(in crate::service) async fn insert_created(
+    tx: &mut WriteTx,
+    ctx: &Ctx,
+    input: &NewContent,
+    state: ContentState,
+) -> Result<content::Model> {
+    let (_, created_by) = ctx.actor.audit_identity();
+    let id = Uuid::now_v7();
+    let model = insert_row(tx, id, input, state, created_by, Utc::now()).await?;
     tx.audit(
         ctx,
         "content.create",
@@ -72,14 +76,7 @@ pub async fn create(app: &App, ctx: &Ctx, input: NewContent) -> Result<(Content,
         }),
     )
     .await?;
-    let tags: BTreeMap<String, String> = input.tags.into_iter().collect();
-    if is_package {
-        package::index(&mut tx, ctx, &model, &tags).await?;
-    }
-    tx.commit().await?;
-
-    let form = upload_form(app, &model);
-    Ok((Content { state, tags, model }, form))
+    Ok(model)
 }
 
 /// Insert the empty, PROMOTED content whose tags hold a package's manifest
@@ -157,7 +154,7 @@ pub(super) async fn insert_row(
     Ok(model)
 }
 
-pub(super) fn upload_form(app: &App, model: &content::Model) -> UploadForm {
+pub(in crate::service) fn upload_form(app: &App, model: &content::Model) -> UploadForm {
     let expires_at = Utc::now() + chrono::TimeDelta::from_std(app.config.http.upload_url_ttl).unwrap_or_default();
     let sig = app.signer.sign(UPLOAD_PURPOSE, &[&model.id.to_string(), &model.length.to_string()], expires_at);
     UploadForm {
@@ -171,7 +168,7 @@ pub(super) fn upload_form(app: &App, model: &content::Model) -> UploadForm {
     }
 }
 
-pub(super) fn validate(app: &App, mut input: NewContent) -> Result<NewContent> {
+pub(in crate::service) fn validate(app: &App, mut input: NewContent) -> Result<NewContent> {
     input.name = input.name.trim().to_owned();
     if input.name.is_empty() || input.name.chars().count() > 255 || input.name.chars().any(char::is_control) {
         return Err(Error::invalid("name", "1 to 255 characters, no control characters"));
@@ -296,10 +293,10 @@ where
 {
     ctx.require(Permission::ContentWrite)?;
     let input = validate(app, input)?;
-    if input.tags.iter().any(|(name, _)| name == package::OTAU_INFO_TAG) {
+    if input.tags.iter().any(|(name, _)| name == OTAU_INFO_TAG) {
         return Err(Error::invalid(
             "tags.name",
-            format!("{:?}: packages are made with createSoftwarePackage or createContent", package::OTAU_INFO_TAG),
+            format!("{OTAU_INFO_TAG:?}: packages are made with createSoftwarePackage or createContent"),
         ));
     }
     let Some(body) = body else {
@@ -550,4 +547,35 @@ pub(in crate::service) async fn finish_upload(
     tx.commit().await?;
     app.wake_workers();
     get_unchecked(&app.db, current.id).await
+}
+
+/// UPLOADING → AWAITING_UPLOAD after a refused or broken upload; with
+/// `mark`, only while the claim is still that upload's (a later upload's
+/// claim is left alone).
+pub(in crate::service) async fn release_upload(app: &App, id: Uuid, mark: Option<DateTime<Utc>>) {
+    let result = async {
+        let mut tx = WriteTx::begin(app).await?;
+        match mark {
+            None => transition(&mut tx, id, ContentState::Uploading, ContentState::AwaitingUpload).await?,
+            Some(mark) => {
+                let released = content::Entity::update_many()
+                    .col_expr(content::Column::State, Expr::value(ContentState::AwaitingUpload.as_str()))
+                    .col_expr(content::Column::UpdatedAt, Expr::value(Utc::now()))
+                    .filter(content::Column::Id.eq(id))
+                    .filter(content::Column::State.eq(ContentState::Uploading.as_str()))
+                    .filter(content::Column::UpdatedAt.eq(mark))
+                    .exec(tx.conn())
+                    .await?;
+                if released.rows_affected != 1 {
+                    return Ok(());
+                }
+                tx.notify(Event::ContentChanged(id));
+            }
+        }
+        tx.commit().await
+    }
+    .await;
+    if let Err(err) = result {
+        tracing::error!(content = %id, error = %err, "could not release a failed upload");
+    }
 }

@@ -99,7 +99,7 @@ async fn apply_in(
     }
 
     let conn = tx.conn();
-    let package = crate::service::package::find_live_for_deployment(conn, input.package).await?;
+    let package = crate::service::catalog::deployable_package(conn, input.package).await?;
     let models: HashSet<Uuid> = package_model::Entity::find()
         .filter(package_model::Column::PackageId.eq(package.id))
         .all(conn)

@@ -38,21 +38,16 @@ use uuid::Uuid;
 use crate::app::{App, Event};
 use crate::auth::{Ctx, Permission};
 use crate::error::{Error, ResourceKind, Result};
-use crate::service::WriteTx;
 use crate::service::content::ContentState;
 use crate::service::device_model::{self, DeviceModel};
 use crate::service::pagination::{Page, PageRequest, cursor};
+use crate::service::{WriteTx, catalog};
 
 mod exosense;
 
-pub(crate) use exosense::bind_exosense_files;
+pub use exosense::create_content;
 
-pub const OTAU_INFO_TAG: &str = "otau_info";
-pub const FILES_TAG: &str = "otadepot.files";
-pub const MODELS_TAG: &str = "otadepot.models";
-pub const DEPRECATED_TAG: &str = "otadepot.deprecated";
-/// Tags only otadepot writes on a package holder.
-pub const RESERVED_TAGS: [&str; 4] = [OTAU_INFO_TAG, FILES_TAG, MODELS_TAG, DEPRECATED_TAG];
+pub use crate::service::catalog::{DEPRECATED_TAG, FILES_TAG, MODELS_TAG, OTAU_INFO_TAG, RESERVED_TAGS};
 /// Manifest types a device is told how to handle.
 pub const MANIFEST_TYPES: &[&str] = &["URL_LIST"];
 /// The component a package versions when none is named.
@@ -652,23 +647,6 @@ async fn attach(conn: &impl ConnectionTrait, rows: Vec<package::Model>) -> Resul
         .collect()
 }
 
-async fn find_live(conn: &impl ConnectionTrait, id: Uuid) -> Result<package::Model> {
-    package::Entity::find_by_id(id)
-        .filter(package::Column::DeletedAt.is_null())
-        .one(conn)
-        .await?
-        .ok_or_else(|| Error::not_found(ResourceKind::Package, id.to_string()))
-}
-
-/// A live, not deprecated package to deploy.
-pub(crate) async fn find_live_for_deployment(conn: &impl ConnectionTrait, id: Uuid) -> Result<package::Model> {
-    let row = find_live(conn, id).await?;
-    if row.deprecated {
-        return Err(Error::InvalidState(format!("package {} {} is deprecated", row.component, row.version)));
-    }
-    Ok(row)
-}
-
 /// A package by id, deleted or not (deployments keep theirs).
 pub(crate) async fn get_any(conn: &impl ConnectionTrait, id: Uuid) -> Result<Package> {
     let row = package::Entity::find_by_id(id)
@@ -679,62 +657,13 @@ pub(crate) async fn get_any(conn: &impl ConnectionTrait, id: Uuid) -> Result<Pac
 }
 
 async fn get_unchecked(conn: &impl ConnectionTrait, id: Uuid) -> Result<Package> {
-    let row = find_live(conn, id).await?;
+    let row = catalog::live_package(conn, id).await?;
     Ok(attach(conn, vec![row]).await?.remove(0))
 }
 
 pub async fn get(app: &App, ctx: &Ctx, id: Uuid) -> Result<Package> {
     ctx.require(Permission::PackageRead)?;
     get_unchecked(&app.db, id).await
-}
-
-/// The package a holder content indexes, if any (for the content service).
-pub(crate) async fn by_holder(conn: &impl ConnectionTrait, content_id: Uuid) -> Result<Option<package::Model>> {
-    Ok(package::Entity::find()
-        .filter(package::Column::ContentId.eq(content_id))
-        .filter(package::Column::DeletedAt.is_null())
-        .one(conn)
-        .await?)
-}
-
-/// Live packages whose payload holds `content_id` (for the content service).
-pub(crate) async fn using_file(conn: &impl ConnectionTrait, content_id: Uuid) -> Result<Vec<package::Model>> {
-    let ids = package_file::Entity::find()
-        .select_only()
-        .column(package_file::Column::PackageId)
-        .filter(package_file::Column::ContentId.eq(content_id))
-        .into_query();
-    Ok(package::Entity::find()
-        .filter(package::Column::Id.in_subquery(ids))
-        .filter(package::Column::DeletedAt.is_null())
-        .all(conn)
-        .await?)
-}
-
-/// Whether any of `contents` is a file of a live package compatible with
-/// `device_model` (what a device may download).
-pub(crate) async fn files_for_model(
-    conn: &impl ConnectionTrait,
-    device_model: Uuid,
-    contents: &[Uuid],
-) -> Result<bool> {
-    let for_model = package_model::Entity::find()
-        .select_only()
-        .column(package_model::Column::PackageId)
-        .filter(package_model::Column::DeviceModelId.eq(device_model))
-        .into_query();
-    let live = package::Entity::find()
-        .select_only()
-        .column(package::Column::Id)
-        .filter(package::Column::DeletedAt.is_null())
-        .into_query();
-    let count = package_file::Entity::find()
-        .filter(package_file::Column::ContentId.is_in(contents.iter().copied()))
-        .filter(package_file::Column::PackageId.in_subquery(for_model))
-        .filter(package_file::Column::PackageId.in_subquery(live))
-        .count(conn)
-        .await?;
-    Ok(count > 0)
 }
 
 #[derive(Clone, Debug, Default)]
@@ -847,7 +776,7 @@ pub async fn list(
 pub async fn deprecate(app: &App, ctx: &Ctx, id: Uuid, deprecated: bool) -> Result<Package> {
     ctx.require(Permission::PackageWrite)?;
     let mut tx = WriteTx::begin(app).await?;
-    let row = find_live(tx.conn(), id).await?;
+    let row = catalog::live_package(tx.conn(), id).await?;
     if row.deprecated != deprecated {
         let tag = content_tag::Entity::delete_many()
             .filter(content_tag::Column::ContentId.eq(row.content_id))
@@ -887,7 +816,7 @@ pub async fn deprecate(app: &App, ctx: &Ctx, id: Uuid, deprecated: bool) -> Resu
 pub async fn set_models(app: &App, ctx: &Ctx, id: Uuid, models: Vec<String>) -> Result<Package> {
     ctx.require(Permission::PackageWrite)?;
     let mut tx = WriteTx::begin(app).await?;
-    let row = find_live(tx.conn(), id).await?;
+    let row = catalog::live_package(tx.conn(), id).await?;
     let resolved = device_model::resolve(tx.conn(), "models", &models).await?;
     if resolved.is_empty() {
         return Err(Error::invalid("models", "name at least one compatible device model"));
@@ -934,7 +863,7 @@ pub async fn set_models(app: &App, ctx: &Ctx, id: Uuid, models: Vec<String>) -> 
 pub async fn delete(app: &App, ctx: &Ctx, id: Uuid) -> Result<Package> {
     ctx.require(Permission::PackageWrite)?;
     let mut tx = WriteTx::begin(app).await?;
-    let row = find_live(tx.conn(), id).await?;
+    let row = catalog::live_package(tx.conn(), id).await?;
     let active = crate::service::deployment::active_for_package(tx.conn(), id).await?;
     if active > 0 {
         return Err(Error::Conflict(format!(

@@ -1,19 +1,24 @@
-//! Releasing uploads nobody is finishing: the periodic sweep for uploads
-//! left UPLOADING, and the release after a refused or broken upload.
+//! The sweep for abandoned uploads: what an upload left UPLOADING and
+//! nobody is finishing becomes uploadable again (the job
+//! `content.release_abandoned_uploads`, `jobs/tasks/`).
+//!
+//! A module of its own because it reads both kinds of upload: the one-shot
+//! ones (`service::content`) and the resumable ones (`service::tus`, which
+//! is built on content). Rule: a content is released only when neither
+//! kind is alive; the update is conditional on the row as read.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use entity::content;
 use object_store::ObjectStoreExt;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::json;
-use uuid::Uuid;
 
-use super::{ContentState, transition};
 use crate::app::{App, Event};
 use crate::auth::Ctx;
 use crate::error::{ResourceKind, Result};
-use crate::service::WriteTx;
+use crate::service::content::ContentState;
+use crate::service::{WriteTx, tus};
 
 /// Job kind of the sweep for abandoned uploads.
 pub const RELEASE_ABANDONED_JOB: &str = "content.release_abandoned_uploads";
@@ -39,10 +44,10 @@ pub async fn release_abandoned_uploads(app: &App) -> Result<u64> {
     let system = Ctx::system("upload-sweep");
     let mut released = 0;
     for candidate in candidates {
-        if crate::service::tus::is_busy(app, candidate.id) {
+        if tus::is_busy(app, candidate.id) {
             continue;
         }
-        let tus = crate::service::tus::last_activity(app, candidate.id).await?;
+        let tus = tus::last_activity(app, candidate.id).await?;
         let reason = match tus {
             Some(last) if now - last.max(candidate.updated_at) < expiry => continue,
             Some(_) => "resumable upload expired",
@@ -72,41 +77,10 @@ pub async fn release_abandoned_uploads(app: &App) -> Result<u64> {
         tx.notify(Event::ContentChanged(candidate.id));
         tx.commit().await?;
         if tus.is_some() {
-            crate::service::tus::discard(app, candidate.id).await;
+            tus::discard(app, candidate.id).await;
         }
         let _ = app.stores.staging.delete(&crate::storage::staging_key(candidate.id)).await;
         released += 1;
     }
     Ok(released)
-}
-
-/// UPLOADING → AWAITING_UPLOAD after a refused or broken upload; with
-/// `mark`, only while the claim is still that upload's (a later upload's
-/// claim is left alone).
-pub(in crate::service) async fn release_upload(app: &App, id: Uuid, mark: Option<DateTime<Utc>>) {
-    let result = async {
-        let mut tx = WriteTx::begin(app).await?;
-        match mark {
-            None => transition(&mut tx, id, ContentState::Uploading, ContentState::AwaitingUpload).await?,
-            Some(mark) => {
-                let released = content::Entity::update_many()
-                    .col_expr(content::Column::State, Expr::value(ContentState::AwaitingUpload.as_str()))
-                    .col_expr(content::Column::UpdatedAt, Expr::value(Utc::now()))
-                    .filter(content::Column::Id.eq(id))
-                    .filter(content::Column::State.eq(ContentState::Uploading.as_str()))
-                    .filter(content::Column::UpdatedAt.eq(mark))
-                    .exec(tx.conn())
-                    .await?;
-                if released.rows_affected != 1 {
-                    return Ok(());
-                }
-                tx.notify(Event::ContentChanged(id));
-            }
-        }
-        tx.commit().await
-    }
-    .await;
-    if let Err(err) = result {
-        tracing::error!(content = %id, error = %err, "could not release a failed upload");
-    }
 }
