@@ -368,7 +368,8 @@ impl DeviceQuery {
         after: Option<String>,
     ) -> Result<Conn<Device>> {
         let filter = filter.unwrap_or_default().into_service()?;
-        let page = service::list(app(ctx), caller(ctx), &filter, first, after.as_deref()).await?;
+        let page =
+            crate::service::device_group::list_devices(app(ctx), caller(ctx), &filter, first, after.as_deref()).await?;
         Ok(from_page(page, after.is_some(), Device::from))
     }
 }

@@ -1375,25 +1375,9 @@ pub(crate) fn condition(filter: &DeviceFilter) -> Result<Condition> {
 
 const CURSOR_KIND: &str = "device";
 
-/// Newest first; a fixed number of queries per page.
-pub async fn list(
-    app: &App,
-    ctx: &Ctx,
-    filter: &DeviceFilter,
-    first: Option<i32>,
-    after: Option<&str>,
-) -> Result<Page<Device>> {
-    ctx.require(Permission::DeviceRead)?;
-    match filter.group {
-        Some(group) => {
-            let within = crate::service::device_group::members_of(&app.db, group).await?;
-            let filter = DeviceFilter { within: Some(within), group: None, ..filter.clone() };
-            list_unchecked(&app.db, &filter, first, after).await
-        }
-        None => list_unchecked(&app.db, filter, first, after).await,
-    }
-}
-
+/// Newest first; a fixed number of queries per page. `filter.group` is
+/// not read here (devices know nothing of groups; groups are built on
+/// devices): `service::device_group::list_devices` turns it into `within`.
 pub(crate) async fn list_unchecked(
     conn: &impl ConnectionTrait,
     filter: &DeviceFilter,

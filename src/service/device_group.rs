@@ -590,6 +590,27 @@ pub(crate) async fn members_of(conn: &impl ConnectionTrait, id: Uuid) -> Result<
     members_query(&get_unchecked(conn, id).await?)
 }
 
+/// `devices(filter)`: newest first, a fixed number of queries per page.
+/// Here rather than in `service::device` because `filter.group` is a
+/// group's members, which this module knows (and devices do not).
+pub async fn list_devices(
+    app: &App,
+    ctx: &Ctx,
+    filter: &DeviceFilter,
+    first: Option<i32>,
+    after: Option<&str>,
+) -> Result<Page<Device>> {
+    ctx.require(Permission::DeviceRead)?;
+    match filter.group {
+        Some(group) => {
+            let within = members_of(&app.db, group).await?;
+            let filter = DeviceFilter { within: Some(within), group: None, ..filter.clone() };
+            devices::list_unchecked(&app.db, &filter, first, after).await
+        }
+        None => devices::list_unchecked(&app.db, filter, first, after).await,
+    }
+}
+
 /// A device a deployment or a command is aimed at.
 #[derive(Clone, Debug)]
 pub struct Target {
