@@ -24,45 +24,16 @@ use async_graphql::parser::types::Field;
 use async_graphql::registry::Registry;
 use async_graphql::{ContextSelectionSet, OutputType, Positioned, ServerResult, Value};
 
-use super::command::{Command, CommandBatch};
 use super::connection::Conn;
-use super::content::Content;
-use super::deployment::{Deployment, DeviceUpdate};
-use super::device::Device;
-use super::device_group::DeviceGroup;
-use super::device_model::DeviceModel;
-use super::enrollment::EnrollmentToken;
-use super::package::Package;
-use super::role::Role;
 use crate::auth::Ctx;
 use crate::error::Error;
 use crate::service::authz::{self, ObjectKind};
 
 /// A GraphQL type whose objects are read with the permission of their kind.
+/// Each type says its kind next to its definition (`impl Readable for
+/// Command` in `command.rs`), so this module names none of them.
 pub trait Readable {
     const KIND: ObjectKind;
-}
-
-macro_rules! readable {
-    ($($ty:ty => $kind:ident,)*) => {
-        $(impl Readable for $ty {
-            const KIND: ObjectKind = ObjectKind::$kind;
-        })*
-    };
-}
-
-readable! {
-    Content => Content,
-    Package => Package,
-    Device => Device,
-    DeviceModel => DeviceModel,
-    DeviceGroup => DeviceGroup,
-    EnrollmentToken => EnrollmentToken,
-    Deployment => Deployment,
-    DeviceUpdate => DeviceUpdate,
-    Command => Command,
-    CommandBatch => CommandBatch,
-    Role => Role,
 }
 
 impl<T: Readable> Readable for Vec<T> {

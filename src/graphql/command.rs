@@ -5,12 +5,13 @@
 use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Json, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
-use super::authz::Guarded;
+use super::authz::{Guarded, Readable};
 use super::connection::{Conn, from_page};
 use super::device::Device;
 use super::ids::parse_id;
 use super::{app, caller};
 use crate::error::ResourceKind;
+use crate::service::authz::ObjectKind;
 use crate::service::command as service;
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,10 @@ pub struct Command {
     /// When a poll first handed it to the device.
     delivered_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+}
+
+impl Readable for Command {
+    const KIND: ObjectKind = ObjectKind::Command;
 }
 
 impl From<service::CommandView> for Command {
@@ -102,6 +107,10 @@ pub struct CommandBatch {
     /// Commands in the batch (one per device).
     total: u64,
     counts: CommandCounts,
+}
+
+impl Readable for CommandBatch {
+    const KIND: ObjectKind = ObjectKind::CommandBatch;
 }
 
 impl From<service::Batch> for CommandBatch {

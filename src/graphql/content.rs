@@ -7,12 +7,13 @@ use async_graphql::{
 };
 use chrono::{DateTime, Utc};
 
-use super::authz::Guarded;
+use super::authz::{Guarded, Readable};
 use super::connection::{Conn, from_page};
 use super::ids::parse_id;
 use super::upload::Upload;
 use super::{app, caller};
 use crate::error::{Error, ResourceKind};
+use crate::service::authz::ObjectKind;
 use crate::service::content as service;
 
 /// A tag value: a string, or a number (kept as its decimal text), as the
@@ -139,6 +140,10 @@ pub struct Content {
     created_by: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+}
+
+impl Readable for Content {
+    const KIND: ObjectKind = ObjectKind::Content;
 }
 
 impl From<service::Content> for Content {

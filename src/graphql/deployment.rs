@@ -5,12 +5,13 @@
 use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
-use super::authz::Guarded;
+use super::authz::{Guarded, Readable};
 use super::connection::{Conn, from_page};
 use super::device::Device;
 use super::ids::parse_id;
 use super::{app, caller};
 use crate::error::ResourceKind;
+use crate::service::authz::ObjectKind;
 use crate::service::deployment as service;
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +122,10 @@ pub struct Deployment {
     finished_at: Option<DateTime<Utc>>,
 }
 
+impl Readable for Deployment {
+    const KIND: ObjectKind = ObjectKind::Deployment;
+}
+
 impl From<service::Deployment> for Deployment {
     fn from(d: service::Deployment) -> Self {
         use service::UpdateState as S;
@@ -205,6 +210,10 @@ pub struct DeviceUpdate {
     released_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
     updated_at: DateTime<Utc>,
+}
+
+impl Readable for DeviceUpdate {
+    const KIND: ObjectKind = ObjectKind::DeviceUpdate;
 }
 
 impl From<service::UpdateView> for DeviceUpdate {

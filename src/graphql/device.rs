@@ -5,12 +5,13 @@
 use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
-use super::authz::Guarded;
+use super::authz::{Guarded, Readable};
 use super::connection::{Conn, from_page};
 use super::device_model::DeviceModel;
 use super::ids::parse_id;
 use super::{app, caller};
 use crate::error::ResourceKind;
+use crate::service::authz::ObjectKind;
 use crate::service::device as service;
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
@@ -44,11 +45,14 @@ pub struct InstalledVersion {
     reported_at: DateTime<Utc>,
 }
 
+// Its fields of other areas (`updates`, `commands`, `installations`) are
+// in `device_relations.rs`. (Not a doc comment: that would be the schema's
+// description of `Device`.)
 #[derive(SimpleObject)]
 #[graphql(complex)]
 pub struct Device {
     #[graphql(skip)]
-    uuid: uuid::Uuid,
+    pub(super) uuid: uuid::Uuid,
     id: ID,
     /// The device's own id (EPN, assetId, controllerId).
     endpoint_id: String,
@@ -69,6 +73,10 @@ pub struct Device {
     created_by: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+}
+
+impl Readable for Device {
+    const KIND: ObjectKind = ObjectKind::Device;
 }
 
 impl From<service::Device> for Device {
@@ -99,37 +107,6 @@ impl From<service::Device> for Device {
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
-    }
-}
-
-#[async_graphql::ComplexObject]
-impl Device {
-    /// Its updates in every deployment, oldest first (null without DEPLOYMENT_READ).
-    #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
-    async fn updates(
-        &self,
-        ctx: &Context<'_>,
-        first: Option<i32>,
-        after: Option<String>,
-    ) -> Guarded<Conn<super::deployment::DeviceUpdate>> {
-        Guarded::fetched(super::deployment::device_updates(ctx, self.uuid, first, after).await)
-    }
-
-    /// Commands sent to it, newest first (null without COMMAND_READ).
-    #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
-    async fn commands(
-        &self,
-        ctx: &Context<'_>,
-        first: Option<i32>,
-        after: Option<String>,
-    ) -> Guarded<Conn<super::command::Command>> {
-        Guarded::fetched(super::command::device_commands(ctx, self.uuid, first, after).await)
-    }
-
-    /// What it installed, newest first: from deployments, or reported by
-    /// the device itself.
-    async fn installations(&self, ctx: &Context<'_>) -> Result<Vec<super::deployment::Installation>> {
-        super::deployment::device_installations(ctx, self.uuid).await
     }
 }
 

@@ -5,13 +5,14 @@
 use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
-use super::authz::Guarded;
+use super::authz::{Guarded, Readable};
 use super::connection::{Conn, from_page};
 use super::device::{AttributeFilter, Device, InstalledVersionFilter};
 use super::device_model::DeviceModel;
 use super::ids::parse_id;
 use super::{app, caller};
 use crate::error::ResourceKind;
+use crate::service::authz::ObjectKind;
 use crate::service::device_group as service;
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,6 +78,10 @@ pub struct DeviceGroup {
     created_by: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+}
+
+impl Readable for DeviceGroup {
+    const KIND: ObjectKind = ObjectKind::DeviceGroup;
 }
 
 impl From<service::Group> for DeviceGroup {

@@ -4,11 +4,12 @@
 use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
-use super::authz::Guarded;
+use super::authz::{Guarded, Readable};
 use super::connection::{Conn, from_page};
 use super::ids::parse_id;
 use super::{app, caller};
 use crate::error::ResourceKind;
+use crate::service::authz::ObjectKind;
 use crate::service::device_model as service;
 
 #[derive(SimpleObject, Clone)]
@@ -21,6 +22,10 @@ pub struct DeviceModel {
     created_by: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+}
+
+impl Readable for DeviceModel {
+    const KIND: ObjectKind = ObjectKind::DeviceModel;
 }
 
 impl From<service::DeviceModel> for DeviceModel {

@@ -6,13 +6,14 @@
 use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
-use super::authz::Guarded;
+use super::authz::{Guarded, Readable};
 use super::connection::{Conn, from_page};
 use super::device::Device;
 use super::device_model::DeviceModel;
 use super::ids::parse_id;
 use super::{app, caller};
 use crate::error::ResourceKind;
+use crate::service::authz::ObjectKind;
 use crate::service::enrollment as service;
 
 #[derive(SimpleObject)]
@@ -29,6 +30,10 @@ pub struct EnrollmentToken {
     enrolled_count: i32,
     created_by: String,
     created_at: DateTime<Utc>,
+}
+
+impl Readable for EnrollmentToken {
+    const KIND: ObjectKind = ObjectKind::EnrollmentToken;
 }
 
 impl From<service::EnrollmentToken> for EnrollmentToken {

@@ -12,6 +12,7 @@ pub mod deployment;
 pub mod device;
 pub mod device_group;
 pub mod device_model;
+pub mod device_relations;
 pub mod enrollment;
 pub mod ids;
 pub mod limits;

@@ -6,12 +6,13 @@
 use async_graphql::{Context, Enum, ID, InputObject, Json, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
-use super::authz::Guarded;
+use super::authz::{Guarded, Readable};
 use super::connection::{Conn, from_page};
 use super::device_model::DeviceModel;
 use super::ids::parse_id;
 use super::{app, caller};
 use crate::error::ResourceKind;
+use crate::service::authz::ObjectKind;
 use crate::service::package as service;
 
 #[derive(SimpleObject)]
@@ -57,6 +58,10 @@ pub struct Package {
     created_by: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+}
+
+impl Readable for Package {
+    const KIND: ObjectKind = ObjectKind::Package;
 }
 
 impl Package {

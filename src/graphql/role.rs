@@ -4,8 +4,9 @@ use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
 use super::auth::PermissionGql;
-use super::authz::Guarded;
+use super::authz::{Guarded, Readable};
 use super::{app, caller};
+use crate::service::authz::ObjectKind;
 use crate::service::role as service;
 
 #[derive(SimpleObject)]
@@ -19,6 +20,10 @@ pub struct Role {
     built_in: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+}
+
+impl Readable for Role {
+    const KIND: ObjectKind = ObjectKind::Role;
 }
 
 impl From<service::Role> for Role {
