@@ -4,6 +4,11 @@
 //! input; it authorizes first (`ctx.require(..)?`), validates, writes in one
 //! [`WriteTx`] together with its audit event, and returns domain types.
 //! Nothing here knows about GraphQL or HTTP.
+//!
+//! Rule: the modules here call each other in one direction only, no loop
+//! (docs/architecture.md, "Modules, and who calls whom";
+//! `tests/it/layers.rs`). A read a lower module needs of a higher one's
+//! tables goes into [`catalog`], not into a call upwards.
 
 /// A state machine's states as an enum with its stored names
 /// (`as_str`, `parse`).

@@ -11,7 +11,9 @@
 //! http/enos.rs   (EnOS edge OTA)       ─┼─> service::device_api ─┬─> service::deployment (update states, reconcile wake)
 //! (next: hawkBit DDI, Murano, MQTT)    ─┘   poll · report · enos  ├─> service::command (delivery, results)
 //!                                                                  ├─> service::device (credentials, inventory)
-//!                                                                  └─> service::package (the signed manifest)
+//!                                                                  ├─> service::enrollment (self-registration)
+//!                                                                  ├─> service::package (the signed manifest)
+//!                                                                  └─> service::content, device_download (files, their URLs)
 //! ```
 //!
 //! An adapter parses its wire format into these types, makes one call, and
