@@ -24,88 +24,25 @@ cd "$(dirname "$0")/.."
 
 devices=${1:-2000}
 wait_s=${2:-300}
-db=${BENCH_DB:-sqlite}
-pg_admin=${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 
 ulimit -n "$(ulimit -Hn)"
 [ "$(ulimit -n)" -gt $((devices + 200)) ] || die "open files are capped at $(ulimit -n); $devices devices need more"
 
 ensure_cargo
 apt_install python3 curl
-bin=${BENCH_OTADEPOT_BIN:-}
-loadgen=${BENCH_LOADGEN_BIN:-}
-if [ -z "$bin" ] || [ -z "$loadgen" ]; then
-  log "building otadepot and the load generator (release)"
-  cargo build --release -q --bin otadepot --example loadgen
-  bin=${bin:-target/release/otadepot}
-  loadgen=${loadgen:-target/release/examples/loadgen}
-fi
-
 work=$(mktemp -d /tmp/otadepot-bench-longpoll.XXXXXX)
-server=""
+. bench/fleet.sh
 generator=""
-pg_db="otadepot_bench_$$"
 cleanup() {
   [ -n "$generator" ] && kill "$generator" 2>/dev/null && wait "$generator" 2>/dev/null
-  [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
-  [ "$db" = postgres ] && psql -q "$pg_admin" -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" >/dev/null 2>&1
-  rm -rf "$work"
+  bench_cleanup
 }
 trap cleanup EXIT
-
-case "$db" in
-  sqlite) url="sqlite://$work/data/otadepot.db?mode=rwc" ;;
-  postgres)
-    apt_install postgresql-client
-    psql -q "$pg_admin" -c "CREATE DATABASE $pg_db" >/dev/null || die "cannot create a database at $pg_admin (set BENCH_PG_URL)"
-    url="${pg_admin%/*}/$pg_db"
-    ;;
-  *) die "BENCH_DB must be sqlite or postgres" ;;
-esac
-
-secret=bench-secret-bench-secret-bench-secret-0123
-port=$(free_port)
-base="http://127.0.0.1:$port"
-mkdir -p "$work/data"
-export OTADEPOT_DATA_DIR="$work/data" OTADEPOT_DATABASE__URL="$url" OTADEPOT_AUTH__JWT_SECRET=$secret
-# shellcheck disable=SC2086 # BENCH_SERVER_ENV is a list of NAME=VALUE words
-env ${BENCH_SERVER_ENV:-} OTADEPOT_LISTEN=127.0.0.1:$port OTADEPOT_SCANNER__MODE=disabled OTADEPOT_LOG_FORMAT=json \
-  OTADEPOT_DEPLOYMENTS__MAX_POLL_WAIT="${wait_s}s" RUST_LOG=warn \
-  "$bin" serve >"$work/server.log" 2>&1 &
-server=$!
-for _ in $(seq 100); do curl -sf "$base/healthz" >/dev/null && break; sleep 0.1; done
-curl -sf "$base/healthz" >/dev/null || { cat "$work/server.log" >&2; die "the server did not start"; }
-token=$("$bin" token issue --subject bench --role admin)
-
-gql() {
-  python3 - "$base/graphql" "$token" "$1" "${2:-}" <<'PY'
-import json, sys, urllib.request
-url, token, query, path = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-req = urllib.request.Request(url, json.dumps({"query": query}).encode(),
-                             {"Authorization": "Bearer " + token, "Content-Type": "application/json"})
-with urllib.request.urlopen(req, timeout=600) as r:
-    out = json.load(r)
-if "errors" in out:
-    sys.exit(f"GraphQL: {out['errors'][0]}")
-value = out["data"]
-for key in filter(None, path.split(".")):
-    value = value[key]
-print(value)
-PY
-}
-rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$server/status"; }
+bench_build
+bench_database
+bench_serve OTADEPOT_DEPLOYMENTS__MAX_POLL_WAIT="${wait_s}s"
 fds() { find "/proc/$server/fd" -mindepth 1 -maxdepth 1 | wc -l; }
-mib() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
-
-gql 'mutation { createDeviceModel(input: {name: "X100"}) { deviceModel { id } } }' >/dev/null
-log "$db: importing $devices devices"
-{
-  echo "endpoint_id,model"
-  seq -f "dev-%07g" 0 $((devices - 1)) | sed 's/$/,X100/'
-} >"$work/devices.csv"
-"$bin" devices import "$work/devices.csv" --secrets-out "$work/secrets.csv" >&2
-package=$(gql 'mutation { createSoftwarePackage(input: {name: "fw", version: "2.0.0", type: "URL_LIST", models: ["X100"], links: ["https://example.com/fw.bin"]}) { package { id } } }' createSoftwarePackage.package.id)
-group=$(gql 'mutation { createDeviceGroup(input: {name: "all", model: "X100", kind: DYNAMIC}) { deviceGroup { id } } }' createDeviceGroup.deviceGroup.id)
+bench_fleet "$devices"
 
 sleep 2
 rss_start=$(rss_kib)

@@ -17,6 +17,13 @@
 //!
 //!     cargo run --release --example loadgen -- rate http://127.0.0.1:8080 secrets.csv \
 //!         --connections 64 --seconds 15
+//!
+//! Status reports: each device's pending update is read with one poll,
+//! then DOWNLOADING progress is posted for them in turn, as fast as the
+//! server answers (bench/reports.sh):
+//!
+//!     cargo run --release --example loadgen -- report http://127.0.0.1:8080 secrets.csv \
+//!         --connections 64 --seconds 15
 
 #![allow(clippy::print_stdout)]
 
@@ -28,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -62,6 +69,16 @@ enum Command {
         /// The path polled (the bare reference serves the same one).
         #[arg(long, default_value = "/device/v1/poll")]
         path: String,
+    },
+    /// DOWNLOADING progress reports on each device's pending update, as
+    /// fast as the server answers.
+    Report {
+        base: String,
+        secrets: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
     },
 }
 
@@ -116,6 +133,10 @@ async fn main() -> anyhow::Result<()> {
             let secrets = read_secrets(&secrets, 0, None)?;
             rate(&base, Arc::new(secrets), connections.max(1), Duration::from_secs(seconds), &path).await
         }
+        Command::Report { base, secrets, connections, seconds } => {
+            let secrets = read_secrets(&secrets, 0, None)?;
+            report(&base, secrets, connections.max(1), Duration::from_secs(seconds)).await
+        }
     }
 }
 
@@ -143,7 +164,7 @@ fn authority(base: &str) -> anyhow::Result<String> {
 }
 
 /// One HTTP/1.1 connection (its driver runs on its own task).
-async fn connect(authority: &str) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
+async fn connect(authority: &str) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     let stream = TcpStream::connect(authority).await.with_context(|| format!("connecting to {authority}"))?;
     stream.set_nodelay(true).ok();
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -153,14 +174,14 @@ async fn connect(authority: &str) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
     Ok(sender)
 }
 
-fn request(authority: &str, path: &str, secret: &str, if_none_match: Option<&str>) -> http::Request<Empty<Bytes>> {
+fn request(authority: &str, path: &str, secret: &str, if_none_match: Option<&str>) -> http::Request<Full<Bytes>> {
     let mut builder = http::Request::get(path)
         .header(http::header::HOST, authority)
         .header(http::header::AUTHORIZATION, format!("Bearer {secret}"));
     if let Some(tag) = if_none_match {
         builder = builder.header(http::header::IF_NONE_MATCH, tag);
     }
-    builder.body(Empty::new()).unwrap_or_default()
+    builder.body(Full::new(Bytes::new())).unwrap_or_default()
 }
 
 fn epoch_secs() -> f64 {
@@ -366,6 +387,91 @@ async fn rate(
         percentile(&sorted, 50.0),
         percentile(&sorted, 99.0),
         errors.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+/// Each device's pending update id (one plain poll each, over
+/// `connections` connections), then DOWNLOADING reports for the devices
+/// in turn until `run` is over.
+async fn report(base: &str, secrets: Vec<String>, connections: usize, run: Duration) -> anyhow::Result<()> {
+    let authority = Arc::new(authority(base)?);
+    let secrets = Arc::new(secrets);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let (authority, secrets, next) = (authority.clone(), secrets.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(&authority).await?;
+            let mut found = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(secret) = secrets.get(i) else { break };
+                let answer = sender.send_request(request(&authority, "/device/v1/poll", secret, None)).await?;
+                let status = answer.status();
+                let body = answer.into_body().collect().await?.to_bytes();
+                if status != http::StatusCode::OK {
+                    bail!("device {i}: its poll answered {status}, not an update");
+                }
+                let body: serde_json::Value = serde_json::from_slice(&body)?;
+                let id = body["update"]["id"].as_str().context("an update id in the poll")?.to_owned();
+                found.push((secret.clone(), id));
+            }
+            anyhow::Ok(found)
+        }));
+    }
+    let mut updates = Vec::with_capacity(secrets.len());
+    for task in tasks {
+        updates.extend(task.await??);
+    }
+    let updates = Arc::new(updates);
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + run;
+    let mut tasks = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let (authority, updates, next) = (authority.clone(), updates.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies: Vec<f32> = Vec::new();
+            let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+            let mut sender = connect(&authority).await?;
+            while Instant::now() < deadline {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let (secret, id) = &updates[n % updates.len()];
+                let body = format!(r#"{{"status":"DOWNLOADING","progress":{}}}"#, 1 + (n / updates.len()) % 99);
+                let request = http::Request::post(format!("/device/v1/updates/{id}/status"))
+                    .header(http::header::HOST, authority.as_str())
+                    .header(http::header::AUTHORIZATION, format!("Bearer {secret}"))
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(body)))?;
+                let start = Instant::now();
+                let answer = sender.send_request(request).await?;
+                let status = answer.status().as_u16();
+                answer.into_body().collect().await?;
+                latencies.push(start.elapsed().as_secs_f32());
+                *statuses.entry(status).or_default() += 1;
+            }
+            anyhow::Ok((latencies, statuses))
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+    for task in tasks {
+        let (l, s) = task.await??;
+        latencies.extend(l);
+        for (k, v) in s {
+            *statuses.entry(k).or_default() += v;
+        }
+    }
+    latencies.sort_by(f32::total_cmp);
+    let sorted: Vec<f64> = latencies.iter().map(|l| f64::from(*l) * 1000.0).collect();
+    let ok = statuses.get(&200).copied().unwrap_or_default();
+    println!(
+        "report devices={} requests={} ok={ok} rps={:.0} p50_ms={:.2} p99_ms={:.2} statuses={statuses:?}",
+        updates.len(),
+        sorted.len(),
+        ok as f64 / run.as_secs_f64(),
+        percentile(&sorted, 50.0),
+        percentile(&sorted, 99.0),
     );
     Ok(())
 }

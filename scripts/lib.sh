@@ -85,4 +85,7 @@ ensure_cargo() {
     export PATH="$HOME/.cargo/bin:$PATH"
   fi
   command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust with rustup, or put ~/.cargo/bin on PATH)"
+  # The C parts of the build: a compiler and linker, and make for
+  # jemalloc (the server's allocator).
+  command -v cc >/dev/null 2>&1 && command -v make >/dev/null 2>&1 || apt_install build-essential
 }

@@ -50,6 +50,8 @@ pub async fn connect_counted(config: &Config) -> anyhow::Result<(DatabaseConnect
     let count = counter.0.clone();
     db.set_metric_callback(move |info| {
         count.fetch_add(1, Ordering::Relaxed);
+        // Charged to the request whose task ran it (see `count_statements`).
+        let _ = REQUEST_STATEMENTS.try_with(|n| n.set(n.get() + 1));
         metrics::counter!("db_queries_total").increment(1);
         if info.failed {
             metrics::counter!("db_query_errors_total").increment(1);
@@ -57,6 +59,29 @@ pub async fn connect_counted(config: &Config) -> anyhow::Result<(DatabaseConnect
         metrics::histogram!("db_query_duration_seconds").record(info.elapsed.as_secs_f64());
     });
     Ok((db, counter))
+}
+
+tokio::task_local! {
+    /// The statements run by the current request (`count_statements`).
+    static REQUEST_STATEMENTS: std::cell::Cell<u32>;
+}
+
+/// Run `future` counting the statements it runs on the pool (every one
+/// sea-orm reports: queries, `execute_raw`, not `execute_unprepared`, and
+/// not the transactions' BEGIN and COMMIT); read the count with
+/// [`statements_of`] once it is done. Work it spawns is not counted.
+pub fn count_statements<F: std::future::Future>(
+    future: F,
+) -> tokio::task::futures::TaskLocalFuture<std::cell::Cell<u32>, F> {
+    REQUEST_STATEMENTS.scope(std::cell::Cell::new(0), future)
+}
+
+/// How many statements a [`count_statements`] future ran (none before it
+/// is done).
+pub fn statements_of<F: std::future::Future>(
+    future: std::pin::Pin<&mut tokio::task::futures::TaskLocalFuture<std::cell::Cell<u32>, F>>,
+) -> u32 {
+    future.take_value().map_or(0, |n| n.get())
 }
 
 /// Statements run on one connection pool since it was opened (also

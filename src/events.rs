@@ -17,9 +17,9 @@ use uuid::Uuid;
 use crate::app::{App, Event};
 
 pub const CHANNEL: &str = "otadepot_events";
-/// Past this many devices, a release wakes every long poll instead of
-/// naming them (a NOTIFY payload holds 8,000 bytes).
-const MAX_NAMED_DEVICES: usize = 100;
+/// A release names its devices in NOTIFYs of this many each (a NOTIFY
+/// payload holds at most 8,000 bytes; 150 ids in JSON are about 5,900).
+const DEVICES_PER_NOTIFY: usize = 150;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Wire {
@@ -40,38 +40,47 @@ enum WireEvent {
     CommandBatch(Uuid),
 }
 
-fn to_wire(event: &Event) -> WireEvent {
-    match event {
+/// What `event` is on the wire: one message, or for a release one per
+/// [`DEVICES_PER_NOTIFY`] devices (so another replica wakes exactly the
+/// long polls it names, however many).
+fn to_wire(event: &Event) -> Vec<WireEvent> {
+    vec![match event {
         Event::Audit(audit) => WireEvent::Audit(audit.seq),
         Event::ContentChanged(id) => WireEvent::Content(*id),
         Event::DeploymentChanged(id) => WireEvent::Deployment(*id),
         Event::DeviceUpdateChanged { deployment, update } => {
             WireEvent::Update { deployment: *deployment, update: *update }
         }
-        Event::DevicesReleased(devices) if devices.len() <= MAX_NAMED_DEVICES => {
-            WireEvent::Devices(devices.iter().copied().collect())
+        Event::DevicesReleased(devices) => {
+            let devices: Vec<Uuid> = devices.iter().copied().collect();
+            return devices.chunks(DEVICES_PER_NOTIFY).map(|chunk| WireEvent::Devices(chunk.to_vec())).collect();
         }
-        Event::DevicesReleased(_) | Event::AllPollersWake => WireEvent::AllDevices,
+        Event::AllPollersWake => WireEvent::AllDevices,
         Event::DeviceChanged(id) => WireEvent::Device(*id),
         Event::CommandChanged { batch, command } => WireEvent::Command { batch: *batch, command: *command },
         Event::CommandBatchChanged(batch) => WireEvent::CommandBatch(*batch),
-    }
+    }]
 }
 
-/// NOTIFY `events` inside `tx` (PostgreSQL only; a no-op on SQLite).
+/// NOTIFY `events` inside `tx` (PostgreSQL only; a no-op on SQLite): one
+/// statement however many messages (`pg_notify` over a JSON array of the
+/// payloads, sent in order).
 pub async fn notify(tx: &DatabaseTransaction, origin: Uuid, events: &[Event]) -> Result<(), sea_orm::DbErr> {
-    if tx.get_database_backend() != DbBackend::Postgres {
+    if tx.get_database_backend() != DbBackend::Postgres || events.is_empty() {
         return Ok(());
     }
-    for event in events {
-        let payload = serde_json::to_string(&Wire { origin, event: to_wire(event) }).unwrap_or_default();
-        tx.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT pg_notify($1, $2)",
-            [CHANNEL.into(), payload.into()],
-        ))
-        .await?;
-    }
+    let payloads: Vec<String> = events
+        .iter()
+        .flat_map(to_wire)
+        .map(|event| serde_json::to_string(&Wire { origin, event }).unwrap_or_default())
+        .collect();
+    let payloads = serde_json::to_string(&payloads).unwrap_or_default();
+    tx.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_notify($1, payload) FROM json_array_elements_text($2::json) WITH ORDINALITY AS p(payload, n) ORDER BY n",
+        [CHANNEL.into(), payloads.into()],
+    ))
+    .await?;
     Ok(())
 }
 
@@ -133,5 +142,28 @@ async fn listen(app: &App, shutdown: &CancellationToken) -> anyhow::Result<()> {
             WireEvent::CommandBatch(batch) => Event::CommandBatchChanged(batch),
         };
         app.publish(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_release_names_every_device_in_payloads_notify_can_carry() {
+        let devices: HashSet<Uuid> = (0..401).map(|_| Uuid::now_v7()).collect();
+        let wire = to_wire(&Event::DevicesReleased(Arc::new(devices.clone())));
+        assert_eq!(wire.len(), 3, "150 + 150 + 101");
+        let mut named = HashSet::new();
+        for event in wire {
+            let payload = serde_json::to_string(&Wire { origin: Uuid::now_v7(), event }).unwrap();
+            assert!(payload.len() < 8000, "a NOTIFY payload of {} bytes", payload.len());
+            let Wire { event: WireEvent::Devices(ids), .. } = serde_json::from_str(&payload).unwrap() else {
+                panic!("not a device list: {payload}");
+            };
+            named.extend(ids);
+        }
+        assert_eq!(named, devices);
+        assert!(matches!(to_wire(&Event::AllPollersWake)[..], [WireEvent::AllDevices]));
     }
 }

@@ -2,6 +2,13 @@
 
 use clap::Parser;
 
+/// jemalloc, not the system's: with glibc's allocator a held long poll cost
+/// about twice the memory, and what a burst of answers allocated stayed in
+/// the process after it ended; jemalloc's background thread hands freed
+/// pages back (docs/benchmarks.md, "Long polls at fleet scale").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = otadepot::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

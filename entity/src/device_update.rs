@@ -27,6 +27,20 @@ pub struct Model {
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-pub enum Relation {}
+pub enum Relation {
+    /// Read with its update in one statement (`find_also_related`).
+    #[sea_orm(
+        belongs_to = "super::deployment::Entity",
+        from = "Column::DeploymentId",
+        to = "super::deployment::Column::Id"
+    )]
+    Deployment,
+}
+
+impl Related<super::deployment::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Deployment.def()
+    }
+}
 
 impl ActiveModelBehavior for ActiveModel {}

@@ -95,7 +95,8 @@ where
 }
 
 /// Count and time every request by route template, method and status
-/// (`http_requests_total`, `http_request_duration_seconds`). A route
+/// (`http_requests_total`, `http_request_duration_seconds`), with the
+/// database statements it ran (`http_request_db_statements`). A route
 /// layer: the matched route is known there.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MetricsLayer;
@@ -131,14 +132,19 @@ where
             .get::<MatchedPath>()
             .map_or(metrics::SharedString::const_str("unmatched"), |p| p.as_str().to_owned().into());
         let method = super::metrics::static_method(request.method());
-        MetricsFuture { inner: self.inner.call(request), route: Some(route), method, started: Instant::now() }
+        MetricsFuture {
+            inner: crate::db::count_statements(self.inner.call(request)),
+            route: Some(route),
+            method,
+            started: Instant::now(),
+        }
     }
 }
 
 pin_project! {
     pub struct MetricsFuture<F> {
         #[pin]
-        inner: F,
+        inner: tokio::task::futures::TaskLocalFuture<std::cell::Cell<u32>, F>,
         route: Option<metrics::SharedString>,
         method: &'static str,
         started: Instant,
@@ -152,10 +158,11 @@ where
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        let mut this = self.project();
+        let result = ready!(this.inner.as_mut().poll(cx));
         if let (Ok(response), Some(route)) = (&result, this.route.take()) {
-            super::metrics::record(route, this.method, response.status(), this.started.elapsed());
+            let statements = crate::db::statements_of(this.inner);
+            super::metrics::record(route, this.method, response.status(), this.started.elapsed(), statements);
         }
         Poll::Ready(result)
     }

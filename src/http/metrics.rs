@@ -15,6 +15,7 @@ pub(super) fn record(
     method: &'static str,
     status: axum::http::StatusCode,
     took: std::time::Duration,
+    statements: u32,
 ) {
     let labels = [
         metrics::Label::new("route", route),
@@ -26,6 +27,7 @@ pub(super) fn record(
     ];
     metrics::counter!("http_requests_total", labels.iter()).increment(1);
     metrics::histogram!("http_request_duration_seconds", labels.iter()).record(took.as_secs_f64());
+    metrics::histogram!("http_request_db_statements", labels.iter()).record(f64::from(statements));
 }
 
 /// Label values without an allocation per request (the hot device paths).

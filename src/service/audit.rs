@@ -13,8 +13,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use entity::audit_event::{self, Column};
 use futures::Stream;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -44,7 +44,12 @@ const SECRET_KEYS: &[&str] = &["secret", "pass", "token", "credential", "private
 /// early makes a check-then-insert in `tx` race-free on PostgreSQL too.
 pub async fn serialize_writes(tx: &DatabaseTransaction) -> Result<()> {
     if tx.get_database_backend() == DbBackend::Postgres {
-        tx.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY})")).await?;
+        // `execute_raw`, not `execute_unprepared`: counted with the others.
+        tx.execute_raw(Statement::from_string(
+            DbBackend::Postgres,
+            format!("SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY})"),
+        ))
+        .await?;
     }
     Ok(())
 }
@@ -82,7 +87,7 @@ pub async fn append(
     };
     event.hash = hash(&event);
     let active: audit_event::ActiveModel = event.clone().into();
-    active.insert(tx).await?;
+    audit_event::Entity::insert(active).exec_without_returning(tx).await?;
     Ok(event)
 }
 

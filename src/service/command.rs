@@ -144,7 +144,7 @@ pub async fn send(app: &App, ctx: &Ctx, input: NewCommand) -> Result<Batch> {
             delivered_at: sea_orm::Set(None),
             finished_at: sea_orm::Set(None),
         });
-        command::Entity::insert_many(rows).exec(tx.conn()).await?;
+        command::Entity::insert_many(rows).exec_without_returning(tx.conn()).await?;
     }
     tx.audit(
         ctx,

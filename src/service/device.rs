@@ -746,18 +746,18 @@ pub(crate) async fn insert_devices_in(
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<device::ActiveModel> = rows.by_ref().take(INSERT_CHUNK).collect();
-        device::Entity::insert_many(chunk).exec(conn).await?;
+        device::Entity::insert_many(chunk).exec_without_returning(conn).await?;
     }
     let mut attribute_rows = attribute_rows.into_iter().peekable();
     while attribute_rows.peek().is_some() {
         let chunk: Vec<device_attribute::ActiveModel> = attribute_rows.by_ref().take(INSERT_CHUNK * 3).collect();
-        device_attribute::Entity::insert_many(chunk).exec(conn).await?;
+        device_attribute::Entity::insert_many(chunk).exec_without_returning(conn).await?;
     }
     let mut reported_rows = reported_rows.into_iter().peekable();
     while reported_rows.peek().is_some() {
         let chunk: Vec<device_reported_attribute::ActiveModel> =
             reported_rows.by_ref().take(INSERT_CHUNK * 3).collect();
-        device_reported_attribute::Entity::insert_many(chunk).exec(conn).await?;
+        device_reported_attribute::Entity::insert_many(chunk).exec_without_returning(conn).await?;
     }
     let endpoint_ids: Vec<&str> = registered.iter().map(|r| r.device.row.endpoint_id.as_str()).collect();
     let (action, object_id) = if status == DeviceStatus::Pending {
@@ -1154,18 +1154,21 @@ pub(crate) async fn record_installed(
     from: Option<(Uuid, Uuid)>,
 ) -> Result<()> {
     let now = Utc::now();
-    device_installed::Entity::delete_many()
-        .filter(device_installed::Column::DeviceId.eq(device_id))
-        .filter(device_installed::Column::Component.eq(component))
-        .exec(conn)
-        .await?;
     device_installed::Entity::insert(device_installed::ActiveModel {
         device_id: Set(device_id),
         component: Set(component.to_owned()),
         version: Set(version.to_owned()),
         reported_at: Set(now),
     })
-    .exec(conn)
+    .on_conflict(
+        sea_orm::sea_query::OnConflict::columns([
+            device_installed::Column::DeviceId,
+            device_installed::Column::Component,
+        ])
+        .update_columns([device_installed::Column::Version, device_installed::Column::ReportedAt])
+        .to_owned(),
+    )
+    .exec_without_returning(conn)
     .await?;
     entity::installation::Entity::insert(entity::installation::ActiveModel {
         id: Set(Uuid::now_v7()),
@@ -1177,7 +1180,7 @@ pub(crate) async fn record_installed(
         source: Set(if from.is_some() { "deployment" } else { "device" }.to_owned()),
         installed_at: Set(now),
     })
-    .exec(conn)
+    .exec_without_returning(conn)
     .await?;
     Ok(())
 }

@@ -44,9 +44,16 @@ pub struct DeviceCache {
     /// Device updates' states, for the check of a device's file URL
     /// (`service/device_download.rs`).
     pub updates: crate::service::device_download::UpdateCache,
+    /// The packages devices are offered, with their files.
+    pub packages: crate::service::package::cache::PackageCache,
 }
 
 impl DeviceCache {
+    /// The package `id` with its files (see `service/package/cache.rs`).
+    pub async fn package(&self, app: &App, id: Uuid) -> crate::error::Result<Arc<crate::service::package::Package>> {
+        self.packages.get(app, id, self.on()).await
+    }
+
     fn on(&self) -> bool {
         self.enabled.load(Ordering::Acquire)
     }
@@ -198,6 +205,7 @@ impl DeviceCache {
     /// and by the event loop for other processes' changes.
     pub(crate) fn invalidate(&self, event: &Event) {
         self.updates.invalidate(event);
+        self.packages.invalidate(event);
         let (Ok(mut idle), Ok(mut auth)) = (self.idle.lock(), self.auth.lock()) else { return };
         match event {
             Event::DevicesReleased(devices) => {
@@ -226,6 +234,7 @@ impl DeviceCache {
 
     fn clear(&self) {
         self.updates.clear();
+        self.packages.clear();
         if let (Ok(mut idle), Ok(mut auth)) = (self.idle.lock(), self.auth.lock()) {
             idle.clear();
             auth.clear();

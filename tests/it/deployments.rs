@@ -1045,3 +1045,118 @@ async fn the_device_simulator_script_plays_a_rollout_and_a_command_to_the_end() 
         .await;
     assert_eq!(counts["commandBatch"]["counts"]["succeeded"], 3, "{stdout}");
 }
+
+/// A server for the devices that runs no jobs, and a second one on the same
+/// database that runs them (the reconciler) on a pool of its own: the
+/// first one's statement counter sees the device calls alone.
+async fn devices_apart_from_jobs() -> (TestApp, otadepot::server::Server) {
+    let app = TestApp::start_with(|c| {
+        c.scanner.mode = otadepot::config::ScannerMode::Disabled;
+        c.jobs.in_process = false;
+    })
+    .await;
+    let mut config = app.server().app.config.clone();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.jobs.in_process = true;
+    config.jobs.poll_interval = Duration::from_millis(50);
+    config.deployments.reconcile_interval = Duration::from_millis(200);
+    let worker = otadepot::server::Server::start(config).await.unwrap();
+    (app, worker)
+}
+
+#[tokio::test]
+async fn a_status_report_costs_a_handful_of_statements() {
+    let (app, worker) = devices_apart_from_jobs().await;
+    let (fleet, sims) = fleet(&app, 1).await;
+    let out = apply(&app, json!({"package": fleet.package, "group": fleet.group})).await;
+    until(&app, &out["deployment"]["id"], "the release", |d| d["counts"]["released"] == 1).await;
+    let update = sims[0].update().await;
+    // The poll's batched last-seen write goes by first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let counter = app.server().app.db_queries.clone();
+    let mut costs = Vec::new();
+    for (status, body) in [
+        ("ACKNOWLEDGED", json!({"status": "ACKNOWLEDGED"})),
+        ("DOWNLOADING", json!({"status": "DOWNLOADING", "progress": 10})),
+        ("DOWNLOADING", json!({"status": "DOWNLOADING", "progress": 60})),
+        ("DOWNLOADED", json!({"status": "DOWNLOADED"})),
+        ("INSTALLING", json!({"status": "INSTALLING"})),
+        ("INSTALLED_VERSION", json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})),
+    ] {
+        let before = counter.get();
+        let answer = sims[0].report_ok(&update, body).await;
+        costs.push((status, counter.get() - before));
+        assert!(answer["state"].is_string(), "{answer}");
+    }
+    eprintln!("statements per report: {costs:?}");
+    // A step is one read (the update with its deployment), one UPDATE …
+    // RETURNING and on PostgreSQL one NOTIFY; DOWNLOADED also brings the
+    // reconciler forward.
+    let most = match crate::support::backend() {
+        crate::support::Backend::Postgres => 3,
+        crate::support::Backend::Sqlite => 2,
+    };
+    for (status, cost) in &costs {
+        let allowed = match *status {
+            "DOWNLOADED" => most + 1,
+            // Also the installed version, the installation history and
+            // the audit event (on PostgreSQL the chain's lock, its head
+            // and the event).
+            "INSTALLED_VERSION" => most + 6,
+            _ => most,
+        };
+        assert!(*cost <= allowed, "{status} cost {cost} statements (at most {allowed}): {costs:?}");
+    }
+    let walk: u64 = costs.iter().map(|(_, c)| c).sum();
+    assert!(walk <= 6 * costs.len() as u64, "the walk cost {walk} statements: {costs:?}");
+    worker.shutdown();
+    worker.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_polls_a_release_wakes_share_one_read_of_the_package() {
+    // Workers look for jobs once a minute (they are woken for the ones this
+    // test enqueues): the server's statement counter sees what it does.
+    let app = TestApp::start_with(|c| {
+        c.scanner.mode = otadepot::config::ScannerMode::Disabled;
+        c.jobs.poll_interval = Duration::from_secs(60);
+    })
+    .await;
+    let admin = app.operator("admin");
+    admin.ok("mutation { createDeviceModel(input: {name: \"X100\"}) { deviceModel { id } } }", json!({})).await;
+    let (_, package) = app.firmware_package("2.0.0", "fw-2.0.0.bin", b"firmware 2.0.0 image").await;
+    let id: uuid::Uuid = package.parse().unwrap();
+    app.drain_jobs().await;
+    let server = &app.server().app;
+    let counter = server.db_queries.clone();
+
+    // Twenty woken polls ask at once: one read (the package, its models,
+    // its file links and their contents) for all of them.
+    let before = counter.get();
+    let packages = futures::future::join_all((0..20).map(|_| server.device_cache.package(server, id))).await;
+    let first_reads = counter.get() - before;
+    let packages: Vec<_> = packages.into_iter().map(Result::unwrap).collect();
+    assert!(packages.iter().all(|p| std::sync::Arc::ptr_eq(p, &packages[0])), "one shared copy");
+    assert_eq!(packages[0].files[0].name, "fw-2.0.0.bin");
+    assert!(
+        (1..=8).contains(&first_reads),
+        "{first_reads} statements for 20 concurrent reads of one package (one read)"
+    );
+    let before = counter.get();
+    server.device_cache.package(server, id).await.unwrap();
+    assert_eq!(counter.get() - before, 0, "read again from the cache");
+
+    // A write to the package (its audit event) drops the copy: the next
+    // read sees the change.
+    admin
+        .ok(
+            "mutation($id: ID!) { deprecatePackage(input: {id: $id, deprecated: true}) { package { id } } }",
+            json!({"id": package}),
+        )
+        .await;
+    let before = counter.get();
+    let fresh = server.device_cache.package(server, id).await.unwrap();
+    assert_eq!(counter.get() - before, first_reads, "read again after the package changed");
+    assert!(fresh.model.deprecated);
+}

@@ -350,7 +350,7 @@ pub(super) async fn insert_updates(conn: &impl ConnectionTrait, rows: Vec<device
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<device_update::ActiveModel> = rows.by_ref().take(INSERT_CHUNK).collect();
-        device_update::Entity::insert_many(chunk).exec(conn).await?;
+        device_update::Entity::insert_many(chunk).exec_without_returning(conn).await?;
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::app::{App, Event};
 use crate::auth::Ctx;
 use crate::error::{Error, ResourceKind, Result};
-use crate::service::deployment::{UpdateState, find};
+use crate::service::deployment::UpdateState;
 
 /// The ETag of "nothing pending".
 pub const IDLE_ETAG: &str = "\"idle\"";
@@ -146,10 +146,12 @@ pub(super) async fn current_update(
         )
         .order_by_desc(device_update::Column::Id)
         .limit(1)
+        .find_also_related(deployment::Entity)
         .all(conn)
         .await?;
-    let Some(update) = candidates.into_iter().next() else { return Ok(None) };
-    let deployment = find(conn, update.deployment_id).await?;
+    let Some((update, deployment)) = candidates.into_iter().next() else { return Ok(None) };
+    let deployment =
+        deployment.ok_or_else(|| Error::not_found(ResourceKind::Deployment, update.deployment_id.to_string()))?;
     Ok(Some((update, deployment)))
 }
 
@@ -215,7 +217,7 @@ pub async fn poll(app: &App, ctx: &Ctx, if_none_match: Option<&str>, fresh: bool
     }
     let update = match (current, action, urls) {
         (Some((update, deployment)), Some(action), Some((window, row))) => {
-            let package = crate::service::package::get_any(&app.db, deployment.package_id).await?;
+            let package = app.device_cache.package(app, deployment.package_id).await?;
             let grant = crate::service::device_download::DeviceGrant {
                 device: device.id,
                 update: update.id,

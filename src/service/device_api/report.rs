@@ -7,7 +7,7 @@
 //! at any step leaves nothing of the call behind.
 
 use chrono::Utc;
-use entity::device_update;
+use entity::{deployment, device_update};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::json;
@@ -18,7 +18,7 @@ use crate::auth::Ctx;
 use crate::error::{Error, ResourceKind, Result};
 use crate::service::WriteTx;
 use crate::service::deployment::reconcile::wake_soon;
-use crate::service::deployment::{UpdateState, find, find_update};
+use crate::service::deployment::{UpdateState, find_update};
 
 /// What a device says of its update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,9 +89,10 @@ impl StatusReport {
     }
 }
 
-/// What a step leaves for after the commit.
-#[derive(Default)]
+/// What a step did, and leaves for after the commit.
 pub(super) struct Applied {
+    /// The update after the step.
+    pub update: device_update::Model,
     /// The deployment's reconcile run was brought forward: wake this
     /// process's workers once committed.
     pub woke: bool,
@@ -118,14 +119,20 @@ pub async fn report_steps(
     }
     let mut tx = WriteTx::begin(app).await?;
     let mut woke = false;
+    let mut last = None;
     for step in steps {
-        woke |= apply_in(&mut tx, app, ctx, update_id, step).await?.woke;
+        let applied = apply_in(&mut tx, app, ctx, update_id, step).await?;
+        woke |= applied.woke;
+        last = Some(applied.update);
     }
     tx.commit().await?;
     if woke {
         app.wake_workers();
     }
-    find_update(&app.db, update_id).await
+    match last {
+        Some(update) => Ok(update),
+        None => find_update(&app.db, update_id).await,
+    }
 }
 
 pub(super) fn validate(report: &StatusReport) -> Result<()> {
@@ -153,12 +160,16 @@ pub(super) async fn apply_in(
     report: StatusReport,
 ) -> Result<Applied> {
     let device = ctx.require_device()?.clone();
-    let update = device_update::Entity::find_by_id(update_id)
+    // The update and its deployment in one statement; the change below is
+    // one UPDATE … RETURNING (see the module doc for the count).
+    let (update, deployment) = device_update::Entity::find_by_id(update_id)
         .filter(device_update::Column::DeviceId.eq(device.id))
+        .find_also_related(deployment::Entity)
         .one(tx.conn())
         .await?
         .ok_or_else(|| Error::not_found(ResourceKind::Update, update_id.to_string()))?;
-    let deployment = find(tx.conn(), update.deployment_id).await?;
+    let deployment =
+        deployment.ok_or_else(|| Error::not_found(ResourceKind::Deployment, update.deployment_id.to_string()))?;
     let from = UpdateState::parse(&update.state)?;
     let now = Utc::now();
     use UpdateState::*;
@@ -193,7 +204,7 @@ pub(super) async fn apply_in(
         },
         ReportStatus::InstalledVersion => match from {
             Downloaded | Installing if deployment.install_released => {
-                let package = crate::service::package::get_any(tx.conn(), deployment.package_id).await?;
+                let package = app.device_cache.package(app, deployment.package_id).await?;
                 let version_matches = report.version.as_deref() == Some(package.model.version.as_str());
                 let expected = package.model.version.clone();
                 installed_package = Some(package);
@@ -219,12 +230,15 @@ pub(super) async fn apply_in(
             if from != Cancelled {
                 return Err(invalid("CANCELLED"));
             }
-            device_update::Entity::update_many()
+            let update = device_update::Entity::update_many()
                 .col_expr(device_update::Column::CancelAcknowledged, Expr::value(true))
                 .filter(device_update::Column::Id.eq(update_id))
-                .exec(tx.conn())
-                .await?;
-            return Ok(Applied::default());
+                .exec_with_returning(tx.conn())
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::not_found(ResourceKind::Update, update_id.to_string()))?;
+            return Ok(Applied { update, woke: false });
         }
     };
     let progress = match to {
@@ -245,9 +259,9 @@ pub(super) async fn apply_in(
             .col_expr(device_update::Column::ErrorCode, Expr::value(report.errcode.clone()))
             .col_expr(device_update::Column::Message, Expr::value(message.clone()));
     }
-    if change.exec(tx.conn()).await?.rows_affected != 1 {
+    let Some(changed) = change.exec_with_returning(tx.conn()).await?.into_iter().next() else {
         return Err(Error::InvalidState(format!("update {update_id} changed meanwhile; report again")));
-    }
+    };
     if to == Installed
         && let Some(package) = &installed_package
     {
@@ -273,5 +287,5 @@ pub(super) async fn apply_in(
     }
     let woke = (to.is_final() || to == Downloaded) && wake_soon(app, tx.conn(), &deployment).await?;
     tx.notify(Event::DeviceUpdateChanged { deployment: deployment.id, update: update_id });
-    Ok(Applied { woke })
+    Ok(Applied { update: changed, woke })
 }

@@ -43,6 +43,7 @@ use crate::service::device_model::{self, DeviceModel};
 use crate::service::pagination::{Page, PageRequest, cursor};
 use crate::service::{WriteTx, catalog};
 
+pub mod cache;
 mod exosense;
 
 pub use exosense::create_content;
