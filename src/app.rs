@@ -76,6 +76,9 @@ pub struct Inner {
     pub instance: uuid::Uuid,
     /// The device API's hot-path caches (`service/device_cache.rs`).
     pub device_cache: crate::service::device_cache::DeviceCache,
+    /// The reads of polls arriving together, made together
+    /// (`service/device_api/batch.rs`).
+    pub poll_reads: crate::service::device_api::batch::PollReads,
     /// Device writes per device and enrollments per token
     /// (`service/rate_limit.rs`).
     pub rate_limits: crate::service::rate_limit::RateLimits,
@@ -145,6 +148,7 @@ impl App {
             job_wake: tokio::sync::Notify::new(),
             instance: uuid::Uuid::new_v4(),
             device_cache: crate::service::device_cache::DeviceCache::default(),
+            poll_reads: crate::service::device_api::batch::PollReads::default(),
             rate_limits,
             reconcile_wakes: std::sync::Mutex::default(),
             tus_busy: std::sync::Mutex::default(),

@@ -34,7 +34,7 @@ pub const EXPIRE_JOB: &str = "command.expire";
 pub const BUILT_IN: [&str; 2] = ["REBOOT", "RESTART_AGENT"];
 const INSERT_CHUNK: usize = 1_000;
 /// Pending commands handed out in one poll, oldest first.
-const PER_POLL: u64 = 20;
+pub(crate) const PER_POLL: u64 = 20;
 /// Overdue commands expired per statement (the sweep loops).
 const EXPIRE_CHUNK: u64 = 1_000;
 const CURSOR_KIND: &str = "command";
@@ -361,19 +361,6 @@ pub async fn list(
 
 // ---------------------------------------------------------------------------
 // The device side.
-
-/// The device's commands to hand out: QUEUED or DELIVERED (not yet
-/// acknowledged) and not overdue, oldest first.
-pub(crate) async fn pending(conn: &impl ConnectionTrait, device: Uuid) -> Result<Vec<command::Model>> {
-    Ok(command::Entity::find()
-        .filter(Column::DeviceId.eq(device))
-        .filter(Column::State.is_in([CommandState::Queued.as_str(), CommandState::Delivered.as_str()]))
-        .filter(Column::ExpiresAt.gt(Utc::now()))
-        .order_by_asc(Column::Id)
-        .limit(PER_POLL)
-        .all(conn)
-        .await?)
-}
 
 /// The QUEUED ones of `commands` were handed to their device: DELIVERED.
 pub(crate) async fn mark_delivered(app: &App, commands: &[command::Model]) -> Result<()> {

@@ -31,6 +31,7 @@
 //! - A device sees only its own updates, commands and files: another
 //!   device's is NOT_FOUND.
 
+pub mod batch;
 pub mod enos;
 mod poll;
 mod report;

@@ -175,8 +175,12 @@ pub async fn poll(app: &App, ctx: &Ctx, if_none_match: Option<&str>, fresh: bool
         return Ok(Poll::etag_only(IDLE_ETAG.to_owned()));
     }
     let seq = app.device_cache.seq();
-    let current = current_update(&app.db, device.id).await?;
-    let commands = crate::service::command::pending(&app.db, device.id).await?;
+    // Batched with the other polls asking at the same time (a release
+    // wakes thousands at once: `batch.rs`).
+    let (current, commands) = tokio::try_join!(
+        app.poll_reads.current_update(&app.db, device.id),
+        app.poll_reads.pending_commands(&app.db, device.id)
+    )?;
     if current.is_none() && commands.is_empty() {
         app.device_cache.mark_idle(device.id, seq);
         return Ok(Poll::etag_only(IDLE_ETAG.to_owned()));
