@@ -8,6 +8,7 @@
 #
 #   bench/poll304.sh [DEVICES=2000] [CONNECTIONS=64] [SECONDS=15]
 #   BENCH_DB=postgres bench/poll304.sh
+#   BENCH_OTADEPOT_BIN=… BENCH_LOADGEN_BIN=… BENCH_BARE_BIN=… bench/poll304.sh   (no build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -26,7 +27,7 @@ cleanup() {
   bench_cleanup
 }
 trap cleanup EXIT
-bench_build bare
+if [ -n "${BENCH_BARE_BIN:-}" ]; then bench_build; else bench_build bare; fi
 bench_database
 bench_serve
 bench_fleet "$devices"
@@ -40,7 +41,7 @@ echo "$ours" >&2
 kill "$server" && wait "$server" 2>/dev/null || true
 server=""
 bare_port=$(free_port)
-target/release/examples/bare "127.0.0.1:$bare_port" &
+"${BENCH_BARE_BIN:-target/release/examples/bare}" "127.0.0.1:$bare_port" &
 bare=$!
 for _ in $(seq 50); do curl -s "http://127.0.0.1:$bare_port/device/v1/poll" >/dev/null && break; sleep 0.1; done
 log "the bare axum route, $connections connections, ${seconds}s"

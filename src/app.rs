@@ -79,6 +79,9 @@ pub struct Inner {
     /// The reads of polls arriving together, made together
     /// (`service/device_api/batch.rs`).
     pub poll_reads: crate::service::device_api::batch::PollReads,
+    /// Committed events other processes are told of in batches
+    /// (`WriteTx::notify_soon`).
+    pub deferred_events: crate::events::Deferred,
     /// Device writes per device and enrollments per token
     /// (`service/rate_limit.rs`).
     pub rate_limits: crate::service::rate_limit::RateLimits,
@@ -149,6 +152,7 @@ impl App {
             instance: uuid::Uuid::new_v4(),
             device_cache: crate::service::device_cache::DeviceCache::default(),
             poll_reads: crate::service::device_api::batch::PollReads::default(),
+            deferred_events: crate::events::Deferred::default(),
             rate_limits,
             reconcile_wakes: std::sync::Mutex::default(),
             tus_busy: std::sync::Mutex::default(),

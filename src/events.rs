@@ -74,14 +74,86 @@ pub async fn notify(tx: &DatabaseTransaction, origin: Uuid, events: &[Event]) ->
         .flat_map(to_wire)
         .map(|event| serde_json::to_string(&Wire { origin, event }).unwrap_or_default())
         .collect();
-    let payloads = serde_json::to_string(&payloads).unwrap_or_default();
-    tx.execute_raw(Statement::from_sql_and_values(
+    tx.execute_raw(notify_statement(&payloads)).await?;
+    Ok(())
+}
+
+/// Events committed already that other processes learn of in batches
+/// (`WriteTx::notify_soon`): one NOTIFY, outside any transaction, for all
+/// that gathered in [`DEFERRED_EVERY`]. Only on PostgreSQL (SQLite has one
+/// process).
+#[derive(Default)]
+pub struct Deferred {
+    /// Whether a sender runs (only `serve` on PostgreSQL starts one);
+    /// without one, nothing is kept.
+    enabled: std::sync::atomic::AtomicBool,
+    pending: std::sync::Mutex<Vec<Event>>,
+}
+
+/// How long deferred events gather before they are sent.
+pub const DEFERRED_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl Deferred {
+    pub fn push(&self, events: &[Event]) {
+        if !self.enabled.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A bound, so a database that is away cannot grow it without end:
+        // these are progress news, the next one supersedes them.
+        if pending.len() < 100_000 {
+            pending.extend(events.iter().cloned());
+        }
+    }
+
+    fn take(&self) -> Vec<Event> {
+        let mut events = std::mem::take(&mut *self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        // One message per thing changed is enough: its newest state is
+        // read by whoever is told.
+        let mut seen = HashSet::new();
+        events.retain(|event| seen.insert(format!("{:?}", to_wire(event))));
+        events
+    }
+}
+
+/// Send what was deferred, every [`DEFERRED_EVERY`], until `shutdown`
+/// (then once more).
+async fn send_deferred(app: App, shutdown: CancellationToken) {
+    app.deferred_events.enabled.store(true, std::sync::atomic::Ordering::Release);
+    loop {
+        let stop = tokio::select! {
+            () = shutdown.cancelled() => true,
+            () = tokio::time::sleep(DEFERRED_EVERY) => false,
+        };
+        let events = app.deferred_events.take();
+        if !events.is_empty()
+            && let Err(err) = notify_now(&app, &events).await
+        {
+            tracing::warn!(error = %err, count = events.len(), "could not send deferred events to other processes");
+        }
+        if stop {
+            app.deferred_events.enabled.store(false, std::sync::atomic::Ordering::Release);
+            break;
+        }
+    }
+}
+
+async fn notify_now(app: &App, events: &[Event]) -> Result<(), sea_orm::DbErr> {
+    let payloads: Vec<String> = events
+        .iter()
+        .flat_map(to_wire)
+        .map(|event| serde_json::to_string(&Wire { origin: app.instance, event }).unwrap_or_default())
+        .collect();
+    app.db.execute_raw(notify_statement(&payloads)).await?;
+    Ok(())
+}
+
+fn notify_statement(payloads: &[String]) -> Statement {
+    Statement::from_sql_and_values(
         DbBackend::Postgres,
         "SELECT pg_notify($1, payload) FROM json_array_elements_text($2::json) WITH ORDINALITY AS p(payload, n) ORDER BY n",
-        [CHANNEL.into(), payloads.into()],
-    ))
-    .await?;
-    Ok(())
+        [CHANNEL.into(), serde_json::to_string(payloads).unwrap_or_default().into()],
+    )
 }
 
 /// On PostgreSQL, listen for other processes' events until `shutdown`,
@@ -90,6 +162,7 @@ pub fn spawn_listener(app: App, shutdown: CancellationToken) {
     if app.db.get_database_backend() != DbBackend::Postgres {
         return;
     }
+    tokio::spawn(send_deferred(app.clone(), shutdown.clone()));
     tokio::spawn(async move {
         while !shutdown.is_cancelled() {
             if let Err(err) = listen(&app, &shutdown).await {

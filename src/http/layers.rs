@@ -96,7 +96,7 @@ where
 
 /// Count and time every request by route template, method and status
 /// (`http_requests_total`, `http_request_duration_seconds`), with the
-/// database statements it ran (`http_request_db_statements`). A route
+/// database statements it ran when it ran any (`http_request_db_statements`). A route
 /// layer: the matched route is known there.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MetricsLayer;

@@ -74,12 +74,15 @@ pub struct WriteTx {
     app: App,
     tx: DatabaseTransaction,
     events: Vec<Event>,
+    /// Published here once committed, and told to other processes a
+    /// moment later, outside the transaction (see [`WriteTx::notify_soon`]).
+    soon: Vec<Event>,
 }
 
 impl WriteTx {
     pub async fn begin(app: &App) -> Result<Self> {
         let tx = crate::db::begin_write(&app.db).await?;
-        Ok(Self { app: app.clone(), tx, events: Vec::new() })
+        Ok(Self { app: app.clone(), tx, events: Vec::new(), soon: Vec::new() })
     }
 
     /// The connection to run statements on.
@@ -106,12 +109,30 @@ impl WriteTx {
         self.events.push(event);
     }
 
+    /// Like [`WriteTx::notify`] for news no other process's state depends
+    /// on (a report's progress within the same step): published here once
+    /// committed, and sent to other processes by the next batch of
+    /// `events::Deferred` (within 100 ms, one NOTIFY for many), not by
+    /// this transaction. On PostgreSQL a transaction that NOTIFYs takes
+    /// the notification queue's lock at commit, which serializes such
+    /// commits: progress reports are most of a rollout's writes.
+    pub fn notify_soon(&mut self, event: Event) {
+        self.soon.push(event);
+    }
+
     pub async fn commit(self) -> Result<()> {
         crate::events::notify(&self.tx, self.app.instance, &self.events).await?;
         self.tx.commit().await?;
         for event in self.events {
             self.app.device_cache.invalidate(&event);
             self.app.publish(event);
+        }
+        if !self.soon.is_empty() {
+            self.app.deferred_events.push(&self.soon);
+            for event in self.soon {
+                self.app.device_cache.invalidate(&event);
+                self.app.publish(event);
+            }
         }
         Ok(())
     }

@@ -286,6 +286,14 @@ pub(super) async fn apply_in(
         .await?;
     }
     let woke = (to.is_final() || to == Downloaded) && wake_soon(app, tx.conn(), &deployment).await?;
-    tx.notify(Event::DeviceUpdateChanged { deployment: deployment.id, update: update_id });
+    let event = Event::DeviceUpdateChanged { deployment: deployment.id, update: update_id };
+    if to == from {
+        // Progress within a step: nothing another process keeps depends
+        // on it (its caches hold states); subscribers there hear of it
+        // within 100 ms.
+        tx.notify_soon(event);
+    } else {
+        tx.notify(event);
+    }
     Ok(Applied { update: changed, woke })
 }
