@@ -39,10 +39,13 @@ impl Server {
         let token = shutdown.clone();
         crate::events::spawn_listener(app.clone(), shutdown.clone());
         crate::service::device_cache::DeviceCache::spawn(app.clone(), shutdown.clone());
-        let workers = config.jobs.in_process.then(|| {
+        let workers = if config.jobs.in_process {
             let runner = crate::jobs::Runner::new(app.clone());
-            tokio::spawn(runner.run(shutdown.clone()))
-        });
+            runner.queue_startup_jobs().await;
+            Some(tokio::spawn(runner.run(shutdown.clone())))
+        } else {
+            None
+        };
         // `into_make_service` turns the router into its routes once: given
         // the router itself, `axum::serve` rebuilds the whole route table
         // for every connection (`Router::with_state` per accept), about

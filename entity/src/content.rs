@@ -19,6 +19,9 @@ pub struct Model {
     /// What arrived (hex), computed while streaming.
     pub sha256: Option<String>,
     pub md5: Option<String>,
+    /// SHA-1 (hex), for hawkBit DDI clients; null on content stored before
+    /// migration 000018 until the `content.sha1_backfill` job reads it.
+    pub sha1: Option<String>,
     pub product_id: Option<String>,
     /// See `ContentState` in the service layer.
     pub state: String,

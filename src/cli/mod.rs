@@ -267,7 +267,9 @@ async fn worker(config: Config) -> anyhow::Result<()> {
         tokio::spawn(async move { clamd.log_startup().await });
     }
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let runner = tokio::spawn(crate::jobs::Runner::new(app.clone()).run(shutdown.clone()));
+    let runner = crate::jobs::Runner::new(app.clone());
+    runner.queue_startup_jobs().await;
+    let runner = tokio::spawn(runner.run(shutdown.clone()));
     shutdown_signal().await;
     tracing::info!("shutdown requested; finishing running jobs");
     shutdown.cancel();

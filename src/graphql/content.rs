@@ -128,6 +128,10 @@ pub struct Content {
     /// Of the bytes received (null until uploaded).
     sha256: Option<String>,
     md5: Option<String>,
+    /// SHA-1 of the bytes received, for hawkBit DDI clients (null until
+    /// uploaded, and for content stored before SHA-1 was computed until
+    /// the backfill job has read it).
+    sha1: Option<String>,
     product_id: Option<String>,
     state: ContentStateGql,
     /// CLEAN, INFECTED, ERROR or SKIPPED, once scanned.
@@ -159,6 +163,7 @@ impl From<service::Content> for Content {
             length: m.length,
             sha256: m.sha256,
             md5: m.md5,
+            sha1: m.sha1,
             product_id: m.product_id,
             state: content.state.into(),
             scan_verdict: m.scan_verdict,

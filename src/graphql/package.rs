@@ -25,6 +25,8 @@ pub struct PackageFile {
     length: i64,
     sha256: Option<String>,
     md5: Option<String>,
+    /// For hawkBit DDI clients (see `Content.sha1`).
+    sha1: Option<String>,
 }
 
 #[derive(SimpleObject)]
@@ -76,6 +78,7 @@ impl Package {
                 length: f.length,
                 sha256: f.sha256.clone(),
                 md5: f.md5.clone(),
+                sha1: f.sha1.clone(),
             })
             .collect();
         let m = p.model;

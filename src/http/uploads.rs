@@ -42,7 +42,7 @@ fn created(content: &Content) -> Response {
         StatusCode::CREATED,
         Json(json!({
             "id": model.id, "state": content.state.as_str(), "length": model.length,
-            "sha256": model.sha256, "md5": model.md5,
+            "sha256": model.sha256, "md5": model.md5, "sha1": model.sha1,
         })),
     )
         .into_response()

@@ -41,6 +41,19 @@ impl Runner {
             .with_handler(super::tasks::deployment_reconcile::ReconcileJob)
             .with_handler(super::tasks::command_expire::ExpireJob)
             .with_handler(super::tasks::content_release_abandoned_uploads::ReleaseAbandonedJob)
+            .with_handler(super::tasks::content_sha1_backfill::Sha1BackfillJob)
+    }
+
+    /// Queue the jobs a process that runs workers queues once as it starts
+    /// (before [`Runner::run`], so the job is there when the server is up):
+    /// the SHA-1 backfill, when some stored content has none. A failure is
+    /// logged: the next start tries again.
+    pub async fn queue_startup_jobs(&self) {
+        match crate::service::content::queue_sha1_backfill(&self.app).await {
+            Ok(true) => tracing::info!("queued the SHA-1 backfill of content stored without one"),
+            Ok(false) => {}
+            Err(err) => tracing::warn!(error = %err, "could not queue the SHA-1 backfill"),
+        }
     }
 
     pub fn with_handler(mut self, handler: impl Handler) -> Self {

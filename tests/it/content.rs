@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::support::{TestApp, count_rows, error_code};
+use crate::support::{TestApp, count_rows, error_code, query_i64};
 
 /// The seed's request, byte for byte (ExoSense OTA guide).
 const SEED_REQUEST: &str = r#"[
@@ -67,7 +67,7 @@ pub async fn send_seed_request(app: &TestApp) -> Value {
 }
 
 const CREATE: &str = "mutation($c: ContentInput) { createContent(content: $c) { id url inputs method field enctype } }";
-const GET: &str = "query($id: ID!) { content(id: $id) { id name type length state sha256 md5 productId tags { name value } createdBy } }";
+const GET: &str = "query($id: ID!) { content(id: $id) { id name type length state sha256 md5 sha1 productId tags { name value } createdBy } }";
 
 fn bytes(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 31 % 251) as u8).collect()
@@ -75,6 +75,10 @@ fn bytes(n: usize) -> Vec<u8> {
 
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
+}
+
+fn sha1_hex(data: &[u8]) -> String {
+    hex::encode(sha1::Sha1::digest(data))
 }
 
 async fn create(app: &TestApp, length: usize, sha256: Option<String>) -> Value {
@@ -141,10 +145,12 @@ async fn a_multipart_upload_is_hashed_into_staging_and_queued_for_scanning() {
     assert_eq!(body["state"], "STAGED");
     assert_eq!(body["sha256"], sha256_hex(&data));
     assert_eq!(body["md5"], hex::encode(md5::Md5::digest(&data)));
+    assert_eq!(body["sha1"], sha1_hex(&data));
 
     let content = app.operator("viewer").ok(GET, json!({"id": form["id"]})).await["content"].clone();
     assert_eq!(content["state"], "STAGED");
     assert_eq!(content["sha256"], sha256_hex(&data));
+    assert_eq!(content["sha1"], sha1_hex(&data), "the SHA-1 hawkBit DDI clients check");
     let id = form["id"].as_str().unwrap();
     let staged = std::fs::read(app.dir.path().join("staging/staging").join(id)).unwrap();
     assert_eq!(staged, data, "byte-identical in staging, under its id (not its name)");
@@ -181,6 +187,9 @@ async fn a_put_of_the_raw_bytes_works_too() {
     assert_eq!(response.status(), StatusCode::CREATED);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["sha256"], sha256_hex(&data));
+    assert_eq!(body["sha1"], sha1_hex(&data));
+    let content = app.operator("viewer").ok(GET, json!({"id": form["id"]})).await["content"].clone();
+    assert_eq!(content["sha1"], sha1_hex(&data));
 }
 
 #[tokio::test]
@@ -420,4 +429,58 @@ async fn a_dropped_connection_releases_the_upload() {
         app.client.put(form["url"].as_str().unwrap()).body(data).send().await.unwrap().status(),
         StatusCode::CREATED
     );
+}
+
+#[tokio::test]
+async fn a_restart_fills_in_the_sha1_of_content_stored_without_one() {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let mut app = TestApp::start_unscanned().await;
+    let data = bytes(700_000);
+    let (id, _) = app.promoted("old.bin", &data).await;
+    let uuid: uuid::Uuid = id.parse().unwrap();
+    // As stored before uploads computed SHA-1.
+    entity::content::Entity::update_many()
+        .col_expr(entity::content::Column::Sha1, sea_orm::sea_query::Expr::value(Option::<String>::None))
+        .filter(entity::content::Column::Id.eq(uuid))
+        .exec(app.db())
+        .await
+        .unwrap();
+    let read = async |app: &TestApp| app.operator("viewer").ok(GET, json!({"id": id})).await["content"].clone();
+    assert_eq!(read(&app).await["sha1"], Value::Null);
+
+    // The job runner queues the backfill as it starts.
+    let config = app.server().app.config.clone();
+    let server = app.server.take().unwrap();
+    server.shutdown();
+    server.wait().await.unwrap();
+    let mut config = config;
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let server = otadepot::server::Server::start(config).await.unwrap();
+    app.base = format!("http://{}", server.addr);
+    app.server = Some(server);
+    let queued = query_i64(app.db(), "SELECT COUNT(*) AS n FROM job WHERE kind = 'content.sha1_backfill'").await;
+    assert_eq!(queued, 1, "queued once, at startup");
+    app.drain_jobs().await;
+
+    let content = read(&app).await;
+    assert_eq!(content["sha1"], sha1_hex(&data), "{content}");
+    assert_eq!(content["state"], "PROMOTED");
+    let events = app
+        .operator("auditor")
+        .ok("query($id: String) { auditEvents(filter: {objectId: $id}) { edges { node { action actor { kind id } details } } } }", json!({"id": id}))
+        .await;
+    let latest = &events["auditEvents"]["edges"][0]["node"];
+    assert_eq!(latest["action"], "content.sha1_backfill", "{events}");
+    assert_eq!(latest["actor"]["kind"], "system", "{events}");
+
+    // Nothing is left to do: the next start queues no job.
+    let server = app.server.take().unwrap();
+    let config = server.app.config.clone();
+    server.shutdown();
+    server.wait().await.unwrap();
+    let server = otadepot::server::Server::start(config).await.unwrap();
+    app.base = format!("http://{}", server.addr);
+    app.server = Some(server);
+    let queued = query_i64(app.db(), "SELECT COUNT(*) AS n FROM job WHERE kind = 'content.sha1_backfill'").await;
+    assert_eq!(queued, 1, "no second backfill");
 }

@@ -13,7 +13,7 @@ use crate::support::{TestApp, count_rows, error_code};
 
 const CREATE_PACKAGE: &str = "mutation($i: CreateSoftwarePackageInput!) { createSoftwarePackage(input: $i) {
     package { id contentId component name version description type author deprecated createdBy
-              models { name } files { name contentId url length sha256 md5 } links configOtau } } }";
+              models { name } files { name contentId url length sha256 md5 sha1 } links configOtau } } }";
 const CREATE_MODEL: &str = "mutation($n: String!) { createDeviceModel(input: {name: $n}) { deviceModel { id name } } }";
 const MANIFEST: &str = "query($id: ID!) { packageManifest(id: $id) }";
 const CREATE_CONTENT: &str = "mutation($c: ContentInput) { createContent(content: $c) { id } }";
@@ -171,6 +171,7 @@ async fn a_package_of_files_and_links_stores_the_seed_manifest_shape() {
     assert_eq!(package["links"], json!(["https://example.com/file1"]));
     assert_eq!(package["files"][0]["name"], "firmware_updatev102.txt");
     assert_eq!(package["files"][0]["length"], 15);
+    assert_eq!(package["files"][0]["sha1"], hex::encode(sha1::Sha1::digest(b"firmware v1.0.2")));
     assert_eq!(package["createdBy"], "package_admin-user");
     assert_eq!(package["author"], "package_admin-user");
 

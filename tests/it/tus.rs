@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use crate::support::TestApp;
 
 const CREATE: &str = "mutation($c: ContentInput) { createContent(content: $c) { id url } }";
-const GET: &str = "query($id: ID!) { content(id: $id) { state sha256 } }";
+const GET: &str = "query($id: ID!) { content(id: $id) { state sha256 sha1 } }";
 
 fn bytes(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 13 % 256) as u8).collect()
@@ -119,6 +119,7 @@ async fn a_cut_off_upload_resumes_and_ends_byte_identical() {
     let content = app.operator("viewer").ok(GET, json!({"id": id})).await;
     assert_eq!(content["content"]["state"], "STAGED");
     assert_eq!(content["content"]["sha256"], hex::encode(Sha256::digest(&data)));
+    assert_eq!(content["content"]["sha1"], hex::encode(sha1::Sha1::digest(&data)), "hashed across both requests");
     let staged = std::fs::read(app.dir.path().join("staging/staging").join(&id)).unwrap();
     assert_eq!(staged, data);
     assert!(

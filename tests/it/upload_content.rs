@@ -10,7 +10,7 @@ use sha2::Digest;
 
 use crate::support::{TestApp, count_rows, error_code};
 
-const UPLOAD: &str = "mutation($input: UploadContentInput!, $file: Upload!) { uploadContent(input: $input, file: $file) { content { id state length sha256 name type contentType tags { name value } } } }";
+const UPLOAD: &str = "mutation($input: UploadContentInput!, $file: Upload!) { uploadContent(input: $input, file: $file) { content { id state length sha256 sha1 name type contentType tags { name value } } } }";
 const GET: &str = "query($id: ID!) { content(id: $id) { state sha256 downloadUrl } }";
 
 fn sha256(data: &[u8]) -> String {
@@ -65,6 +65,7 @@ async fn upload_content_stages_the_file_queues_its_scan_and_audits_both_steps() 
     assert!(["STAGED", "SCANNING", "CLEAN", "PROMOTED"].contains(&content["state"].as_str().unwrap()), "{content}");
     assert_eq!(content["length"], data.len());
     assert_eq!(content["sha256"], sha256(&data));
+    assert_eq!(content["sha1"], hex::encode(sha1::Sha1::digest(&data)), "the SHA-1 hawkBit DDI clients check");
     assert_eq!(content["tags"], json!([{"name": "channel", "value": "beta"}]));
     let id = content["id"].as_str().unwrap();
 

@@ -4,4 +4,5 @@
 pub mod command_expire;
 pub mod content_release_abandoned_uploads;
 pub mod content_scan;
+pub mod content_sha1_backfill;
 pub mod deployment_reconcile;

@@ -24,9 +24,11 @@ use crate::service::pagination::{Page, PageRequest, cursor};
 use crate::service::{WriteTx, catalog};
 
 mod download;
+mod sha1_backfill;
 mod upload;
 
 pub use download::*;
+pub use sha1_backfill::*;
 pub use upload::*;
 
 /// Job kind that scans a staged content.

@@ -1,6 +1,7 @@
 //! Getting a content's bytes in: `createContent` and its upload form, the
 //! signed upload grant, the one-shot upload (multipart or raw body) and the
-//! streaming receive with its digests that the resumable (tus) path shares.
+//! streaming receive with its digests (SHA-256, MD5 and SHA-1) that the
+//! resumable (tus) path shares.
 
 use bytes::Bytes;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -11,6 +12,7 @@ use object_store::{ObjectStoreExt, WriteMultipart};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use serde_json::json;
+use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -128,6 +130,7 @@ pub(super) async fn insert_row(
         declared_sha256: Set(input.sha256.clone()),
         sha256: Set(None),
         md5: Set(None),
+        sha1: Set(None),
         product_id: Set(input.product_id.clone()),
         state: Set(state.as_str().to_owned()),
         staging_key: Set(None),
@@ -411,6 +414,7 @@ impl Drop for UploadGuard {
 pub(in crate::service) struct Digests {
     sha256: String,
     md5: String,
+    sha1: String,
     /// The content's `updated_at` as this upload last set it.
     mark: DateTime<Utc>,
 }
@@ -436,6 +440,7 @@ where
     let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
     let mut sha = Sha256::new();
     let mut md5 = Md5::new();
+    let mut sha1 = Sha1::new();
     let mut received: u64 = 0;
     let mut body = std::pin::pin!(body);
     // Mark the upload alive now and then, so the sweep for abandoned
@@ -475,6 +480,7 @@ where
             }
             sha.update(&chunk);
             md5.update(&chunk);
+            sha1.update(&chunk);
             writer.wait_for_capacity(2).await.map_err(store_error)?;
             writer.write(&chunk);
         }
@@ -501,7 +507,7 @@ where
         return Err(err);
     }
     writer.finish().await.map_err(store_error)?;
-    Ok(Digests { sha256, md5: hex::encode(md5.finalize()), mark: read_mark(mark) })
+    Ok(Digests { sha256, md5: hex::encode(md5.finalize()), sha1: hex::encode(sha1.finalize()), mark: read_mark(mark) })
 }
 
 pub(in crate::service) async fn finish_upload(
@@ -530,6 +536,7 @@ pub(in crate::service) async fn finish_upload(
     content::Entity::update_many()
         .col_expr(content::Column::Sha256, Expr::value(digests.sha256.clone()))
         .col_expr(content::Column::Md5, Expr::value(digests.md5.clone()))
+        .col_expr(content::Column::Sha1, Expr::value(digests.sha1.clone()))
         .col_expr(content::Column::StagingKey, Expr::value(crate::storage::staging_key(current.id).to_string()))
         .filter(content::Column::Id.eq(current.id))
         .exec(tx.conn())
@@ -541,7 +548,10 @@ pub(in crate::service) async fn finish_upload(
         "content.upload",
         ResourceKind::Content,
         &current.id.to_string(),
-        json!({ "length": current.length, "sha256": digests.sha256, "md5": digests.md5, "created_by": current.created_by }),
+        json!({
+            "length": current.length, "sha256": digests.sha256, "md5": digests.md5, "sha1": digests.sha1,
+            "created_by": current.created_by,
+        }),
     )
     .await?;
     tx.commit().await?;

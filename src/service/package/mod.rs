@@ -65,6 +65,7 @@ pub struct PackageFile {
     pub length: i64,
     pub sha256: Option<String>,
     pub md5: Option<String>,
+    pub sha1: Option<String>,
     pub state: String,
 }
 
@@ -613,6 +614,7 @@ async fn attach(conn: &impl ConnectionTrait, rows: Vec<package::Model>) -> Resul
                 length: c.length,
                 sha256: c.sha256.clone(),
                 md5: c.md5.clone(),
+                sha1: c.sha1.clone(),
                 state: c.state.clone(),
             });
         }
