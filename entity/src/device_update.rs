@@ -9,6 +9,10 @@ pub struct Model {
     pub id: Uuid,
     pub deployment_id: Uuid,
     pub device_id: Uuid,
+    /// Unique across all device updates, int32-safe, given by the database
+    /// at insert (migration 000019; never set by the application): the
+    /// number protocols such as hawkBit DDI name the update by.
+    pub action_id: i32,
     /// See `UpdateState` in the service layer.
     pub state: String,
     /// `incompatible_model` or `already_installed` for SKIPPED.

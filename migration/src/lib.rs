@@ -26,6 +26,7 @@ mod m20261202_000015_create_device_reported_attribute;
 mod m20261202_000016_rename_command_expire_job;
 mod m20261203_000017_rename_package_product_to_component;
 mod m20261203_000018_add_content_sha1;
+mod m20261203_000019_add_device_update_action_id;
 
 pub struct Migrator;
 
@@ -50,6 +51,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000016_rename_command_expire_job::Migration),
             Box::new(m20261203_000017_rename_package_product_to_component::Migration),
             Box::new(m20261203_000018_add_content_sha1::Migration),
+            Box::new(m20261203_000019_add_device_update_action_id::Migration),
         ]
     }
 }

@@ -199,6 +199,10 @@ pub struct DeviceUpdateFilter {
 pub struct DeviceUpdate {
     id: ID,
     deployment_id: ID,
+    /// A positive number unique across all device updates (at most
+    /// 2^31 − 1), given when the update is created: what hawkBit DDI calls
+    /// the action id.
+    action_id: i32,
     /// Null without DEVICE_READ.
     device: Guarded<Device>,
     state: UpdateStateGql,
@@ -222,6 +226,7 @@ impl From<service::UpdateView> for DeviceUpdate {
         Self {
             id: ID(r.id.to_string()),
             deployment_id: ID(r.deployment_id.to_string()),
+            action_id: r.action_id,
             device: Guarded::new(u.device.into()),
             state: u.state.into(),
             skip_reason: r.skip_reason,

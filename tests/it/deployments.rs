@@ -1176,3 +1176,77 @@ async fn the_polls_a_release_wakes_share_one_read_of_the_package() {
     assert_eq!(counter.get() - before, first_reads, "read again after the package changed");
     assert!(fresh.model.deprecated);
 }
+
+const ACTION_IDS: &str = "query($id: ID!) { deployment(id: $id) { deviceUpdates(first: 100) { edges { node { id actionId device { endpointId } } } } } }";
+
+async fn action_ids(app: &TestApp, deployment: &Value) -> Vec<(String, i64)> {
+    let body = app.operator("viewer").ok(ACTION_IDS, json!({"id": deployment})).await;
+    body["deployment"]["deviceUpdates"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["node"]["id"].as_str().unwrap().to_owned(), e["node"]["actionId"].as_i64().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_device_update_gets_its_own_positive_int32_action_id() {
+    let app = app().await;
+    let (fleet, _sims) = fleet(&app, 4).await;
+    // Several deployments, each inserting its updates in one multi-row INSERT.
+    let mut all = Vec::new();
+    for _ in 0..3 {
+        let out = apply(&app, json!({"package": fleet.package, "group": fleet.group})).await;
+        let ids = action_ids(&app, &out["deployment"]["id"]).await;
+        assert_eq!(ids.len(), 4, "{ids:?}");
+        all.extend(ids);
+    }
+    let numbers: std::collections::BTreeSet<i64> = all.iter().map(|(_, n)| *n).collect();
+    assert_eq!(numbers.len(), all.len(), "unique across deployments: {all:?}");
+    assert!(numbers.iter().all(|n| (1..=i64::from(i32::MAX)).contains(n)), "{all:?}");
+
+    // A deleted update's number is not given again.
+    let highest = *numbers.last().unwrap();
+    let highest_id = all.iter().find(|(_, n)| *n == highest).unwrap().0.clone();
+    {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        entity::device_update::Entity::delete_many()
+            .filter(entity::device_update::Column::Id.eq(highest_id.parse::<uuid::Uuid>().unwrap()))
+            .exec(app.db())
+            .await
+            .unwrap();
+    }
+    let out = apply(&app, json!({"package": fleet.package, "group": fleet.group})).await;
+    let next = action_ids(&app, &out["deployment"]["id"]).await;
+    assert!(next.iter().all(|(_, n)| *n > highest), "{next:?} after {highest}");
+}
+
+#[tokio::test]
+async fn the_action_id_migration_numbers_existing_updates_and_goes_down_and_up() {
+    use migration::MigratorTrait;
+    let app = app().await;
+    let (fleet, _sims) = fleet(&app, 3).await;
+    let first = apply(&app, json!({"package": fleet.package, "group": fleet.group})).await["deployment"]["id"].clone();
+    let second = apply(&app, json!({"package": fleet.package, "group": fleet.group})).await["deployment"]["id"].clone();
+
+    // Back to just before the action ids (and whatever came after them).
+    let migrations = migration::Migrator::migrations();
+    let at = migrations.iter().position(|m| m.name() == "m20261203_000019_add_device_update_action_id").unwrap();
+    migration::Migrator::down(app.db(), Some((migrations.len() - at) as u32)).await.unwrap();
+    assert_eq!(crate::support::count_rows(app.db(), "device_update").await, 6, "the updates survive the way down");
+    migration::Migrator::up(app.db(), None).await.unwrap();
+
+    // Numbered 1.. in creation order: the first deployment's before the second's.
+    let mut numbered = action_ids(&app, &first).await;
+    numbered.extend(action_ids(&app, &second).await);
+    let mut numbers: Vec<i64> = numbered.iter().map(|(_, n)| *n).collect();
+    let first_max = numbers[..3].iter().max().copied().unwrap();
+    assert!(numbers[3..].iter().all(|n| *n > first_max), "{numbered:?}");
+    numbers.sort_unstable();
+    assert_eq!(numbers, [1, 2, 3, 4, 5, 6]);
+    // New updates go on after them.
+    let third = apply(&app, json!({"package": fleet.package, "group": fleet.group})).await["deployment"]["id"].clone();
+    let mut next: Vec<i64> = action_ids(&app, &third).await.into_iter().map(|(_, n)| n).collect();
+    next.sort_unstable();
+    assert_eq!(next, [7, 8, 9]);
+}

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use entity::{deployment, device_installed, device_update, package_model};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, NotSet, QueryFilter, QuerySelect, Set};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -331,6 +331,8 @@ pub(super) async fn plan_updates(
             id: Set(Uuid::now_v7()),
             deployment_id: Set(id),
             device_id: Set(*device_id),
+            // Numbered by the database as the row is inserted.
+            action_id: NotSet,
             state: Set(if reason.is_some() { UpdateState::Skipped } else { UpdateState::Pending }.as_str().to_owned()),
             skip_reason: Set(reason.map(str::to_owned)),
             progress: Set(0),
