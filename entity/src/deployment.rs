@@ -25,6 +25,8 @@ pub struct Model {
     /// COORDINATED: release the install once this share of the targets
     /// has downloaded (null: every target).
     pub install_quorum_percent: Option<i32>,
+    /// FORCED or SOFT: the hawkBit DDI action type devices are told.
+    pub action_type: String,
     /// Whether devices may install (always in STANDARD mode).
     pub install_released: bool,
     /// Why it ended the way it did (ABORTED, expired, cancelled).

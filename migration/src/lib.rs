@@ -27,6 +27,7 @@ mod m20261202_000016_rename_command_expire_job;
 mod m20261203_000017_rename_package_product_to_component;
 mod m20261203_000018_add_content_sha1;
 mod m20261203_000019_add_device_update_action_id;
+mod m20261203_000020_add_deployment_action_type;
 
 pub struct Migrator;
 
@@ -52,6 +53,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000017_rename_package_product_to_component::Migration),
             Box::new(m20261203_000018_add_content_sha1::Migration),
             Box::new(m20261203_000019_add_device_update_action_id::Migration),
+            Box::new(m20261203_000020_add_deployment_action_type::Migration),
         ]
     }
 }

@@ -61,6 +61,21 @@ pub enum ModeGql {
     Coordinated,
 }
 
+/// How an update is offered to a device that speaks hawkBit DDI.
+#[derive(Enum, Clone, Copy, PartialEq, Eq, Default)]
+#[graphql(
+    name = "ActionType",
+    remote = "crate::service::deployment::ActionType",
+    rename_items = "SCREAMING_SNAKE_CASE"
+)]
+pub enum ActionTypeGql {
+    /// Install at once.
+    #[default]
+    Forced,
+    /// The device may ask its user before it installs.
+    Soft,
+}
+
 #[derive(SimpleObject, InputObject, Clone, Default)]
 #[graphql(input_name = "RolloutPolicyInput")]
 pub struct RolloutPolicy {
@@ -79,6 +94,11 @@ pub struct RolloutPolicy {
     /// targets (percent) has downloaded, instead of waiting for all of them
     /// (devices that download later install when they are done).
     install_quorum_percent: Option<i32>,
+    /// How devices speaking hawkBit DDI are offered the update (FORCED
+    /// unless given). Devices of the otadepot and EnOS protocols are not
+    /// told.
+    #[graphql(default)]
+    action_type: ActionTypeGql,
 }
 
 /// How many device updates are in each state.
@@ -157,6 +177,7 @@ impl From<service::Deployment> for Deployment {
                 start_at: r.start_at,
                 expires_at: r.expires_at,
                 install_quorum_percent: r.install_quorum_percent,
+                action_type: d.action_type.into(),
             },
             current_phase: r.current_phase,
             install_released: r.install_released,
@@ -395,6 +416,7 @@ fn policy_of(policy: RolloutPolicy) -> service::Policy {
         start_at: policy.start_at,
         expires_at: policy.expires_at,
         install_quorum_percent: policy.install_quorum_percent,
+        action_type: policy.action_type.into(),
     }
 }
 

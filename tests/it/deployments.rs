@@ -1250,3 +1250,50 @@ async fn the_action_id_migration_numbers_existing_updates_and_goes_down_and_up()
     next.sort_unstable();
     assert_eq!(next, [7, 8, 9]);
 }
+
+const ACTION_TYPE: &str = "query($id: ID!) { deployment(id: $id) { mode policy { actionType } } }";
+
+#[tokio::test]
+async fn the_action_type_is_forced_unless_soft_is_asked_for_and_is_audited() {
+    let app = app().await;
+    let (fleet, sims) = fleet(&app, 2).await;
+    let viewer = app.operator("viewer");
+
+    let forced = apply(&app, json!({"package": fleet.package, "devices": ["d00"]})).await["deployment"]["id"].clone();
+    let read = viewer.ok(ACTION_TYPE, json!({"id": forced})).await;
+    assert_eq!(read["deployment"]["policy"]["actionType"], "FORCED", "the default: {read}");
+
+    let soft = apply(
+        &app,
+        json!({"package": fleet.package, "devices": ["d01"], "policy": {"actionType": "SOFT", "maxInFlight": 1}}),
+    )
+    .await["deployment"]["id"]
+        .clone();
+    let read = viewer.ok(ACTION_TYPE, json!({"id": soft})).await;
+    assert_eq!(read["deployment"]["policy"]["actionType"], "SOFT", "{read}");
+    let stored =
+        crate::support::query_i64(app.db(), "SELECT COUNT(*) AS n FROM deployment WHERE action_type = 'SOFT'").await;
+    assert_eq!(stored, 1, "stored on the deployment row");
+    let events = app
+        .operator("auditor")
+        .ok("query($id: String) { auditEvents(filter: {objectId: $id, action: \"deployment.create\"}) { edges { node { details } } } }", json!({"id": soft}))
+        .await;
+    assert_eq!(events["auditEvents"]["edges"][0]["node"]["details"]["policy"]["action_type"], "SOFT", "{events}");
+
+    // The device protocol's answer does not change with it.
+    let (status, body) = sims[1].poll().await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.to_string().find("SOFT").is_none(), "{body}");
+
+    // A value outside the enum is refused before anything is written.
+    let before = crate::support::count_rows(app.db(), "deployment").await;
+    let body = app
+        .operator("deployment_manager")
+        .gql(
+            APPLY,
+            json!({"i": {"package": fleet.package, "devices": ["d00"], "policy": {"actionType": "TIMEFORCED"}}}),
+        )
+        .await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    assert_eq!(crate::support::count_rows(app.db(), "deployment").await, before);
+}

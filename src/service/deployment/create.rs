@@ -132,6 +132,7 @@ async fn apply_in(
         start_at: Set(input.policy.start_at),
         expires_at: Set(input.policy.expires_at),
         install_quorum_percent: Set(input.policy.install_quorum_percent),
+        action_type: Set(input.policy.action_type.as_str().to_owned()),
         install_released: Set(input.mode == Mode::Standard),
         reason: Set(None),
         reconcile_job_id: Set(None),
@@ -158,6 +159,7 @@ async fn apply_in(
                 "failure_threshold_percent": input.policy.failure_threshold_percent,
                 "start_at": input.policy.start_at, "expires_at": input.policy.expires_at,
                 "install_quorum_percent": input.policy.install_quorum_percent,
+                "action_type": input.policy.action_type.as_str(),
             },
         }),
     )

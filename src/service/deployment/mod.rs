@@ -68,6 +68,18 @@ states!(UpdateState {
     Skipped => "SKIPPED",
 });
 
+states!(ActionType {
+    Forced => "FORCED",
+    Soft => "SOFT",
+});
+
+impl Default for ActionType {
+    /// What every deployment was before there was a choice.
+    fn default() -> Self {
+        Self::Forced
+    }
+}
+
 states!(Mode {
     Standard => "STANDARD",
     DownloadOnly => "DOWNLOAD_ONLY",
@@ -106,6 +118,9 @@ pub struct Policy {
     /// COORDINATED only: release the install once this share (percent) of
     /// the targets has downloaded, instead of waiting for every one.
     pub install_quorum_percent: Option<i32>,
+    /// How the update is offered to hawkBit DDI devices: FORCED (install
+    /// at once) or SOFT (the device may ask its user first).
+    pub action_type: ActionType,
 }
 
 #[derive(Clone, Debug)]
@@ -131,6 +146,7 @@ pub struct Deployment {
     pub row: deployment::Model,
     pub state: DeploymentState,
     pub mode: Mode,
+    pub action_type: ActionType,
     pub phases: Vec<i32>,
     pub counts: BTreeMap<UpdateState, u64>,
 }
@@ -184,6 +200,7 @@ async fn attach(conn: &impl ConnectionTrait, rows: Vec<deployment::Model>) -> Re
         out.push(Deployment {
             state: DeploymentState::parse(&row.state)?,
             mode: Mode::parse(&row.mode)?,
+            action_type: ActionType::parse(&row.action_type)?,
             phases: parse_phases(&row.phases),
             counts: all.remove(&row.id).unwrap_or_default(),
             row,
