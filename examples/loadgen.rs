@@ -188,6 +188,27 @@ fn epoch_secs() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
 }
 
+/// What each connection's task measured: its latencies and the count of
+/// each status.
+type Measured = (Vec<f32>, std::collections::BTreeMap<u16, u64>);
+
+/// Every task's latencies (in ms, sorted) and the statuses, summed.
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Measured>>>,
+) -> anyhow::Result<(Vec<f64>, std::collections::BTreeMap<u16, u64>)> {
+    let mut latencies = Vec::new();
+    let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+    for task in tasks {
+        let (l, s) = task.await??;
+        latencies.extend(l);
+        for (k, v) in s {
+            *statuses.entry(k).or_default() += v;
+        }
+    }
+    latencies.sort_by(f32::total_cmp);
+    Ok((latencies.iter().map(|l| f64::from(*l) * 1000.0).collect(), statuses))
+}
+
 /// Percentile `p` (0..=100) of sorted `values`.
 fn percentile(values: &[f64], p: f64) -> f64 {
     if values.is_empty() {
@@ -369,17 +390,7 @@ async fn rate(
             anyhow::Ok((latencies, statuses))
         }));
     }
-    let mut latencies = Vec::new();
-    let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
-    for task in tasks {
-        let (l, s) = task.await??;
-        latencies.extend(l);
-        for (k, v) in s {
-            *statuses.entry(k).or_default() += v;
-        }
-    }
-    latencies.sort_by(f32::total_cmp);
-    let sorted: Vec<f64> = latencies.iter().map(|l| f64::from(*l) * 1000.0).collect();
+    let (sorted, statuses) = gather(tasks).await?;
     println!(
         "rate requests={} rps={:.0} p50_ms={:.2} p99_ms={:.2} statuses={statuses:?} errors={}",
         sorted.len(),
@@ -453,17 +464,7 @@ async fn report(base: &str, secrets: Vec<String>, connections: usize, run: Durat
             anyhow::Ok((latencies, statuses))
         }));
     }
-    let mut latencies = Vec::new();
-    let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
-    for task in tasks {
-        let (l, s) = task.await??;
-        latencies.extend(l);
-        for (k, v) in s {
-            *statuses.entry(k).or_default() += v;
-        }
-    }
-    latencies.sort_by(f32::total_cmp);
-    let sorted: Vec<f64> = latencies.iter().map(|l| f64::from(*l) * 1000.0).collect();
+    let (sorted, statuses) = gather(tasks).await?;
     let ok = statuses.get(&200).copied().unwrap_or_default();
     println!(
         "report devices={} requests={} ok={ok} rps={:.0} p50_ms={:.2} p99_ms={:.2} statuses={statuses:?}",

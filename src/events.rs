@@ -69,12 +69,7 @@ pub async fn notify(tx: &DatabaseTransaction, origin: Uuid, events: &[Event]) ->
     if tx.get_database_backend() != DbBackend::Postgres || events.is_empty() {
         return Ok(());
     }
-    let payloads: Vec<String> = events
-        .iter()
-        .flat_map(to_wire)
-        .map(|event| serde_json::to_string(&Wire { origin, event }).unwrap_or_default())
-        .collect();
-    tx.execute_raw(notify_statement(&payloads)).await?;
+    tx.execute_raw(notify_statement(origin, events)).await?;
     Ok(())
 }
 
@@ -139,20 +134,21 @@ async fn send_deferred(app: App, shutdown: CancellationToken) {
 }
 
 async fn notify_now(app: &App, events: &[Event]) -> Result<(), sea_orm::DbErr> {
-    let payloads: Vec<String> = events
-        .iter()
-        .flat_map(to_wire)
-        .map(|event| serde_json::to_string(&Wire { origin: app.instance, event }).unwrap_or_default())
-        .collect();
-    app.db.execute_raw(notify_statement(&payloads)).await?;
+    app.db.execute_raw(notify_statement(app.instance, events)).await?;
     Ok(())
 }
 
-fn notify_statement(payloads: &[String]) -> Statement {
+/// One `pg_notify` per wire message of `events`, in order, as one statement.
+fn notify_statement(origin: Uuid, events: &[Event]) -> Statement {
+    let payloads: Vec<String> = events
+        .iter()
+        .flat_map(to_wire)
+        .map(|event| serde_json::to_string(&Wire { origin, event }).unwrap_or_default())
+        .collect();
     Statement::from_sql_and_values(
         DbBackend::Postgres,
         "SELECT pg_notify($1, payload) FROM json_array_elements_text($2::json) WITH ORDINALITY AS p(payload, n) ORDER BY n",
-        [CHANNEL.into(), serde_json::to_string(payloads).unwrap_or_default().into()],
+        [CHANNEL.into(), serde_json::to_string(&payloads).unwrap_or_default().into()],
     )
 }
 

@@ -50,8 +50,12 @@ pub struct DeviceCache {
 
 impl DeviceCache {
     /// The package `id` with its files (see `service/package/cache.rs`).
-    pub async fn package(&self, app: &App, id: Uuid) -> crate::error::Result<Arc<crate::service::package::Package>> {
-        self.packages.get(app, id, self.on()).await
+    pub async fn package(
+        &self,
+        conn: &impl sea_orm::ConnectionTrait,
+        id: Uuid,
+    ) -> crate::error::Result<Arc<crate::service::package::Package>> {
+        self.packages.get(conn, id, self.on()).await
     }
 
     fn on(&self) -> bool {

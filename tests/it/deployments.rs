@@ -1150,7 +1150,7 @@ async fn the_polls_a_release_wakes_share_one_read_of_the_package() {
     // Twenty woken polls ask at once: one read (the package, its models,
     // its file links and their contents) for all of them.
     let before = counter.get();
-    let packages = futures::future::join_all((0..20).map(|_| server.device_cache.package(server, id))).await;
+    let packages = futures::future::join_all((0..20).map(|_| server.device_cache.package(&server.db, id))).await;
     let first_reads = counter.get() - before;
     let packages: Vec<_> = packages.into_iter().map(Result::unwrap).collect();
     assert!(packages.iter().all(|p| std::sync::Arc::ptr_eq(p, &packages[0])), "one shared copy");
@@ -1160,7 +1160,7 @@ async fn the_polls_a_release_wakes_share_one_read_of_the_package() {
         "{first_reads} statements for 20 concurrent reads of one package (one read)"
     );
     let before = counter.get();
-    server.device_cache.package(server, id).await.unwrap();
+    server.device_cache.package(&server.db, id).await.unwrap();
     assert_eq!(counter.get() - before, 0, "read again from the cache");
 
     // A write to the package (its audit event) drops the copy: the next
@@ -1172,7 +1172,7 @@ async fn the_polls_a_release_wakes_share_one_read_of_the_package() {
         )
         .await;
     let before = counter.get();
-    let fresh = server.device_cache.package(server, id).await.unwrap();
+    let fresh = server.device_cache.package(&server.db, id).await.unwrap();
     assert_eq!(counter.get() - before, first_reads, "read again after the package changed");
     assert!(fresh.model.deprecated);
 }

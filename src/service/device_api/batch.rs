@@ -17,13 +17,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use chrono::Utc;
 use entity::{command, deployment, device_update};
 use futures::{FutureExt, StreamExt};
-use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::service::command::CommandState;
-use crate::service::deployment::UpdateState;
 
 /// Devices per statement (well under the bind-parameter limits of both
 /// databases).
@@ -87,9 +86,11 @@ impl<V: Clone + Default + Send + 'static> Batcher<V> {
                             let outcome =
                                 outcome.unwrap_or_else(|_| Err(Error::internal(anyhow::anyhow!("the read panicked"))));
                             match outcome {
-                                Ok(mut found) => {
+                                Ok(found) => {
+                                    // A device may be asked for twice in one
+                                    // batch (two connections, a gateway).
                                     for (device, sender) in chunk {
-                                        let _ = sender.send(Ok(found.remove(&device).unwrap_or_default()));
+                                        let _ = sender.send(Ok(found.get(&device).cloned().unwrap_or_default()));
                                     }
                                 }
                                 Err(err) => {
@@ -151,18 +152,9 @@ impl PollReads {
 /// For each of `devices`, the newest update in flight, or a cancel it has
 /// not acknowledged, with its deployment.
 async fn current_updates(db: DatabaseConnection, devices: Vec<Uuid>) -> Result<HashMap<Uuid, CurrentUpdate>> {
-    let mut states: Vec<&str> = UpdateState::IN_FLIGHT.iter().map(|s| s.as_str()).collect();
-    states.push(UpdateState::Cancelled.as_str());
     let rows = device_update::Entity::find()
         .filter(device_update::Column::DeviceId.is_in(devices))
-        .filter(device_update::Column::State.is_in(states))
-        .filter(
-            Condition::any().add(device_update::Column::State.ne(UpdateState::Cancelled.as_str())).add(
-                Condition::all()
-                    .add(device_update::Column::ReleasedAt.is_not_null())
-                    .add(device_update::Column::CancelAcknowledged.eq(false)),
-            ),
-        )
+        .filter(super::poll::offered())
         .order_by_desc(device_update::Column::Id)
         .find_also_related(deployment::Entity)
         .all(&db)
@@ -233,6 +225,13 @@ mod tests {
         }
         let reads = reads.load(Ordering::SeqCst);
         assert!((3..=12).contains(&reads), "{reads} reads for 1,200 devices asking at once");
+        // The same device asked for twice at once: both get its value.
+        let twice = futures::future::join_all(
+            (0..2)
+                .map(|_| batcher.load(devices[7], |asked| async move { Ok(asked.iter().map(|d| (*d, 8)).collect()) })),
+        )
+        .await;
+        assert!(twice.into_iter().all(|v| v.unwrap() == 8));
         // A device the read leaves out gets the default.
         let lone = batcher.load(Uuid::now_v7(), |_| async { Ok(HashMap::new()) }).await.unwrap();
         assert_eq!(lone, 0);

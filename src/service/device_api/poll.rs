@@ -126,24 +126,29 @@ impl Poll {
     }
 }
 
+/// The updates a device may be offered: in flight, or cancelled after
+/// their release and not acknowledged yet (its current one is the newest).
+pub(super) fn offered() -> Condition {
+    let mut states: Vec<&str> = UpdateState::IN_FLIGHT.iter().map(|s| s.as_str()).collect();
+    states.push(UpdateState::Cancelled.as_str());
+    Condition::all().add(device_update::Column::State.is_in(states)).add(
+        Condition::any().add(device_update::Column::State.ne(UpdateState::Cancelled.as_str())).add(
+            Condition::all()
+                .add(device_update::Column::ReleasedAt.is_not_null())
+                .add(device_update::Column::CancelAcknowledged.eq(false)),
+        ),
+    )
+}
+
 /// The device's current update: the newest in flight, or a cancel it has
 /// not acknowledged.
 pub(super) async fn current_update(
     conn: &impl ConnectionTrait,
     device: Uuid,
 ) -> Result<Option<(device_update::Model, deployment::Model)>> {
-    let mut states: Vec<&str> = UpdateState::IN_FLIGHT.iter().map(|s| s.as_str()).collect();
-    states.push(UpdateState::Cancelled.as_str());
     let candidates = device_update::Entity::find()
         .filter(device_update::Column::DeviceId.eq(device))
-        .filter(device_update::Column::State.is_in(states))
-        .filter(
-            Condition::any().add(device_update::Column::State.ne(UpdateState::Cancelled.as_str())).add(
-                Condition::all()
-                    .add(device_update::Column::ReleasedAt.is_not_null())
-                    .add(device_update::Column::CancelAcknowledged.eq(false)),
-            ),
-        )
+        .filter(offered())
         .order_by_desc(device_update::Column::Id)
         .limit(1)
         .find_also_related(deployment::Entity)
@@ -221,7 +226,7 @@ pub async fn poll(app: &App, ctx: &Ctx, if_none_match: Option<&str>, fresh: bool
     }
     let update = match (current, action, urls) {
         (Some((update, deployment)), Some(action), Some((window, row))) => {
-            let package = app.device_cache.package(app, deployment.package_id).await?;
+            let package = app.device_cache.package(&app.db, deployment.package_id).await?;
             let grant = crate::service::device_download::DeviceGrant {
                 device: device.id,
                 update: update.id,

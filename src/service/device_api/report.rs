@@ -204,7 +204,7 @@ pub(super) async fn apply_in(
         },
         ReportStatus::InstalledVersion => match from {
             Downloaded | Installing if deployment.install_released => {
-                let package = app.device_cache.package(app, deployment.package_id).await?;
+                let package = app.device_cache.package(tx.conn(), deployment.package_id).await?;
                 let version_matches = report.version.as_deref() == Some(package.model.version.as_str());
                 let expected = package.model.version.clone();
                 installed_package = Some(package);

@@ -13,11 +13,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use sea_orm::ConnectionTrait;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use super::Package;
-use crate::app::{App, Event};
+use crate::app::Event;
 use crate::error::{ResourceKind, Result};
 
 /// How long an entry is trusted without an event (a safety net).
@@ -35,10 +36,12 @@ pub struct PackageCache {
 impl PackageCache {
     /// The package `id` with its files, from the cache when `cached`
     /// (the event stream keeps it right: `DeviceCache::run` is running),
-    /// else from the database.
-    pub async fn get(&self, app: &App, id: Uuid, cached: bool) -> Result<Arc<Package>> {
+    /// else read on `conn`. A caller inside a transaction passes its
+    /// transaction: a read from the pool while holding a connection could
+    /// wait for a connection that only such callers hold.
+    pub async fn get(&self, conn: &impl ConnectionTrait, id: Uuid, cached: bool) -> Result<Arc<Package>> {
         if !cached {
-            return Ok(Arc::new(super::get_any(&app.db, id).await?));
+            return Ok(Arc::new(super::get_any(conn, id).await?));
         }
         let slot = {
             let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
@@ -56,7 +59,7 @@ impl PackageCache {
         };
         // One read for all who ask at once; a failed read leaves the slot
         // empty for the next caller to try again.
-        let package = slot.get_or_try_init(|| async { super::get_any(&app.db, id).await.map(Arc::new) }).await?;
+        let package = slot.get_or_try_init(|| async { super::get_any(conn, id).await.map(Arc::new) }).await?;
         Ok(package.clone())
     }
 
