@@ -69,7 +69,9 @@ impl PackageCache {
         match event {
             Event::Audit(audit) if audit.object_kind == ResourceKind::Package.audit_kind() => {
                 match audit.object_id.parse::<Uuid>() {
-                    Ok(id) => entries.remove(&id).map(drop).unwrap_or_default(),
+                    Ok(id) => {
+                        entries.remove(&id);
+                    }
                     // A write of many packages (reindex).
                     Err(_) => entries.clear(),
                 }
