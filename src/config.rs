@@ -57,6 +57,7 @@ pub struct Config {
     pub deployments: DeploymentsConfig,
     pub commands: CommandsConfig,
     pub devices: DevicesConfig,
+    pub ddi: DdiConfig,
     pub auth: AuthConfig,
     pub http: HttpConfig,
     pub graphql: GraphqlConfig,
@@ -163,6 +164,22 @@ pub struct DevicesConfig {
     /// 2s). A poll hands out a fresh one once less than half of it is left.
     #[serde(with = "humantime_serde_compat")]
     pub download_url_ttl: Duration,
+}
+
+/// The hawkBit DDI device API (`/{tenant}/controller/v1/...`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DdiConfig {
+    /// The one tenant name DDI URLs carry (compared ignoring case, as
+    /// hawkBit does); any other answers 404.
+    pub tenant: String,
+    /// `config.polling.sleep` of a base poll while the device has nothing
+    /// open (whole seconds, at most 23:59:59).
+    #[serde(with = "humantime_serde_compat")]
+    pub polling_sleep: Duration,
+    /// The same while the device has an update in flight.
+    #[serde(with = "humantime_serde_compat")]
+    pub polling_sleep_active: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -322,6 +339,11 @@ impl Default for Config {
                 max_writes_per_minute: 60,
                 max_enrollments_per_minute: 60,
                 download_url_ttl: Duration::from_secs(24 * 3600),
+            },
+            ddi: DdiConfig {
+                tenant: "DEFAULT".into(),
+                polling_sleep: Duration::from_secs(300),
+                polling_sleep_active: Duration::from_secs(30),
             },
             deployments: DeploymentsConfig {
                 reconcile_interval: Duration::from_secs(5),
@@ -532,6 +554,16 @@ impl Config {
                     "invalid configuration: auth.jwt_public_keys.algorithm: {:?} is not one of RS256, ES256, EdDSA",
                     key.algorithm
                 );
+            }
+        }
+        if self.ddi.tenant.trim().is_empty() || self.ddi.tenant.contains('/') {
+            bail!("invalid configuration: ddi.tenant: a name without '/'");
+        }
+        for (key, value) in
+            [("ddi.polling_sleep", self.ddi.polling_sleep), ("ddi.polling_sleep_active", self.ddi.polling_sleep_active)]
+        {
+            if value < Duration::from_secs(1) || value >= Duration::from_secs(24 * 3600) {
+                bail!("invalid configuration: {key}: from 1s to 23h59m59s (DDI writes it as HH:MM:SS)");
             }
         }
         if self.devices.download_url_ttl < Duration::from_secs(2) {

@@ -75,6 +75,8 @@ pub enum ResourceKind {
     /// A repository object (by SHA-256).
     Object,
     TusUpload,
+    /// A hawkBit DDI tenant (`ddi.tenant`).
+    Tenant,
 }
 
 impl ResourceKind {
@@ -96,6 +98,7 @@ impl ResourceKind {
             Self::UpdateInProgress => "update in progress",
             Self::Object => "object",
             Self::TusUpload => "tus upload",
+            Self::Tenant => "tenant",
         }
     }
 
@@ -115,6 +118,7 @@ impl ResourceKind {
             Self::Update | Self::UpdateFile | Self::UpdateInProgress => "device_update",
             Self::Object => "object",
             Self::TusUpload => "tus_upload",
+            Self::Tenant => "tenant",
         }
     }
 
@@ -137,6 +141,7 @@ impl ResourceKind {
             Self::CommandBatch => " (ids come from sendCommand's batchId)",
             Self::EnrollmentToken => " (ids come from createEnrollmentToken or enrollmentTokens)",
             Self::Role | Self::UpdateFile | Self::UpdateInProgress | Self::Object | Self::TusUpload => "",
+            Self::Tenant => " (the one tenant is ddi.tenant in the configuration)",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! the answer; no permission check or business rule lives here.
 
 mod cors;
+mod ddi;
 mod device;
 mod enos;
 pub mod extract;
@@ -98,6 +99,14 @@ pub fn router(app: App, schema: ApiSchema) -> Router {
         .route("/version/{id}", get(enos::version))
         .route("/downloadresult/{id}", axum::routing::post(enos::download_result))
         .route("/updateresult", axum::routing::post(enos::update_result))
+        .route("/{tenant}/controller/v1/{cid}", get(ddi::base))
+        .route("/{tenant}/controller/v1/{cid}/deploymentBase/{action}", get(ddi::deployment_base))
+        .route("/{tenant}/controller/v1/{cid}/deploymentBase/{action}/feedback", axum::routing::post(ddi::deployment_feedback))
+        .route("/{tenant}/controller/v1/{cid}/cancelAction/{action}", get(ddi::cancel_action))
+        .route("/{tenant}/controller/v1/{cid}/cancelAction/{action}/feedback", axum::routing::post(ddi::cancel_feedback))
+        .route("/{tenant}/controller/v1/{cid}/configData", axum::routing::put(ddi::config_data))
+        .route("/{tenant}/controller/v1/{cid}/installedBase/{action}", get(ddi::installed_base))
+        .route("/{tenant}/controller/v1/{cid}/softwaremodules/{module}/artifacts/{filename}", get(ddi::artifact))
         .layer(layers::MetricsLayer)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)

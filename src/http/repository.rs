@@ -33,10 +33,22 @@ pub struct Signature {
     update: Option<String>,
 }
 
+impl Signature {
+    /// The signed URL's access, if it carries a signature.
+    pub(super) fn into_signed(self) -> Option<DownloadAccess> {
+        match (self.exp, self.sig) {
+            (Some(exp), Some(sig)) => {
+                Some(DownloadAccess::Signed { exp, sig, device: self.device, update: self.update })
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A signed URL if it carries one, else the operator's token.
 async fn access(state: &HttpState, headers: &HeaderMap, signature: Signature) -> Result<DownloadAccess> {
-    if let (Some(exp), Some(sig)) = (signature.exp, signature.sig) {
-        return Ok(DownloadAccess::Signed { exp, sig, device: signature.device, update: signature.update });
+    if let Some(signed) = signature.into_signed() {
+        return Ok(signed);
     }
     let token = super::extract::bearer(headers)
         .ok_or_else(|| Error::Unauthenticated("a signed URL or a bearer token is required".into()))?;

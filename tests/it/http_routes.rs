@@ -37,6 +37,8 @@ enum Needs {
     SignedUpload,
     /// A signed download URL, or a device's or operator's bearer.
     SignedOrBearer,
+    /// hawkBit DDI: `TargetToken <the controller's secret>`.
+    DdiToken,
 }
 
 /// What a probe sends as its credential.
@@ -101,6 +103,20 @@ fn table() -> Vec<Row> {
         row(get(), "/version/{id}", Device, [401, 401, 404]),
         row(post(), "/downloadresult/{id}", Device, [401, 401, 404]),
         row(post(), "/updateresult", Device, [401, 401, 404]),
+        // hawkBit DDI: every refusal is 401, another device's token too.
+        row(get(), "/{tenant}/controller/v1/{cid}", DdiToken, [401, 401, 401]),
+        row(get(), "/{tenant}/controller/v1/{cid}/deploymentBase/{action}", DdiToken, [401, 401, 401]),
+        row(post(), "/{tenant}/controller/v1/{cid}/deploymentBase/{action}/feedback", DdiToken, [401, 401, 401]),
+        row(get(), "/{tenant}/controller/v1/{cid}/cancelAction/{action}", DdiToken, [401, 401, 401]),
+        row(post(), "/{tenant}/controller/v1/{cid}/cancelAction/{action}/feedback", DdiToken, [401, 401, 401]),
+        row(Method::PUT, "/{tenant}/controller/v1/{cid}/configData", DdiToken, [401, 401, 401]),
+        row(get(), "/{tenant}/controller/v1/{cid}/installedBase/{action}", DdiToken, [401, 401, 401]),
+        row(
+            get(),
+            "/{tenant}/controller/v1/{cid}/softwaremodules/{module}/artifacts/{filename}",
+            DdiToken,
+            [401, 401, 401],
+        ),
     ]
 }
 
@@ -143,6 +159,16 @@ struct World {
     tus_id: String,
     tus_query: String,
     enrollment: String,
+    /// The package of the first device's update (its DDI software module).
+    package_id: String,
+    /// The DDI action id of the first device's update.
+    action_id: i64,
+    /// A third device (`route-c`) that installed one update over DDI and
+    /// holds the cancel of a second: its secret, the installed action, the
+    /// cancelled one.
+    ddi_secret: String,
+    installed_action: i64,
+    cancelled_action: i64,
 }
 
 async fn world(app: &TestApp) -> World {
@@ -193,6 +219,12 @@ async fn world(app: &TestApp) -> World {
         )
         .await;
     let update_id = wait_for_update(app, &device).await;
+    let action_id = admin
+        .ok("query($e: String!) { deviceByEndpointId(endpointId: $e) { updates(first: 1) { edges { node { actionId } } } } }", json!({"e": "route-a"}))
+        .await["deviceByEndpointId"]["updates"]["edges"][0]["node"]["actionId"]
+        .as_i64()
+        .unwrap();
+    let (ddi_secret, installed_action, cancelled_action) = ddi_world(app, &content_id, &package).await;
     let command_id = admin
         .ok("mutation { sendCommand(input: {devices: [\"route-a\"], name: \"REBOOT\"}) { commands { edges { node { id } } } } }", json!({}))
         .await["sendCommand"]["commands"]["edges"][0]["node"]["id"]
@@ -233,7 +265,90 @@ async fn world(app: &TestApp) -> World {
         tus_id,
         tus_query,
         enrollment,
+        package_id: package,
+        action_id,
+        ddi_secret,
+        installed_action,
+        cancelled_action,
     }
+}
+
+/// `route-c`: package `package` installed over DDI, then a second package
+/// (2.0.1, same file) released and cancelled: (secret, installed action,
+/// cancelled action).
+async fn ddi_world(app: &TestApp, content_id: &str, package: &str) -> (String, i64, i64) {
+    let admin = app.operator("admin");
+    let secret = admin
+        .ok("mutation { registerDevice(input: {endpointId: \"route-c\", model: \"X100\"}) { secret } }", json!({}))
+        .await["registerDevice"]["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let base = app.url("/DEFAULT/controller/v1/route-c");
+    let auth = format!("TargetToken {secret}");
+    // The action a base poll links to (`deploymentBase` or `cancelAction`).
+    let linked = |kind: &'static str| {
+        let (base, auth) = (base.clone(), auth.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let body: Value =
+                    app.client.get(&base).header("authorization", &auth).send().await.unwrap().json().await.unwrap();
+                if let Some(href) = body["_links"][kind]["href"].as_str() {
+                    let tail = href.split(&format!("/{kind}/")).nth(1).unwrap();
+                    return tail.split('?').next().unwrap().parse::<i64>().unwrap();
+                }
+                assert!(Instant::now() < deadline, "no {kind} link: {body}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let apply = |package: String| {
+        let admin = app.operator("admin");
+        async move {
+            admin
+                .ok(
+                    "mutation($p: ID!) { applyPackage(input: {package: $p, devices: [\"route-c\"]}) { deployment { id } } }",
+                    json!({"p": package}),
+                )
+                .await["applyPackage"]["deployment"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    apply(package.to_owned()).await;
+    let installed = linked("deploymentBase").await;
+    let closed =
+        json!({"id": installed, "status": {"execution": "closed", "result": {"finished": "success"}, "details": []}});
+    let response = app
+        .client
+        .post(format!("{base}/deploymentBase/{installed}/feedback"))
+        .header("authorization", &auth)
+        .json(&closed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let second = admin
+        .ok(
+            "mutation($f: ID!) { createSoftwarePackage(input: {name: \"fw\", version: \"2.0.1\", type: \"URL_LIST\", models: [\"X100\"], files: [$f]}) { package { id } } }",
+            json!({"f": content_id}),
+        )
+        .await["createSoftwarePackage"]["package"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deployment = apply(second).await;
+    linked("deploymentBase").await;
+    admin
+        .ok(
+            "mutation($id: ID!) { cancelDeployment(input: {id: $id}) { deployment { id } } }",
+            json!({"id": deployment}),
+        )
+        .await;
+    let cancelled = linked("cancelAction").await;
+    (secret, installed, cancelled)
 }
 
 async fn wait_for_update(app: &TestApp, secret: &str) -> String {
@@ -296,6 +411,22 @@ fn probe_as(app: &TestApp, w: &World, row: &Row, cred: Cred, scheme: &str) -> re
                 _ => base,
             }
         }
+        pattern if pattern.starts_with("/{tenant}/") => {
+            // The cancel and the installed update are route-c's.
+            let (cid, action) = if pattern.contains("cancelAction") {
+                ("route-c", w.cancelled_action)
+            } else if pattern.contains("installedBase") {
+                ("route-c", w.installed_action)
+            } else {
+                ("route-a", w.action_id)
+            };
+            pattern
+                .replace("{tenant}", "DEFAULT")
+                .replace("{cid}", cid)
+                .replace("{action}", &action.to_string())
+                .replace("{module}", &w.package_id)
+                .replace("{filename}", "fw.bin")
+        }
         pattern => pattern.replace("{id}", if pattern.contains("commands") { &w.command_id } else { &w.update_id }),
     };
     let mut request = app.client.request(row.method.clone(), app.url(&path));
@@ -313,8 +444,13 @@ fn probe_as(app: &TestApp, w: &World, row: &Row, cred: Cred, scheme: &str) -> re
         (Needs::EnrollmentToken, Cred::OtherDevice) => Some(w.other.clone()),
         (Needs::SignedOrBearer, Cred::OtherDevice) => Some(w.other.clone()),
         (Needs::SignedOrBearer, Cred::Right) if row.pattern.contains("sha256") => Some(w.device.clone()),
+        (Needs::DdiToken, Cred::Right) if path.contains("/route-c/") => Some(w.ddi_secret.clone()),
+        (Needs::DdiToken, Cred::Right) => Some(w.device.clone()),
+        (Needs::DdiToken, Cred::Wrong) => Some(BOGUS_DEVICE_SECRET.to_owned()),
+        (Needs::DdiToken, Cred::OtherDevice) => Some(w.other.clone()),
         _ => None,
     };
+    let scheme = if row.needs == Needs::DdiToken && scheme == "Bearer" { "TargetToken" } else { scheme };
     if let Some(token) = bearer {
         request = request.header("authorization", format!("{scheme} {token}"));
     }
@@ -339,6 +475,10 @@ fn probe_as(app: &TestApp, w: &World, row: &Row, cred: Cred, scheme: &str) -> re
         ("/updateresult", _) => request.json(&json!({
             "assetId": "route-a", "version": "2.0.0", "flag": 1, "process": 10, "errcode": "0", "desc": "x"
         })),
+        (pattern, "POST") if pattern.ends_with("/feedback") => request.json(&json!({
+            "id": 1, "status": {"execution": "proceeding", "result": {"finished": "none", "progress": {"cnt": 1, "of": 2}}}
+        })),
+        (pattern, "PUT") if pattern.ends_with("/configData") => request.json(&json!({"data": {"hwRevision": "1.0"}})),
         _ => request,
     }
 }
@@ -409,7 +549,7 @@ fn takes_a_bearer(row: &Row) -> bool {
         Needs::Operator => row.pattern != "/graphql/ws",
         Needs::Device | Needs::EnrollmentToken => true,
         Needs::SignedOrBearer => row.pattern.contains("sha256"),
-        Needs::Public | Needs::SignedUpload => false,
+        Needs::Public | Needs::SignedUpload | Needs::DdiToken => false,
     }
 }
 
@@ -601,7 +741,29 @@ fn random_request(rng: &mut StdRng, app: &TestApp, w: &World, rows: &[Row]) -> (
             .clone(),
         )
         .replace("{name}", pick::<&str>(rng, &["fw.bin", "x", "%2e%2e"]))
-        .replace("{sha256}", pick::<&str>(rng, &[w.sha256.as_str(), "00", "zz", &"a".repeat(64)]));
+        .replace("{sha256}", pick::<&str>(rng, &[w.sha256.as_str(), "00", "zz", &"a".repeat(64)]))
+        .replace("{tenant}", pick::<&str>(rng, &["DEFAULT", "default", "other", "%00"]))
+        .replace("{cid}", pick::<&str>(rng, &["route-a", "route-b", "route-c", "%2e%2e", &"c".repeat(300)]))
+        .replace(
+            "{action}",
+            pick::<String>(
+                rng,
+                &[
+                    w.action_id.to_string(),
+                    w.cancelled_action.to_string(),
+                    w.installed_action.to_string(),
+                    "0".into(),
+                    "-1".into(),
+                    "2147483648".into(),
+                    "x".into(),
+                ],
+            ),
+        )
+        .replace(
+            "{module}",
+            pick::<&str>(rng, &[w.package_id.as_str(), "not-a-uuid", "00000000-0000-7000-8000-000000000000"]),
+        )
+        .replace("{filename}", pick::<&str>(rng, &["fw.bin", "fw.bin.MD5SUM", ".MD5SUM", "%2e%2e"]));
     match rng.random_range(0..6) {
         0 => path.push_str(&format!("?{}", w.upload_query)),
         1 => path.push_str(&format!("?{}", w.download_url.split_once('?').map(|(_, q)| q).unwrap_or_default())),
@@ -626,8 +788,9 @@ fn random_request(rng: &mut StdRng, app: &TestApp, w: &World, rows: &[Row]) -> (
         5 => Some(random_text(rng, 30)),
         _ => None,
     };
+    let scheme = pick::<&str>(rng, &["Bearer", "Bearer", "TargetToken", "GatewayToken"]);
     if let Some(token) = bearer
-        && let Ok(value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        && let Ok(value) = reqwest::header::HeaderValue::from_str(&format!("{scheme} {token}"))
     {
         request = request.header("authorization", value);
     }
@@ -681,6 +844,10 @@ fn random_request(rng: &mut StdRng, app: &TestApp, w: &World, rows: &[Row]) -> (
         4 => br#"{"status": "INSTALLED_VERSION", "version": 7, "progress": 1e400}"#.to_vec(),
         5 => br#"{"assetId": ["x"], "flag": "x", "process": -5, "installed": {"a": {"b": 1}}, "attributes": 5}"#
             .to_vec(),
+        6 if rng.random_bool(0.5) => {
+            br#"{"id": "x", "status": {"execution": "closed", "result": {"finished": "success", "progress": {"cnt": 1e400, "of": -1}}, "details": [1, "a
+"]}, "data": {"a": [1]}, "mode": 5}"#.to_vec()
+        }
         6 => b"--X\r\nContent-Disposition: form-data; name=\"operations\"\r\n\r\n{\"query\":\"mutation{x}\"}\r\n--X\r\nContent-Disposition: form-data; name=\"map\"\r\n\r\n{\"0\":[\"variables.file\"]}\r\n--X\r\nContent-Disposition: form-data; name=\"0\"; filename=\"a\"\r\n\r\nabc\r\n--X--\r\n".to_vec(),
         7 => b"--X\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nunterminated".to_vec(),
         _ => {

@@ -11,6 +11,7 @@ mod authz_coverage;
 mod cli;
 mod commands;
 mod content;
+mod ddi;
 mod deployments;
 mod device_api;
 mod device_limits;

@@ -8,8 +8,9 @@
 //!
 //! ```text
 //! http/device.rs (otadepot /device/v1) ─┐
-//! http/enos.rs   (EnOS edge OTA)       ─┼─> service::device_api ─┬─> service::deployment (update states, reconcile wake)
-//! (next: hawkBit DDI, Murano, MQTT)    ─┘   poll · report · enos  ├─> service::command (delivery, results)
+//! http/enos.rs   (EnOS edge OTA)       ─┤
+//! http/ddi.rs    (hawkBit DDI)         ─┼─> service::device_api ─┬─> service::deployment (update states, reconcile wake)
+//! (next: Murano, MQTT)                 ─┘   poll · report · enos  ├─> service::command (delivery, results)
 //!                                                                  ├─> service::device (credentials, inventory)
 //!                                                                  ├─> service::enrollment (self-registration)
 //!                                                                  ├─> service::package (the signed manifest)
@@ -32,6 +33,7 @@
 //!   device's is NOT_FOUND.
 
 pub mod batch;
+pub mod ddi;
 pub mod enos;
 mod poll;
 mod report;

@@ -297,3 +297,41 @@ pub(super) async fn apply_in(
     }
     Ok(Applied { update: changed, woke })
 }
+
+/// The device refused the cancel of `update` (CANCELLED, not acknowledged)
+/// and goes on with it: the cancel counts as answered (it is not shown
+/// again), the refusal is the update's message, and it is audited.
+pub(super) async fn refuse_cancel(
+    app: &App,
+    ctx: &Ctx,
+    update: &device_update::Model,
+    deployment: &deployment::Model,
+    message: &str,
+) -> Result<()> {
+    let message: String = message.chars().take(1024).collect();
+    let mut tx = WriteTx::begin(app).await?;
+    let changed = device_update::Entity::update_many()
+        .col_expr(device_update::Column::CancelAcknowledged, Expr::value(true))
+        .col_expr(device_update::Column::Message, Expr::value(message.clone()))
+        .col_expr(device_update::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(device_update::Column::Id.eq(update.id))
+        .filter(device_update::Column::State.eq(UpdateState::Cancelled.as_str()))
+        .filter(device_update::Column::CancelAcknowledged.eq(false))
+        .exec(tx.conn())
+        .await?;
+    if changed.rows_affected == 0 {
+        // Answered already (a repeat): nothing more to record.
+        return Ok(());
+    }
+    tx.audit(
+        ctx,
+        "device_update.cancel_refused",
+        ResourceKind::Update,
+        &update.id.to_string(),
+        json!({ "deployment_id": deployment.id, "message": message }),
+    )
+    .await?;
+    tx.notify(Event::DeviceUpdateChanged { deployment: deployment.id, update: update.id });
+    tx.commit().await?;
+    Ok(())
+}
