@@ -205,11 +205,20 @@ async fn a_ddi_device_polls_downloads_reports_as_swupdate_does_and_ends_installe
     let base = ddi.base().await;
     assert!(href(&base["_links"]["deploymentBase"]).contains(&format!("/deploymentBase/{action}?c=")), "{base}");
 
+    // An error logged on the way that the install got past is not kept.
+    let logged = swupdate_feedback(action, "proceeding", "none", 1, 1, "ERROR : a retry went through");
+    assert_eq!(ddi.feedback(action, &logged).await.0, StatusCode::OK);
+    assert_eq!(update_of(&app, &deployment, cid).await["message"], "ERROR : a retry went through");
     let closed = format!(
         "{{\"id\": \"{action}\", \"time\": \"20261122T121443\", \"status\": {{\"result\": {{\"progress\": {{\"cnt\": 0, \"of\": 0}}, \"finished\": \"success\"}}, \"execution\": \"closed\", \"details\": [\"Update Installed.\"]}}}}"
     );
     assert_eq!(ddi.feedback(action, closed.as_bytes()).await.0, StatusCode::OK);
-    assert_eq!(update_of(&app, &deployment, cid).await["state"], "INSTALLED", "the skipped steps filled in");
+    let installed = update_of(&app, &deployment, cid).await;
+    assert_eq!(
+        (&installed["state"], &installed["message"]),
+        (&json!("INSTALLED"), &Value::Null),
+        "the skipped steps filled in: {installed}"
+    );
     // A repeat changes nothing and is still a success.
     assert_eq!(ddi.feedback(action, closed.as_bytes()).await.0, StatusCode::OK);
     let failure_after = swupdate_feedback(action, "closed", "failure", 0, 0, "Update Failed.");
@@ -344,8 +353,8 @@ async fn config_data_becomes_reported_attributes_and_the_link_goes() {
 #[tokio::test]
 async fn a_failure_keeps_the_clients_message_and_a_rejection_fails_the_update() {
     let app = app().await;
-    let (package, devices) = setup(&app, 2).await;
-    let deployment = apply(&app, json!({"package": package, "devices": ["d00", "d01"]})).await;
+    let (package, devices) = setup(&app, 3).await;
+    let deployment = apply(&app, json!({"package": package, "devices": ["d00", "d01", "d02"]})).await;
     let (a, b) = (update_of(&app, &deployment, "d00").await, update_of(&app, &deployment, "d01").await);
 
     // swupdate's failure: the reason pasted with a raw newline at its end.
@@ -356,6 +365,22 @@ async fn a_failure_keeps_the_clients_message_and_a_rejection_fails_the_update() 
     let failed = update_of(&app, &deployment, "d00").await;
     assert_eq!(failed["state"], "FAILED", "{failed}");
     assert_eq!(failed["message"], "Checksum does not match: payload.bin", "{failed}");
+
+    // The reason swupdate logs in a progress message, then its verdict.
+    let (d2, _) = &devices[2];
+    let ddi = Ddi::target(&app, d2, &devices[2].1);
+    let c = update_of(&app, &deployment, d2).await["actionId"].as_i64().unwrap();
+    let log = swupdate_feedback(c, "proceeding", "none", 1, 0, "ERROR : HASH mismatch : aa <--> bb");
+    assert_eq!(ddi.feedback(c, &log).await.0, StatusCode::OK);
+    let running = update_of(&app, &deployment, d2).await;
+    assert_eq!(
+        (&running["state"], &running["message"]),
+        (&json!("DOWNLOADING"), &json!("ERROR : HASH mismatch : aa <--> bb"))
+    );
+    let verdict = swupdate_feedback(c, "closed", "failure", 0, 1, "No suitable .swu image found");
+    assert_eq!(ddi.feedback(c, &verdict).await.0, StatusCode::OK);
+    let failed = update_of(&app, &deployment, d2).await;
+    assert_eq!(failed["message"], "ERROR : HASH mismatch : aa <--> bb; No suitable .swu image found", "{failed}");
 
     let ddi = Ddi::target(&app, &devices[1].0, &devices[1].1);
     let action = b["actionId"].as_i64().unwrap();

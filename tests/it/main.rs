@@ -12,6 +12,7 @@ mod cli;
 mod commands;
 mod content;
 mod ddi;
+mod ddi_swupdate;
 mod deployments;
 mod device_api;
 mod device_limits;

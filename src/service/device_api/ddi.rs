@@ -26,7 +26,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::report::{self, ReportStatus, StatusReport};
+use super::report::{self, Note, ReportStatus, StatusReport};
 use crate::app::App;
 use crate::auth::Ctx;
 use crate::error::{Error, ResourceKind, Result};
@@ -446,16 +446,33 @@ pub async fn feedback(app: &App, ctx: &Ctx, action_id: i32, feedback: Feedback) 
     app.rate_limits.device_write(device.id)?;
     let (update, deployment) = find_action(&app.db, device.id, action_id).await?;
     let package = app.device_cache.package(&app.db, deployment.package_id).await?;
-    let steps = feedback_steps(
-        UpdateState::parse(&update.state)?,
-        deployment.install_released,
-        &package.model.version,
-        &feedback,
-    )?;
-    if steps.is_empty() {
+    let state = UpdateState::parse(&update.state)?;
+    let mut feedback = feedback;
+    // The errors a client logs while it runs (swupdate's "HASH mismatch"
+    // comes in a progress message; its failure says only "No suitable
+    // .swu image found"): kept as the running update's message, and put
+    // before the failure's own words.
+    let errors: Vec<&str> = feedback.details.iter().map(|d| d.trim()).filter(|d| d.contains("ERROR")).collect();
+    let note = match (feedback.execution, feedback.finished) {
+        _ if state.is_final() => Note::Keep,
+        (Execution::Closed, Finished::Failure) => {
+            let logged = update.message.as_deref().unwrap_or_default().split("; ");
+            let new: Vec<String> = logged
+                .filter(|l| !l.is_empty() && !feedback.details.iter().any(|d| d.trim() == *l))
+                .map(str::to_owned)
+                .collect();
+            feedback.details.splice(0..0, new);
+            Note::Keep
+        }
+        (Execution::Closed, _) => Note::Clear,
+        _ if !errors.is_empty() => Note::Set(errors.join("; ")),
+        _ => Note::Keep,
+    };
+    let steps = feedback_steps(state, deployment.install_released, &package.model.version, &feedback)?;
+    if steps.is_empty() && note == Note::Keep {
         return Ok(update);
     }
-    report::report_steps(app, ctx, update.id, steps).await
+    report::report_steps_noting(app, ctx, update.id, steps, note).await
 }
 
 /// `cancelAction/{actionId}/feedback`: `closed` (or `canceled`) acknowledges

@@ -114,6 +114,27 @@ pub async fn report_steps(
     update_id: Uuid,
     steps: Vec<StatusReport>,
 ) -> Result<device_update::Model> {
+    report_steps_noting(app, ctx, update_id, steps, Note::Keep).await
+}
+
+/// What a call leaves as the message of an update that is still running
+/// (a protocol whose progress carries the device's errors: DDI).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Note {
+    Keep,
+    Set(String),
+    Clear,
+}
+
+/// [`report_steps`], and then `note` in the same transaction: set on an
+/// update still in flight, cleared from any.
+pub(super) async fn report_steps_noting(
+    app: &App,
+    ctx: &Ctx,
+    update_id: Uuid,
+    steps: Vec<StatusReport>,
+    note: Note,
+) -> Result<device_update::Model> {
     for step in &steps {
         validate(step)?;
     }
@@ -124,6 +145,25 @@ pub async fn report_steps(
         let applied = apply_in(&mut tx, app, ctx, update_id, step).await?;
         woke |= applied.woke;
         last = Some(applied.update);
+    }
+    let noted = match &note {
+        Note::Keep => None,
+        Note::Set(message) => Some(
+            device_update::Entity::update_many()
+                .col_expr(device_update::Column::Message, Expr::value(message.chars().take(1024).collect::<String>()))
+                .filter(device_update::Column::Id.eq(update_id))
+                .filter(device_update::Column::State.is_in(UpdateState::IN_FLIGHT.map(UpdateState::as_str))),
+        ),
+        Note::Clear => Some(
+            device_update::Entity::update_many()
+                .col_expr(device_update::Column::Message, Expr::value(Option::<String>::None))
+                .filter(device_update::Column::Id.eq(update_id)),
+        ),
+    };
+    if let Some(noted) = noted
+        && let Some(update) = noted.exec_with_returning(tx.conn()).await?.into_iter().next()
+    {
+        last = Some(update);
     }
     tx.commit().await?;
     if woke {

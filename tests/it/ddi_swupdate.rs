@@ -1,0 +1,296 @@
+//! The real client: Debian's stock `swupdate` (2022.12, suricatta with its
+//! hawkBit DDI module), unmodified, updates a device from otadepot. A
+//! CMS-signed `.swu` is uploaded through `createContent`, scanned by the
+//! real clamd, promoted, packaged and applied; swupdate polls, downloads,
+//! installs, reports, and after its "reboot" (a restart) closes the
+//! action; otadepot shows INSTALLED, the installation and the audit trail.
+//!
+//! `tests/fixtures/swupdate/make-swu.sh` builds the `.swu`;
+//! `run-suricatta.sh` plays one update with swupdate and says how it went
+//! on its last line. Each test has its own work directory, keys and
+//! `TMPDIR` (swupdate's sockets live there), so they run in parallel.
+//! `scripts/test` installs swupdate and names it in OTADEPOT_TEST_SWUPDATE.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+use crate::support::TestApp;
+
+/// swupdate from `scripts/test`; None (skipped) outside it, which CI never is.
+fn swupdate() -> Option<String> {
+    match std::env::var("OTADEPOT_TEST_SWUPDATE") {
+        Ok(path) => Some(path),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("CI must run this through scripts/test (OTADEPOT_TEST_SWUPDATE)")
+        }
+        Err(_) => {
+            eprintln!("skipped: no OTADEPOT_TEST_SWUPDATE (run scripts/test)");
+            None
+        }
+    }
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/swupdate")
+}
+
+/// A server that scans with the real clamd and tells DDI devices to poll
+/// every second.
+async fn app() -> Option<TestApp> {
+    crate::scan::clamd()?;
+    swupdate()?;
+    Some(
+        TestApp::start_with(|c| {
+            c.jobs.poll_interval = Duration::from_millis(100);
+            c.deployments.reconcile_interval = Duration::from_millis(200);
+            c.ddi.polling_sleep = Duration::from_secs(1);
+            c.ddi.polling_sleep_active = Duration::from_secs(1);
+        })
+        .await,
+    )
+}
+
+/// Build a signed `.swu` installing `payload` at `target` (keys in
+/// `dir/keys`), upload it through `createContent`, wait for the scan to
+/// promote it, and package it as `app` `version` for model X100: the
+/// package id.
+async fn package_swu(app: &TestApp, dir: &Path, payload: &[u8], target: &Path, bad_sha256: bool) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let payload_file = dir.join("payload.bin");
+    std::fs::write(&payload_file, payload).unwrap();
+    let swu = dir.join("update.swu");
+    let output = std::process::Command::new(fixtures().join("make-swu.sh"))
+        .arg(&swu)
+        .arg(&payload_file)
+        .arg(target)
+        .env("SWU_KEYDIR", dir.join("keys"))
+        .env("SWU_BAD_SHA256", if bad_sha256 { "1" } else { "0" })
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "make-swu.sh: {}", String::from_utf8_lossy(&output.stderr));
+    let bytes = std::fs::read(&swu).unwrap();
+
+    const CREATE: &str = "mutation($c: ContentInput) { createContent(content: $c) { id url } }";
+    let op = app.operator("package_admin");
+    let form = op
+        .ok(
+            CREATE,
+            json!({"c": {"name": "update.swu", "content_type": "application/octet-stream", "type": "firmware", "length": bytes.len()}}),
+        )
+        .await["createContent"]
+        .clone();
+    let put = app.client.put(form["url"].as_str().unwrap()).body(bytes).send().await.unwrap();
+    assert_eq!(put.status(), reqwest::StatusCode::CREATED);
+    let id = form["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let content =
+            op.ok("query($id: ID!) { content(id: $id) { state scanVerdict } }", json!({"id": id})).await["content"]
+                .clone();
+        if content["state"] == "PROMOTED" {
+            assert_eq!(content["scanVerdict"], "CLEAN", "scanned by clamd: {content}");
+            break;
+        }
+        assert!(Instant::now() < deadline && content["state"] != "QUARANTINED", "not promoted: {content}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    op.ok(
+        "mutation($f: ID!) { createSoftwarePackage(input: {name: \"app\", version: \"1.0.0\", type: \"URL_LIST\", models: [\"X100\"], files: [$f]}) { package { id } } }",
+        json!({"f": id}),
+    )
+    .await["createSoftwarePackage"]["package"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Devices `d00`, `d01`… of model X100: (endpoint id, secret).
+async fn devices(app: &TestApp, n: usize) -> Vec<(String, String)> {
+    app.operator("admin")
+        .ok("mutation { createDeviceModel(input: {name: \"X100\"}) { deviceModel { id } } }", json!({}))
+        .await;
+    crate::support::fleet_in_group(app, n, "X100", "swupdate").await.1
+}
+
+/// Apply `package` to `endpoint`: the deployment id.
+async fn apply(app: &TestApp, package: &str, endpoint: &str) -> Value {
+    app.operator("deployment_manager")
+        .ok(
+            "mutation($p: ID!, $d: [ID!]!) { applyPackage(input: {package: $p, devices: $d}) { deployment { id } } }",
+            json!({"p": package, "d": [endpoint]}),
+        )
+        .await["applyPackage"]["deployment"]["id"]
+        .clone()
+}
+
+/// How `run-suricatta.sh` ended: success, and its last line.
+struct Run {
+    success: bool,
+    last_line: String,
+    output: String,
+}
+
+/// Play one update with the stock swupdate as `controller`, with `token`
+/// (`TargetToken`, or `GatewayToken` when `gateway`).
+async fn run_suricatta(
+    app: &TestApp,
+    workdir: &Path,
+    keys: &Path,
+    controller: &str,
+    token: &str,
+    gateway: bool,
+    expect_sha256: Option<&str>,
+) -> Run {
+    let mut command = std::process::Command::new(fixtures().join("run-suricatta.sh"));
+    command
+        .arg(&app.base)
+        .arg("DEFAULT")
+        .arg(controller)
+        .arg(token)
+        .arg(workdir)
+        .arg("90")
+        .env("SWU_KEYDIR", keys)
+        .env("SWUPDATE", swupdate().unwrap())
+        .env("TOKEN_TYPE", if gateway { "gateway" } else { "target" });
+    if let Some(sha256) = expect_sha256 {
+        command.env("EXPECT_SHA256", sha256);
+    }
+    // Off the runtime: the server answers swupdate meanwhile.
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let last_line = stdout.lines().last().unwrap_or_default().to_owned();
+    let logs = ["phase1.log", "phase2.log"]
+        .iter()
+        .map(|f| std::fs::read_to_string(workdir.join(f)).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n----\n");
+    let success = output.status.success();
+    let output = format!("{stdout}\n{}\n{logs}", String::from_utf8_lossy(&output.stderr));
+    Run { success, last_line, output }
+}
+
+const UPDATE: &str = "query($id: ID!) { deployment(id: $id) { state deviceUpdates(first: 5) { edges { node {
+    actionId state progress errorCode message } } } } }";
+
+async fn the_update(app: &TestApp, deployment: &Value) -> Value {
+    let body = app.operator("viewer").ok(UPDATE, json!({"id": deployment})).await;
+    body["deployment"]["deviceUpdates"]["edges"][0]["node"].clone()
+}
+
+#[tokio::test]
+async fn stock_swupdate_installs_a_scanned_swu_and_otadepot_records_it() {
+    let Some(app) = app().await else { return };
+    let dir = app.dir.path().join("sw");
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let target = dir.join("installed/app.bin");
+    let devices = devices(&app, 1).await;
+    let package = package_swu(&app, &dir, &payload, &target, false).await;
+    let (cid, secret) = &devices[0];
+    let deployment = apply(&app, &package, cid).await;
+
+    let sha256 = hex::encode(sha2::Sha256::digest(&payload));
+    let run = run_suricatta(&app, &dir.join("dev"), &dir.join("keys"), cid, secret, false, Some(&sha256)).await;
+    assert!(run.success, "{}", run.output);
+    assert_eq!(run.last_line, format!("swupdate: installed {} sha256={sha256}", target.display()), "{}", run.output);
+    assert_eq!(std::fs::read(&target).unwrap(), payload);
+
+    let update = the_update(&app, &deployment).await;
+    assert_eq!((&update["state"], &update["progress"]), (&json!("INSTALLED"), &json!(100)), "{update}\n{}", run.output);
+    // The deployment completes (the reconciler runs as a job).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.operator("viewer").ok(UPDATE, json!({"id": deployment})).await["deployment"]["state"] != "COMPLETED" {
+        assert!(Instant::now() < deadline, "the deployment did not complete");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let device = app
+        .operator("viewer")
+        .ok(
+            "query($e: String!) { deviceByEndpointId(endpointId: $e) { installed { component version } installations { version deploymentId } reportedAttributes { key value } } }",
+            json!({"e": cid}),
+        )
+        .await["deviceByEndpointId"]
+        .clone();
+    assert_eq!(device["installed"], json!([{"component": "firmware", "version": "1.0.0"}]), "{device}");
+    assert_eq!(device["installations"][0]["deploymentId"], deployment, "{device}");
+    assert_eq!(
+        device["reportedAttributes"],
+        json!([{"key": "swupdate_test", "value": "1"}]),
+        "its configData: {device}"
+    );
+    let audit = app
+        .operator("auditor")
+        .ok(
+            "query($id: String) { auditEvents(filter: {objectId: $id}) { edges { node { action } } } }",
+            json!({"id": update_id(&app, &deployment).await}),
+        )
+        .await;
+    let actions: Vec<&str> =
+        audit["auditEvents"]["edges"].as_array().unwrap().iter().filter_map(|e| e["node"]["action"].as_str()).collect();
+    assert!(actions.contains(&"device_update.installed"), "{audit}");
+}
+
+async fn update_id(app: &TestApp, deployment: &Value) -> String {
+    let body = app
+        .operator("viewer")
+        .ok(
+            "query($id: ID!) { deployment(id: $id) { deviceUpdates(first: 1) { edges { node { id } } } } }",
+            json!({"id": deployment}),
+        )
+        .await;
+    body["deployment"]["deviceUpdates"]["edges"][0]["node"]["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_payload_whose_sha256_does_not_match_fails_with_swupdates_message() {
+    let Some(app) = app().await else { return };
+    let dir = app.dir.path().join("sw");
+    let target = dir.join("installed/app.bin");
+    let devices = devices(&app, 1).await;
+    let package = package_swu(&app, &dir, b"a payload the sw-description lies about", &target, true).await;
+    let (cid, secret) = &devices[0];
+    let deployment = apply(&app, &package, cid).await;
+
+    let run = run_suricatta(&app, &dir.join("dev"), &dir.join("keys"), cid, secret, false, None).await;
+    assert!(!run.success, "{}", run.output);
+    assert!(run.last_line.starts_with("swupdate: failed install of action"), "{}", run.output);
+    let update = the_update(&app, &deployment).await;
+    assert_eq!(update["state"], "FAILED", "{update}\n{}", run.output);
+    // swupdate's own words: the check that failed, and its verdict.
+    let message = update["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("HASH mismatch") && message.ends_with("No suitable .swu image found"),
+        "{update}\n{}",
+        run.output
+    );
+    assert_eq!(update["errorCode"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_gateway_updates_its_sub_device_with_a_gateway_token() {
+    let Some(app) = app().await else { return };
+    let dir = app.dir.path().join("sw");
+    let payload = b"an image for a device behind a gateway".to_vec();
+    let target = dir.join("installed/sub.bin");
+    let devices = devices(&app, 2).await;
+    let package = package_swu(&app, &dir, &payload, &target, false).await;
+    let ((gateway, gateway_secret), (sub, _)) = (&devices[0], &devices[1]);
+    let admin = app.operator("admin");
+    let sub_id = admin.ok("query($e: String!) { deviceByEndpointId(endpointId: $e) { id } }", json!({"e": sub})).await
+        ["deviceByEndpointId"]["id"]
+        .clone();
+    admin
+        .ok(
+            "mutation($d: ID!, $g: String) { setDeviceGateway(input: {device: $d, gateway: $g}) { device { gatewayId } } }",
+            json!({"d": sub_id, "g": gateway}),
+        )
+        .await;
+    let deployment = apply(&app, &package, sub).await;
+
+    let sha256 = hex::encode(sha2::Sha256::digest(&payload));
+    let run = run_suricatta(&app, &dir.join("dev"), &dir.join("keys"), sub, gateway_secret, true, Some(&sha256)).await;
+    assert!(run.success, "{}", run.output);
+    assert_eq!(the_update(&app, &deployment).await["state"], "INSTALLED");
+}
