@@ -362,6 +362,17 @@ pub struct DeploymentPayload {
     deployment: Guarded<Deployment>,
 }
 
+#[derive(InputObject)]
+pub struct DeviceUpdateIdInput {
+    id: ID,
+}
+
+#[derive(SimpleObject)]
+pub struct DeviceUpdatePayload {
+    /// Null without DEPLOYMENT_READ.
+    device_update: Guarded<DeviceUpdate>,
+}
+
 #[derive(InputObject, Default)]
 pub struct DeploymentFilter {
     state: Option<DeploymentStateGql>,
@@ -548,6 +559,17 @@ impl DeploymentMutation {
     async fn cancel_deployment(&self, ctx: &Context<'_>, input: DeploymentIdInput) -> Result<DeploymentPayload> {
         let id = parse_id("id", ResourceKind::Deployment, &input.id)?;
         Ok(DeploymentPayload { deployment: Guarded::new(service::cancel(app(ctx), caller(ctx), id).await?.into()) })
+    }
+
+    /// One device's update, whatever protocol its device speaks: CANCELLED
+    /// unless it is installing or over. A device that was offered it
+    /// learns on its next poll (`CANCEL` on `/device/v1`, `cancelAction`
+    /// over hawkBit DDI) and acknowledges; audited as `device_update.cancel`.
+    async fn cancel_device_update(&self, ctx: &Context<'_>, input: DeviceUpdateIdInput) -> Result<DeviceUpdatePayload> {
+        let id = parse_id("id", ResourceKind::Update, &input.id)?;
+        Ok(DeviceUpdatePayload {
+            device_update: Guarded::new(service::cancel_update(app(ctx), caller(ctx), id).await?.into()),
+        })
     }
 
     /// Let the devices of a DOWNLOAD_ONLY (or COORDINATED) deployment install.

@@ -425,6 +425,13 @@ fn table() -> Vec<Entry> {
         },
         Entry {
             root: Mutation,
+            field: "cancelDeviceUpdate",
+            needs: Permission("DEPLOYMENT_WRITE"),
+            operation: "mutation($id: ID!) { cancelDeviceUpdate(input: {id: $id}) { deviceUpdate { id } } }",
+            variables: || json!({"id": ZERO}),
+        },
+        Entry {
+            root: Mutation,
             field: "releaseInstall",
             needs: Permission("DEPLOYMENT_WRITE"),
             operation: "mutation($id: ID!) { releaseInstall(input: {id: $id}) { deployment { id } } }",
@@ -723,6 +730,8 @@ struct Fixture {
     deployment: String,
     /// One deployment each for the restricted caller and for the admin.
     cancellable: [String; 2],
+    /// One device update each, for `cancelDeviceUpdate`.
+    cancellable_updates: [String; 2],
     content: String,
     commands: [String; 2],
     batches: [String; 2],
@@ -872,6 +881,13 @@ fn nested_table() -> Vec<Nested> {
             path: "cancelDeployment.deployment",
         },
         Nested {
+            field: "DeviceUpdatePayload.deviceUpdate",
+            grants: &["DEPLOYMENT_WRITE"],
+            operation: "mutation($id: ID!) { cancelDeviceUpdate(input: {id: $id}) { deviceUpdate { state } } }",
+            variables: |f, run| json!({"id": f.cancellable_updates[run]}),
+            path: "cancelDeviceUpdate.deviceUpdate",
+        },
+        Nested {
             field: "SendCommandPayload.batch",
             grants: &["COMMAND_SEND"],
             operation: "mutation($d: ID!) { sendCommand(input: {devices: [$d], name: \"REBOOT\"}) { batchId batch { total } } }",
@@ -961,7 +977,7 @@ async fn nested_fixture(app: &TestApp) -> Fixture {
         "/createDeviceModel/deviceModel/id",
     );
     let mut devices = Vec::new();
-    for i in 0..4 {
+    for i in 0..6 {
         let data = admin
             .ok(
                 "mutation($e: String!) { registerDevice(input: {endpointId: $e, model: \"M1\", serial: \"SN\", attributes: [{key: \"ring\", value: \"beta\"}]}) { device { id } } }",
@@ -999,6 +1015,17 @@ async fn nested_fixture(app: &TestApp) -> Fixture {
     };
     let deployment = apply(&devices[0]).await;
     let cancellable = [apply(&devices[1]).await, apply(&devices[2]).await];
+    let mut cancellable_updates = Vec::new();
+    for device in &devices[4..6] {
+        let deployment = apply(device).await;
+        let data = admin
+            .ok(
+                "query($id: ID!) { deployment(id: $id) { deviceUpdates(first: 1) { edges { node { id } } } } }",
+                json!({"id": deployment}),
+            )
+            .await;
+        cancellable_updates.push(id(&data, "/deployment/deviceUpdates/edges/0/node/id"));
+    }
     let content = id(
         &admin
             .ok(
@@ -1052,6 +1079,7 @@ async fn nested_fixture(app: &TestApp) -> Fixture {
         package,
         deployment,
         cancellable,
+        cancellable_updates: [cancellable_updates[0].clone(), cancellable_updates[1].clone()],
         content,
         commands: [commands[0].clone(), commands[1].clone()],
         batches: [batches[2].clone(), batches[3].clone()],

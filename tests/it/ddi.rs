@@ -14,7 +14,7 @@ use crate::support::TestApp;
 
 const APPLY: &str = "mutation($i: ApplyPackageInput!) { applyPackage(input: $i) { deployment { id } } }";
 const UPDATE: &str = "query($id: ID!) { deployment(id: $id) { deviceUpdates(first: 10) { edges { node {
-    actionId state progress errorCode message device { endpointId } } } } } }";
+    id actionId state progress errorCode message device { endpointId } } } } } }";
 const IMAGE: &[u8] = b"an update image for the DDI tests, long enough to ask for a range of it";
 
 pub async fn app() -> TestApp {
@@ -452,6 +452,25 @@ async fn a_cancel_shows_cancel_action_until_the_device_acknowledges_it() {
         );
         assert_eq!(ddi.get(&link).await.0, StatusCode::NOT_FOUND, "answered");
     }
+    // One device's update cancelled alone (cancelDeviceUpdate): the same cancelAction.
+    let again = apply(&app, json!({"package": package, "devices": ["d00"]})).await;
+    let ddi = &ddis[0];
+    let link = href(&ddi.base().await["_links"]["deploymentBase"]).to_owned();
+    assert_eq!(ddi.get(&link).await.0, StatusCode::OK);
+    let update = update_of(&app, &again, "d00").await;
+    app.operator("deployment_manager")
+        .ok(
+            "mutation($id: ID!) { cancelDeviceUpdate(input: {id: $id}) { deviceUpdate { state } } }",
+            json!({"id": update["id"]}),
+        )
+        .await;
+    let base = ddi.base().await;
+    assert_eq!(
+        href(&base["_links"]["cancelAction"]),
+        ddi.url(&format!("/cancelAction/{}", update["actionId"])),
+        "{base}"
+    );
+
     let refused = update_of(&app, &deployment, "d01").await;
     assert_eq!(refused["message"], "the device refused the cancel: installing already", "{refused}");
     let audited = app

@@ -1297,3 +1297,66 @@ async fn the_action_type_is_forced_unless_soft_is_asked_for_and_is_audited() {
     assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
     assert_eq!(crate::support::count_rows(app.db(), "deployment").await, before);
 }
+
+const CANCEL_UPDATE: &str =
+    "mutation($id: ID!) { cancelDeviceUpdate(input: {id: $id}) { deviceUpdate { id state message } } }";
+
+#[tokio::test]
+async fn one_devices_update_is_cancelled_alone_and_its_device_acknowledges() {
+    let app = app().await;
+    let (fleet, sims) = fleet(&app, 3).await;
+    let out = apply(&app, json!({"package": fleet.package, "group": fleet.group})).await;
+    let id = out["deployment"]["id"].clone();
+    let updates: Vec<Value> = {
+        let mut all = Vec::new();
+        for sim in &sims {
+            all.push(sim.update().await);
+        }
+        all
+    };
+    // d02 is installing: too late to cancel.
+    for status in ["DOWNLOADED", "INSTALLING"] {
+        sims[2].report_ok(&updates[2], json!({"status": status})).await;
+    }
+    let manager = app.operator("deployment_manager");
+    let body = manager.gql(CANCEL_UPDATE, json!({"id": updates[2]["id"]})).await;
+    assert_eq!(error_code(&body), "INVALID_STATE", "{body}");
+    // Not everyone may cancel.
+    let body = app.operator("viewer").gql(CANCEL_UPDATE, json!({"id": updates[0]["id"]})).await;
+    assert_eq!(error_code(&body), "FORBIDDEN", "{body}");
+
+    // d00 holds a long poll when its update is cancelled: it wakes with CANCEL.
+    let (_, etag, _) = sims[0].poll_with(None, None).await;
+    let waiting = sims[0].poll_with(etag.as_deref(), Some(20));
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        manager.ok(CANCEL_UPDATE, json!({"id": updates[0]["id"]})).await
+    };
+    let started = Instant::now();
+    let ((status, _, woke), cancelled) = tokio::join!(waiting, cancel);
+    assert!(started.elapsed() < Duration::from_secs(10), "the long poll woke: {:?}", started.elapsed());
+    let cancelled = &cancelled["cancelDeviceUpdate"]["deviceUpdate"];
+    assert_eq!((&cancelled["state"], &cancelled["message"]), (&json!("CANCELLED"), &json!("cancelled by an operator")));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(woke["update"]["action"], "CANCEL", "{woke}");
+    sims[0].report_ok(&updates[0], json!({"status": "CANCELLED"})).await;
+    assert_eq!(sims[0].poll().await.0, StatusCode::NO_CONTENT, "acknowledged: nothing left");
+    let body = manager.gql(CANCEL_UPDATE, json!({"id": updates[0]["id"]})).await;
+    assert_eq!(error_code(&body), "INVALID_STATE", "once: {body}");
+
+    // The others go on; the deployment completes with one cancelled.
+    sims[1].install("2.0.0").await;
+    sims[2].report_ok(&updates[2], json!({"status": "INSTALLED_VERSION", "version": "2.0.0"})).await;
+    let done = until(&app, &id, "completed", |d| d["state"] == "COMPLETED").await;
+    assert_eq!((&done["counts"]["installed"], &done["counts"]["cancelled"]), (&json!(2), &json!(1)), "{done}");
+    let audit = app
+        .operator("auditor")
+        .ok(
+            "query($id: String) { auditEvents(filter: {objectId: $id, action: \"device_update.cancel\"}) { edges { node { details actor { kind id } } } } }",
+            json!({"id": updates[0]["id"]}),
+        )
+        .await;
+    let event = &audit["auditEvents"]["edges"][0]["node"];
+    assert_eq!(event["details"]["state_before"], "RELEASED", "{audit}");
+    assert_eq!(event["actor"], json!({"kind": "user", "id": "deployment_manager-user"}), "{audit}");
+}

@@ -40,7 +40,7 @@ use crate::error::{Error, ResourceKind, Result};
 use crate::service::device::Device;
 use crate::service::pagination::{Page, PageRequest, cursor};
 
-pub use actions::{cancel, pause, release_install, resume};
+pub use actions::{cancel, cancel_update, pause, release_install, resume};
 pub use create::{apply, set_group_package};
 pub use reconcile::RECONCILE_JOB;
 
