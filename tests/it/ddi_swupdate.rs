@@ -12,6 +12,8 @@
 //! `scripts/test` installs swupdate and names it in OTADEPOT_TEST_SWUPDATE.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -40,6 +42,10 @@ fn fixtures() -> PathBuf {
 /// A server that scans with the real clamd and tells DDI devices to poll
 /// every second.
 async fn app() -> Option<TestApp> {
+    app_with(|_| {}).await
+}
+
+async fn app_with(tweak: impl FnOnce(&mut otadepot::config::Config)) -> Option<TestApp> {
     crate::scan::clamd()?;
     swupdate()?;
     Some(
@@ -48,9 +54,119 @@ async fn app() -> Option<TestApp> {
             c.deployments.reconcile_interval = Duration::from_millis(200);
             c.ddi.polling_sleep = Duration::from_secs(1);
             c.ddi.polling_sleep_active = Duration::from_secs(1);
+            tweak(c);
         })
         .await,
     )
+}
+
+/// A TCP proxy in front of the server that swupdate talks to (the server's
+/// `http.public_url` is the proxy, so the links in its answers lead there
+/// too): it can slow every answer down, and cut one large answer off
+/// after so many bytes, as a flaky link would. It keeps what the client
+/// sent, and the status lines the server answered.
+struct Proxy {
+    listener: Option<tokio::net::TcpListener>,
+    url: String,
+    link: Arc<Link>,
+}
+
+#[derive(Default)]
+struct Link {
+    /// Sleep this long after each 16 KiB passed on to the client.
+    delay_per_chunk: Option<Duration>,
+    /// Cut the first answer that grows past this many bytes (0: never).
+    cut_at: AtomicUsize,
+    /// The most bytes one connection has carried to the client so far.
+    largest: AtomicUsize,
+    sent: Mutex<Vec<u8>>,
+    answered: Mutex<Vec<String>>,
+}
+
+impl Proxy {
+    async fn bind(delay_per_chunk: Option<Duration>, cut_at: usize) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let link = Link { delay_per_chunk, cut_at: cut_at.into(), ..Link::default() };
+        Self { listener: Some(listener), url, link: Arc::new(link) }
+    }
+
+    /// Forward to `upstream` from now on.
+    fn start(&mut self, upstream: std::net::SocketAddr) {
+        let listener = self.listener.take().unwrap();
+        let link = self.link.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let link = link.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    pipe(client, server, link).await;
+                });
+            }
+        });
+    }
+
+    /// What clients sent, in lower case.
+    fn sent(&self) -> String {
+        String::from_utf8_lossy(&self.link.sent.lock().unwrap()).to_ascii_lowercase()
+    }
+}
+
+async fn pipe(client: tokio::net::TcpStream, server: tokio::net::TcpStream, link: Arc<Link>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let up = {
+        let link = link.clone();
+        async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+                link.sent.lock().unwrap().extend_from_slice(&buf[..n]);
+                if server_write.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    };
+    let down = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut total = 0usize;
+        while let Ok(n @ 1..) = server_read.read(&mut buf).await {
+            if let Some(at) = buf[..n].windows(9).position(|w| w == b"HTTP/1.1 ") {
+                let line = String::from_utf8_lossy(&buf[at..n]).lines().next().unwrap_or_default().to_owned();
+                link.answered.lock().unwrap().push(line);
+            }
+            let cut_at = link.cut_at.load(Ordering::Acquire);
+            if cut_at > 0
+                && total + n > cut_at
+                && link.cut_at.compare_exchange(cut_at, 0, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            {
+                let _ = client_write.write_all(&buf[..cut_at - total]).await;
+                return;
+            }
+            total += n;
+            link.largest.fetch_max(total, Ordering::AcqRel);
+            if client_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+            if let Some(delay) = link.delay_per_chunk {
+                tokio::time::sleep(delay).await;
+            }
+        }
+    };
+    // Either side closing ends the connection (a cut drops both halves).
+    tokio::select! {
+        () = up => {}
+        () = down => {}
+    }
+}
+
+/// A server behind `proxy` (its links lead through it).
+async fn app_behind(proxy: &mut Proxy) -> Option<TestApp> {
+    let url = proxy.url.clone();
+    let app = app_with(|c| c.http.public_url = url).await?;
+    proxy.start(app.server().addr);
+    Some(app)
 }
 
 /// Build a signed `.swu` installing `payload` at `target` (keys in
@@ -133,10 +249,11 @@ struct Run {
     output: String,
 }
 
-/// Play one update with the stock swupdate as `controller`, with `token`
-/// (`TargetToken`, or `GatewayToken` when `gateway`).
+/// Play one update with the stock swupdate against the server at `base`
+/// as `controller`, with `token` (`TargetToken`, or `GatewayToken` when
+/// `gateway`).
 async fn run_suricatta(
-    app: &TestApp,
+    base: &str,
     workdir: &Path,
     keys: &Path,
     controller: &str,
@@ -146,7 +263,7 @@ async fn run_suricatta(
 ) -> Run {
     let mut command = std::process::Command::new(fixtures().join("run-suricatta.sh"));
     command
-        .arg(&app.base)
+        .arg(base)
         .arg("DEFAULT")
         .arg(controller)
         .arg(token)
@@ -192,7 +309,7 @@ async fn stock_swupdate_installs_a_scanned_swu_and_otadepot_records_it() {
     let deployment = apply(&app, &package, cid).await;
 
     let sha256 = hex::encode(sha2::Sha256::digest(&payload));
-    let run = run_suricatta(&app, &dir.join("dev"), &dir.join("keys"), cid, secret, false, Some(&sha256)).await;
+    let run = run_suricatta(&app.base, &dir.join("dev"), &dir.join("keys"), cid, secret, false, Some(&sha256)).await;
     assert!(run.success, "{}", run.output);
     assert_eq!(run.last_line, format!("swupdate: installed {} sha256={sha256}", target.display()), "{}", run.output);
     assert_eq!(std::fs::read(&target).unwrap(), payload);
@@ -253,7 +370,7 @@ async fn a_payload_whose_sha256_does_not_match_fails_with_swupdates_message() {
     let (cid, secret) = &devices[0];
     let deployment = apply(&app, &package, cid).await;
 
-    let run = run_suricatta(&app, &dir.join("dev"), &dir.join("keys"), cid, secret, false, None).await;
+    let run = run_suricatta(&app.base, &dir.join("dev"), &dir.join("keys"), cid, secret, false, None).await;
     assert!(!run.success, "{}", run.output);
     assert!(run.last_line.starts_with("swupdate: failed install of action"), "{}", run.output);
     let update = the_update(&app, &deployment).await;
@@ -290,7 +407,79 @@ async fn a_gateway_updates_its_sub_device_with_a_gateway_token() {
     let deployment = apply(&app, &package, sub).await;
 
     let sha256 = hex::encode(sha2::Sha256::digest(&payload));
-    let run = run_suricatta(&app, &dir.join("dev"), &dir.join("keys"), sub, gateway_secret, true, Some(&sha256)).await;
+    let run =
+        run_suricatta(&app.base, &dir.join("dev"), &dir.join("keys"), sub, gateway_secret, true, Some(&sha256)).await;
     assert!(run.success, "{}", run.output);
     assert_eq!(the_update(&app, &deployment).await["state"], "INSTALLED");
+}
+
+#[tokio::test]
+async fn a_dropped_download_is_resumed_with_a_range_request() {
+    // The first answer past 200 KB (the .swu's download) is cut off there.
+    let mut proxy = Proxy::bind(None, 200 * 1024).await;
+    let Some(app) = app_behind(&mut proxy).await else { return };
+    let dir = app.dir.path().join("sw");
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i.wrapping_mul(2_246_822_519) >> 24) as u8).collect();
+    let target = dir.join("installed/app.bin");
+    let devices = devices(&app, 1).await;
+    let package = package_swu(&app, &dir, &payload, &target, false).await;
+    let (cid, secret) = &devices[0];
+    let deployment = apply(&app, &package, cid).await;
+
+    let sha256 = hex::encode(sha2::Sha256::digest(&payload));
+    let run = run_suricatta(&proxy.url, &dir.join("dev"), &dir.join("keys"), cid, secret, false, Some(&sha256)).await;
+    assert!(run.success, "{}", run.output);
+    assert_eq!(std::fs::read(&target).unwrap(), payload, "whole after the resume");
+    assert_eq!(proxy.link.cut_at.load(Ordering::Acquire), 0, "the download was cut");
+    assert!(proxy.sent().contains("\r\nrange: bytes="), "swupdate asked for the rest: {}", run.output);
+    let answered = proxy.link.answered.lock().unwrap().clone();
+    assert!(answered.iter().any(|l| l.starts_with("HTTP/1.1 206")), "{answered:?}");
+    assert_eq!(the_update(&app, &deployment).await["state"], "INSTALLED");
+}
+
+#[tokio::test]
+async fn a_cancel_while_swupdate_downloads_stops_it_and_is_acknowledged() {
+    // About 270 KB/s: the 3 MB .swu takes some 10 s to arrive.
+    let mut proxy = Proxy::bind(Some(Duration::from_millis(60)), 0).await;
+    let Some(app) = app_behind(&mut proxy).await else { return };
+    let dir = app.dir.path().join("sw");
+    let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(3_266_489_917) >> 24) as u8).collect();
+    let target = dir.join("installed/app.bin");
+    let devices = devices(&app, 1).await;
+    let package = package_swu(&app, &dir, &payload, &target, false).await;
+    let (cid, secret) = &devices[0];
+    let deployment = apply(&app, &package, cid).await;
+    let update = update_id(&app, &deployment).await;
+
+    let run = {
+        let (url, dir, cid, secret) = (proxy.url.clone(), dir.clone(), cid.clone(), secret.clone());
+        tokio::spawn(async move {
+            run_suricatta(&url, &dir.join("dev"), &dir.join("keys"), &cid, &secret, false, None).await
+        })
+    };
+    // Once the download is under way (more than 300 KB through), cancel.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.link.largest.load(Ordering::Acquire) < 300 * 1024 {
+        assert!(Instant::now() < deadline && !run.is_finished(), "the download never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cancelled = app
+        .operator("deployment_manager")
+        .ok(
+            "mutation($id: ID!) { cancelDeviceUpdate(input: {id: $id}) { deviceUpdate { state } } }",
+            json!({"id": update}),
+        )
+        .await;
+    assert_eq!(cancelled["cancelDeviceUpdate"]["deviceUpdate"]["state"], "CANCELLED");
+    let run = run.await.unwrap();
+    assert!(!run.success, "{}", run.output);
+    assert!(run.last_line.starts_with("swupdate: failed server cancelled the update"), "{}", run.output);
+    assert!(!target.exists(), "nothing installed");
+    let action = the_update(&app, &deployment).await["actionId"].clone();
+    let acknowledged = crate::support::query_i64(
+        app.db(),
+        &format!("SELECT COUNT(*) AS n FROM device_update WHERE cancel_acknowledged AND action_id = {action}"),
+    )
+    .await;
+    assert_eq!(acknowledged, 1, "swupdate acknowledged the cancel: {}", run.output);
 }
