@@ -1055,6 +1055,11 @@ pub(crate) async fn write_inventory_in(tx: &mut WriteTx, ctx: &Ctx, change: Inve
         json!({ "installed": changed_components, "reported_attributes": changed_attributes }),
     )
     .await?;
+    if !changed_attributes.is_empty() {
+        // Every process's copy of what a DDI base poll shows (it asks for
+        // attributes until it has some) goes with it.
+        tx.notify(Event::DeviceChanged(device));
+    }
     Ok(())
 }
 

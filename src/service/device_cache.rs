@@ -30,6 +30,15 @@ const MAX_ENTRIES: usize = 1_000_000;
 /// `last_seen_at` is written at most this often per device.
 const SEEN_EVERY: Duration = Duration::from_secs(60);
 
+/// What a DDI base poll tells an idle device (`service/device_api/ddi.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DdiFacts {
+    /// It has reported attributes (no `configData` link).
+    pub has_attributes: bool,
+    /// The action id of the update it installed last.
+    pub installed: Option<i32>,
+}
+
 #[derive(Default)]
 pub struct DeviceCache {
     enabled: AtomicBool,
@@ -39,6 +48,9 @@ pub struct DeviceCache {
     written: Mutex<HashMap<Uuid, Instant>>,
     auth: Mutex<HashMap<Uuid, (Arc<entity::device::Model>, Instant)>>,
     idle: Mutex<HashSet<Uuid>>,
+    /// What a hawkBit DDI base poll shows of an idle device besides "no
+    /// action"; kept only while it is idle, dropped with its idleness.
+    ddi: Mutex<HashMap<Uuid, DdiFacts>>,
     /// Bumped by every event that may end a device's idleness.
     seq: AtomicU64,
     /// Device updates' states, for the check of a device's file URL
@@ -145,6 +157,33 @@ impl DeviceCache {
         }
     }
 
+    /// The DDI facts of an idle device, if they are known.
+    pub fn idle_ddi(&self, device: Uuid) -> Option<DdiFacts> {
+        if !self.on() {
+            return None;
+        }
+        let idle = self.idle.lock().ok()?;
+        let ddi = self.ddi.lock().ok()?;
+        idle.contains(&device).then(|| ddi.get(&device).copied()).flatten()
+    }
+
+    /// [`Self::mark_idle`], with what a DDI base poll shows of the device.
+    pub fn mark_idle_ddi(&self, device: Uuid, seq: u64, facts: DdiFacts) {
+        if !self.on() {
+            return;
+        }
+        if let (Ok(mut idle), Ok(mut ddi)) = (self.idle.lock(), self.ddi.lock())
+            && self.seq.load(Ordering::Acquire) == seq
+        {
+            if idle.len() >= MAX_ENTRIES || ddi.len() >= MAX_ENTRIES {
+                idle.clear();
+                ddi.clear();
+            }
+            idle.insert(device);
+            ddi.insert(device, facts);
+        }
+    }
+
     /// Note that a device called in; written in batches by the flush (at
     /// most once a minute per device, or at once on its first call when it
     /// becomes ACTIVE). False when the cache is not running: the caller
@@ -210,15 +249,19 @@ impl DeviceCache {
     pub(crate) fn invalidate(&self, event: &Event) {
         self.updates.invalidate(event);
         self.packages.invalidate(event);
-        let (Ok(mut idle), Ok(mut auth)) = (self.idle.lock(), self.auth.lock()) else { return };
+        let (Ok(mut idle), Ok(mut auth), Ok(mut ddi)) = (self.idle.lock(), self.auth.lock(), self.ddi.lock()) else {
+            return;
+        };
         match event {
             Event::DevicesReleased(devices) => {
                 for device in devices.iter() {
                     idle.remove(device);
+                    ddi.remove(device);
                 }
             }
             Event::DeviceChanged(device) => {
                 idle.remove(device);
+                ddi.remove(device);
                 auth.remove(device);
                 if let Ok(mut written) = self.written.lock() {
                     written.remove(device);
@@ -226,6 +269,7 @@ impl DeviceCache {
             }
             Event::AllPollersWake => {
                 idle.clear();
+                ddi.clear();
                 auth.clear();
                 if let Ok(mut written) = self.written.lock() {
                     written.clear();
@@ -239,8 +283,9 @@ impl DeviceCache {
     fn clear(&self) {
         self.updates.clear();
         self.packages.clear();
-        if let (Ok(mut idle), Ok(mut auth)) = (self.idle.lock(), self.auth.lock()) {
+        if let (Ok(mut idle), Ok(mut auth), Ok(mut ddi)) = (self.idle.lock(), self.auth.lock(), self.ddi.lock()) {
             idle.clear();
+            ddi.clear();
             auth.clear();
             self.seq.fetch_add(1, Ordering::AcqRel);
         }

@@ -366,7 +366,11 @@ async fn a_payload_whose_sha256_does_not_match_fails_with_swupdates_message() {
     let dir = app.dir.path().join("sw");
     let target = dir.join("installed/app.bin");
     let devices = devices(&app, 1).await;
-    let package = package_swu(&app, &dir, b"a payload the sw-description lies about", &target, true).await;
+    // Not a tiny one: with a .swu of a few KB, swupdate 2022.12's suricatta
+    // may take the install as done before its installer even started (it
+    // then runs the post-update command and logs the HASH mismatch after).
+    let payload: Vec<u8> = (0..400_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 20) as u8).collect();
+    let package = package_swu(&app, &dir, &payload, &target, true).await;
     let (cid, secret) = &devices[0];
     let deployment = apply(&app, &package, cid).await;
 
@@ -389,7 +393,8 @@ async fn a_payload_whose_sha256_does_not_match_fails_with_swupdates_message() {
 async fn a_gateway_updates_its_sub_device_with_a_gateway_token() {
     let Some(app) = app().await else { return };
     let dir = app.dir.path().join("sw");
-    let payload = b"an image for a device behind a gateway".to_vec();
+    // Not a tiny one (see the failure test above).
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(1_597_334_677) >> 24) as u8).collect();
     let target = dir.join("installed/sub.bin");
     let devices = devices(&app, 2).await;
     let package = package_swu(&app, &dir, &payload, &target, false).await;

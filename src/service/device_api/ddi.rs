@@ -33,6 +33,7 @@ use crate::error::{Error, ResourceKind, Result};
 use crate::service::content::DownloadAccess;
 use crate::service::deployment::{ActionType, UpdateState};
 use crate::service::device::Inventory;
+use crate::service::device_cache::DdiFacts;
 
 /// What a base poll shows a device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -298,24 +299,46 @@ fn deployable(update: &device_update::Model, deployment: &deployment::Model) -> 
 }
 
 /// The base poll (`GET /{tenant}/controller/v1/{controllerId}`): reads only.
+///
+/// Rule: an idle device's poll (nothing in flight, no command pending)
+/// reads no database once its facts are cached (`DeviceCache::idle_ddi`,
+/// dropped by the events that end its idleness or change its attributes).
 pub async fn base(app: &App, ctx: &Ctx) -> Result<Base> {
     let device = ctx.require_device()?;
-    let current = if app.device_cache.is_idle(device.id) {
-        None
-    } else {
-        app.poll_reads.current_update(&app.db, device.id).await?
-    };
-    let (attributes, installed) = tokio::try_join!(
-        device_reported_attribute::Entity::find()
-            .select_only()
-            .column(device_reported_attribute::Column::DeviceId)
-            .filter(device_reported_attribute::Column::DeviceId.eq(device.id))
-            .limit(1)
-            .into_tuple::<Uuid>()
-            .one(&app.db),
-        installed_action(app, device.id),
+    if let Some(facts) = app.device_cache.idle_ddi(device.id) {
+        return Ok(Base {
+            active: false,
+            action: None,
+            config_data: !facts.has_attributes,
+            installed: facts.installed,
+        });
+    }
+    let seq = app.device_cache.seq();
+    let (current, commands, attributes, installed) = tokio::try_join!(
+        app.poll_reads.current_update(&app.db, device.id),
+        app.poll_reads.pending_commands(&app.db, device.id),
+        async {
+            Ok(device_reported_attribute::Entity::find()
+                .select_only()
+                .column(device_reported_attribute::Column::DeviceId)
+                .filter(device_reported_attribute::Column::DeviceId.eq(device.id))
+                .limit(1)
+                .into_tuple::<Uuid>()
+                .one(&app.db)
+                .await?)
+        },
+        async { Ok(installed_action(app, device.id).await?) },
     )?;
-    let mut answer = Base { active: current.is_some(), action: None, config_data: attributes.is_none(), installed };
+    let facts = DdiFacts { has_attributes: attributes.is_some(), installed };
+    if current.is_none() && commands.is_empty() {
+        app.device_cache.mark_idle_ddi(device.id, seq, facts);
+    }
+    let mut answer = Base {
+        active: current.is_some(),
+        action: None,
+        config_data: !facts.has_attributes,
+        installed: facts.installed,
+    };
     if let Some((update, deployment)) = &current {
         if update.state == UpdateState::Cancelled.as_str() {
             answer.action = Some(BaseAction::Cancel { action_id: update.action_id });
