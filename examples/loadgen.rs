@@ -13,7 +13,8 @@
 //!         --wait 300 --t0-file t0 --ready-file ready
 //!
 //! The 304 rate of polls with nothing pending (`If-None-Match: "idle"`),
-//! rotating through the devices' secrets:
+//! rotating through the devices' secrets (with `--ddi DEFAULT`, hawkBit
+//! DDI base polls of each device instead, bench/ddi_poll.sh):
 //!
 //!     cargo run --release --example loadgen -- rate http://127.0.0.1:8080 secrets.csv \
 //!         --connections 64 --seconds 15
@@ -69,6 +70,10 @@ enum Command {
         /// The path polled (the bare reference serves the same one).
         #[arg(long, default_value = "/device/v1/poll")]
         path: String,
+        /// Poll hawkBit DDI's base resource of this tenant instead
+        /// (`/<tenant>/controller/v1/<endpoint id>` with `TargetToken`).
+        #[arg(long)]
+        ddi: Option<String>,
     },
     /// DOWNLOADING progress reports on each device's pending update, as
     /// fast as the server answers.
@@ -129,9 +134,22 @@ async fn main() -> anyhow::Result<()> {
             let secrets = read_secrets(&secrets, 0, None)?;
             warm(&base, Arc::new(secrets), connections.max(1)).await
         }
-        Command::Rate { base, secrets, connections, seconds, path } => {
-            let secrets = read_secrets(&secrets, 0, None)?;
-            rate(&base, Arc::new(secrets), connections.max(1), Duration::from_secs(seconds), &path).await
+        Command::Rate { base, secrets, connections, seconds, path, ddi } => {
+            let polls = match ddi {
+                None => read_secrets(&secrets, 0, None)?
+                    .into_iter()
+                    .map(|secret| Poll { path: path.clone(), authorization: format!("Bearer {secret}"), etag: true })
+                    .collect(),
+                Some(tenant) => read_devices(&secrets)?
+                    .into_iter()
+                    .map(|(endpoint, secret)| Poll {
+                        path: format!("/{tenant}/controller/v1/{endpoint}"),
+                        authorization: format!("TargetToken {secret}"),
+                        etag: false,
+                    })
+                    .collect(),
+            };
+            rate(&base, Arc::new(polls), connections.max(1), Duration::from_secs(seconds)).await
         }
         Command::Report { base, secrets, connections, seconds } => {
             let secrets = read_secrets(&secrets, 0, None)?;
@@ -155,6 +173,32 @@ fn read_secrets(path: &Path, skip: usize, count: Option<usize>) -> anyhow::Resul
         bail!("no device secrets in {} (after skipping {skip})", path.display());
     }
     Ok(secrets)
+}
+
+/// (endpoint id, secret) of each data row of the CSV.
+fn read_devices(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let devices: Vec<(String, String)> = text
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let endpoint = l.split(',').next().unwrap_or_default().trim().to_owned();
+            (endpoint, l.rsplit(',').next().unwrap_or_default().trim().to_owned())
+        })
+        .collect();
+    if devices.is_empty() {
+        bail!("no devices in {}", path.display());
+    }
+    Ok(devices)
+}
+
+/// One device's poll in `rate`.
+struct Poll {
+    path: String,
+    authorization: String,
+    /// Send `If-None-Match: "idle"` (the `/device/v1` 304 path).
+    etag: bool,
 }
 
 /// `host:port` of `http://host:port[/]`.
@@ -351,30 +395,29 @@ async fn warm(base: &str, secrets: Arc<Vec<String>>, connections: usize) -> anyh
     Ok(())
 }
 
-async fn rate(
-    base: &str,
-    secrets: Arc<Vec<String>>,
-    connections: usize,
-    run: Duration,
-    path: &str,
-) -> anyhow::Result<()> {
+async fn rate(base: &str, polls: Arc<Vec<Poll>>, connections: usize, run: Duration) -> anyhow::Result<()> {
     let authority = Arc::new(authority(base)?);
-    let path = Arc::new(path.to_owned());
     let next = Arc::new(AtomicUsize::new(rand::random::<u32>() as usize));
     let errors = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + run;
     let mut tasks = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let (authority, path, secrets, next, errors) =
-            (authority.clone(), path.clone(), secrets.clone(), next.clone(), errors.clone());
+        let (authority, polls, next, errors) = (authority.clone(), polls.clone(), next.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<f32> = Vec::new();
             let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
             let mut sender = connect(&authority).await?;
             while Instant::now() < deadline {
-                let secret = &secrets[next.fetch_add(1, Ordering::Relaxed) % secrets.len()];
+                let poll = &polls[next.fetch_add(1, Ordering::Relaxed) % polls.len()];
                 let start = Instant::now();
-                match sender.send_request(request(&authority, &path, secret, Some("\"idle\""))).await {
+                let mut builder = http::Request::get(&poll.path)
+                    .header(http::header::HOST, authority.as_str())
+                    .header(http::header::AUTHORIZATION, &poll.authorization);
+                if poll.etag {
+                    builder = builder.header(http::header::IF_NONE_MATCH, "\"idle\"");
+                }
+                let request = builder.body(Full::new(Bytes::new())).unwrap_or_default();
+                match sender.send_request(request).await {
                     Ok(answer) => {
                         let status = answer.status().as_u16();
                         answer.into_body().collect().await?;
