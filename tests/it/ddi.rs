@@ -200,7 +200,7 @@ async fn a_ddi_device_polls_downloads_reports_as_swupdate_does_and_ends_installe
         );
     }
     let update = update_of(&app, &deployment, cid).await;
-    assert_eq!((&update["state"], &update["progress"]), (&json!("DOWNLOADING"), &json!(100)), "{update}");
+    assert_eq!((&update["state"], &update["progress"]), (&json!("INSTALLING"), &json!(100)), "all chunks: {update}");
     // Still offered until `closed` (swupdate reports success after its restart).
     let base = ddi.base().await;
     assert!(href(&base["_links"]["deploymentBase"]).contains(&format!("/deploymentBase/{action}?c=")), "{base}");
@@ -370,7 +370,10 @@ async fn a_failure_keeps_the_clients_message_and_a_rejection_fails_the_update() 
     let (d2, _) = &devices[2];
     let ddi = Ddi::target(&app, d2, &devices[2].1);
     let c = update_of(&app, &deployment, d2).await["actionId"].as_i64().unwrap();
-    let log = swupdate_feedback(c, "proceeding", "none", 1, 0, "ERROR : HASH mismatch : aa <--> bb");
+    let log = format!(
+        "{{\"id\": {c}, \"status\": {{\"execution\": \"proceeding\", \"result\": {{\"finished\": \"none\", \"progress\": {{\"cnt\": 1, \"of\": 0}}}}, \"details\": [\"ERROR : Cannot read stored update state.\", \"ERROR : HASH mismatch : aa <--> bb\", \"ERROR : HASH mismatch : aa <--> bb\"]}}}}"
+    )
+    .into_bytes();
     assert_eq!(ddi.feedback(c, &log).await.0, StatusCode::OK);
     let running = update_of(&app, &deployment, d2).await;
     assert_eq!(

@@ -238,8 +238,17 @@ pub fn feedback_steps(
         }
         _ => {}
     };
+    // Every part done (swupdate's "All Chunks Installed.", before its
+    // reboot): it has all of it and installs (or has installed) it.
+    let all_done = feedback.progress.is_some_and(|(cnt, of)| of > 0 && cnt >= of);
     let mut steps = Vec::new();
     match feedback.execution {
+        Execution::Proceeding | Execution::Download
+            if all_done && install_released && matches!(state, Released | Acknowledged | Downloading) =>
+        {
+            steps.push(StatusReport::new(ReportStatus::Downloaded));
+            steps.push(StatusReport { progress: Some(100), ..StatusReport::new(ReportStatus::Installing) });
+        }
         Execution::Proceeding | Execution::Download => downloading_or_installing(&mut steps),
         Execution::Scheduled | Execution::Resumed => {
             if state == Released {
@@ -297,6 +306,10 @@ fn link_etag(update: &device_update::Model, window_exp: i64) -> i32 {
 fn deployable(update: &device_update::Model, deployment: &deployment::Model) -> Result<bool> {
     Ok(UpdateState::parse(&update.state)?.in_flight() && deployment.install_released)
 }
+
+/// An error swupdate logs at every start when its bootloader interface
+/// keeps no state (Debian's default, `none`): not a reason for anything.
+const HARMLESS: &str = "Cannot read stored update state";
 
 /// The base poll (`GET /{tenant}/controller/v1/{controllerId}`): reads only.
 ///
@@ -475,7 +488,12 @@ pub async fn feedback(app: &App, ctx: &Ctx, action_id: i32, feedback: Feedback) 
     // comes in a progress message; its failure says only "No suitable
     // .swu image found"): kept as the running update's message, and put
     // before the failure's own words.
-    let errors: Vec<&str> = feedback.details.iter().map(|d| d.trim()).filter(|d| d.contains("ERROR")).collect();
+    let mut errors: Vec<&str> = Vec::new();
+    for line in feedback.details.iter().map(|d| d.trim()) {
+        if line.contains("ERROR") && !line.contains(HARMLESS) && !errors.contains(&line) {
+            errors.push(line);
+        }
+    }
     let note = match (feedback.execution, feedback.finished) {
         _ if state.is_final() => Note::Keep,
         (Execution::Closed, Finished::Failure) => {
@@ -667,8 +685,13 @@ mod tests {
         assert!(feedback_steps(Downloaded, false, "v", &feedback).expect("steps").is_empty(), "not released");
         feedback.progress = Some((5, 0));
         assert_eq!(feedback_steps(Downloading, true, "v", &feedback).expect("steps")[0].progress, None);
+        // All parts done: downloaded, and installing (once released).
         feedback.progress = Some((9, 4));
-        assert_eq!(feedback_steps(Downloading, true, "v", &feedback).expect("steps")[0].progress, Some(100));
+        let steps = feedback_steps(Downloading, true, "v", &feedback).expect("steps");
+        assert_eq!((names(&steps), steps[1].progress), (vec!["DOWNLOADED", "INSTALLING"], Some(100)));
+        let steps = feedback_steps(Downloading, false, "v", &feedback).expect("steps");
+        assert_eq!((names(&steps), steps[0].progress), (vec!["DOWNLOADING"], Some(100)), "not released");
+        assert_eq!(names(&feedback_steps(Installing, true, "v", &feedback).expect("steps")), ["INSTALLING"]);
     }
 
     #[test]
