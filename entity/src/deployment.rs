@@ -27,6 +27,9 @@ pub struct Model {
     pub install_quorum_percent: Option<i32>,
     /// FORCED or SOFT: the hawkBit DDI action type devices are told.
     pub action_type: String,
+    /// The maintenance window (JSON), none: installs any time.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub maintenance_window: Option<String>,
     /// Whether devices may install (always in STANDARD mode).
     pub install_released: bool,
     /// Why it ended the way it did (ABORTED, expired, cancelled).

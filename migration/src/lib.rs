@@ -28,6 +28,7 @@ mod m20261203_000017_rename_package_product_to_component;
 mod m20261203_000018_add_content_sha1;
 mod m20261203_000019_add_device_update_action_id;
 mod m20261203_000020_add_deployment_action_type;
+mod m20261204_000021_add_deployment_maintenance_window;
 
 pub struct Migrator;
 
@@ -54,6 +55,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000018_add_content_sha1::Migration),
             Box::new(m20261203_000019_add_device_update_action_id::Migration),
             Box::new(m20261203_000020_add_deployment_action_type::Migration),
+            Box::new(m20261204_000021_add_deployment_maintenance_window::Migration),
         ]
     }
 }

@@ -76,6 +76,82 @@ pub enum ActionTypeGql {
     Soft,
 }
 
+/// A day of the week.
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[graphql(name = "Weekday", rename_items = "SCREAMING_SNAKE_CASE")]
+pub enum WeekdayGql {
+    Monday,
+    Tuesday,
+    Wednesday,
+    Thursday,
+    Friday,
+    Saturday,
+    Sunday,
+}
+
+const WEEKDAYS: [WeekdayGql; 7] = [
+    WeekdayGql::Monday,
+    WeekdayGql::Tuesday,
+    WeekdayGql::Wednesday,
+    WeekdayGql::Thursday,
+    WeekdayGql::Friday,
+    WeekdayGql::Saturday,
+    WeekdayGql::Sunday,
+];
+
+/// When the devices of a deployment may start installing: from `start`
+/// (local time in `timezone`) for `durationMinutes`, every day or on the
+/// `days` named. Downloads are not held; an install under way when it
+/// closes finishes. hawkBit DDI devices see no deployment outside it;
+/// `/device/v1` devices are told it in their poll and may not start
+/// installing outside it.
+#[derive(SimpleObject, InputObject, Clone)]
+#[graphql(name = "MaintenanceWindow", input_name = "MaintenanceWindowInput")]
+pub struct MaintenanceWindowGql {
+    /// The days it opens on; none: every day.
+    #[graphql(default)]
+    days: Vec<WeekdayGql>,
+    /// When it opens, "HH:MM" local time.
+    start: String,
+    /// How long it stays open: 1 to 1440 minutes.
+    duration_minutes: i32,
+    /// An IANA time zone ("Europe/Berlin"); UTC when not given.
+    #[graphql(default_with = "String::from(\"UTC\")")]
+    timezone: String,
+}
+
+impl From<service::window::MaintenanceWindow> for MaintenanceWindowGql {
+    fn from(w: service::window::MaintenanceWindow) -> Self {
+        Self {
+            days: w.days.iter().filter_map(|d| WEEKDAYS.get(usize::from(*d).wrapping_sub(1)).copied()).collect(),
+            start: w.start,
+            duration_minutes: i32::try_from(w.duration_minutes).unwrap_or(i32::MAX),
+            timezone: w.timezone,
+        }
+    }
+}
+
+impl From<MaintenanceWindowGql> for service::window::MaintenanceWindow {
+    fn from(w: MaintenanceWindowGql) -> Self {
+        let days = w
+            .days
+            .iter()
+            .map(|d| WEEKDAYS.iter().position(|x| x == d).map_or(0, |i| u8::try_from(i + 1).unwrap_or(0)))
+            .collect();
+        Self::new(days, &w.start, u32::try_from(w.duration_minutes).unwrap_or(0), &w.timezone)
+    }
+}
+
+/// A maintenance window at this moment.
+#[derive(SimpleObject)]
+pub struct MaintenanceWindowState {
+    open: bool,
+    /// While closed: when it opens next.
+    opens_at: Option<DateTime<Utc>>,
+    /// While open: when it closes.
+    closes_at: Option<DateTime<Utc>>,
+}
+
 #[derive(SimpleObject, InputObject, Clone, Default)]
 #[graphql(input_name = "RolloutPolicyInput")]
 pub struct RolloutPolicy {
@@ -99,6 +175,8 @@ pub struct RolloutPolicy {
     /// told.
     #[graphql(default)]
     action_type: ActionTypeGql,
+    /// When devices may start installing; none: any time.
+    maintenance_window: Option<MaintenanceWindowGql>,
 }
 
 /// How many device updates are in each state.
@@ -140,6 +218,8 @@ pub struct Deployment {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
+    #[graphql(skip)]
+    window: Option<service::window::MaintenanceWindow>,
 }
 
 impl Readable for Deployment {
@@ -178,7 +258,9 @@ impl From<service::Deployment> for Deployment {
                 expires_at: r.expires_at,
                 install_quorum_percent: r.install_quorum_percent,
                 action_type: d.action_type.into(),
+                maintenance_window: d.maintenance_window.clone().map(Into::into),
             },
+            window: d.maintenance_window,
             current_phase: r.current_phase,
             install_released: r.install_released,
             reason: r.reason,
@@ -195,6 +277,13 @@ impl From<service::Deployment> for Deployment {
 
 #[ComplexObject]
 impl Deployment {
+    /// Its maintenance window now (null without one).
+    async fn maintenance_window_state(&self) -> Result<Option<MaintenanceWindowState>> {
+        let Some(window) = &self.window else { return Ok(None) };
+        let now = window.state_at(Utc::now())?;
+        Ok(Some(MaintenanceWindowState { open: now.open, opens_at: now.opens_at, closes_at: now.closes_at }))
+    }
+
     /// Its devices' updates, in release order.
     #[graphql(complexity = "first.unwrap_or(50).max(1) as usize * child_complexity")]
     async fn device_updates(
@@ -428,6 +517,7 @@ fn policy_of(policy: RolloutPolicy) -> service::Policy {
         expires_at: policy.expires_at,
         install_quorum_percent: policy.install_quorum_percent,
         action_type: policy.action_type.into(),
+        maintenance_window: policy.maintenance_window.map(Into::into),
     }
 }
 

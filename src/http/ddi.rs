@@ -210,6 +210,8 @@ struct DeploymentAnswer<'a> {
 struct DeploymentView<'a> {
     download: &'static str,
     update: &'static str,
+    #[serde(rename = "maintenanceWindow", skip_serializing_if = "Option::is_none")]
+    maintenance_window: Option<&'static str>,
     chunks: [Chunk<'a>; 1],
 }
 
@@ -293,6 +295,7 @@ fn deployment_answer<'a>(
         deployment: DeploymentView {
             download: deployment.handling,
             update: deployment.handling,
+            maintenance_window: deployment.maintenance_window,
             chunks: [Chunk {
                 part: &deployment.component,
                 version: &deployment.version,

@@ -242,8 +242,24 @@ struct UpdateView<'a> {
     action: &'static str,
     deployment_id: Uuid,
     id: Uuid,
+    /// Only when the deployment has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    maintenance_window: Option<WindowView>,
     manifest: &'a Value,
     state: &'static str,
+}
+
+/// A maintenance window as the poll tells it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WindowView {
+    /// While open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    closes_at: Option<DateTime<Utc>>,
+    open: bool,
+    /// While closed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    opens_at: Option<DateTime<Utc>>,
 }
 
 impl<'a> From<&'a UpdateOffer> for UpdateView<'a> {
@@ -252,6 +268,11 @@ impl<'a> From<&'a UpdateOffer> for UpdateView<'a> {
             action: o.action.as_str(),
             deployment_id: o.deployment_id,
             id: o.id,
+            maintenance_window: o.maintenance_window.map(|w| WindowView {
+                closes_at: w.closes_at,
+                open: w.open,
+                opens_at: w.opens_at,
+            }),
             manifest: &o.manifest,
             state: o.state.as_str(),
         }
@@ -337,11 +358,11 @@ pub async fn update_status(
     let body: StatusRequest = parse(&body, "{\"status\", \"progress\", \"version\", \"errcode\", \"message\"}")?;
     let status = body.status.ok_or_else(|| Error::invalid("status", "is required"))?;
     let report = StatusReport {
-        status: ReportStatus::parse(&status)?,
         progress: body.progress,
         version: body.version,
         errcode: body.errcode,
         message: body.message,
+        ..StatusReport::new(ReportStatus::parse(&status)?)
     };
     let update = device_api::report(&state.app, &ctx, id, report).await?;
     Ok(Json(UpdateAnswer {

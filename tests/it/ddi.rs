@@ -513,3 +513,52 @@ async fn download_only_shows_no_deployment_until_the_install_is_released_and_sof
     );
     assert!(!update_of(&app, &soft, "d01").await["actionId"].is_null());
 }
+
+/// A daily window starting `from_now` minutes from now (negative: it
+/// started that long ago), `minutes` long, in UTC.
+pub fn window_from_now(from_now: i64, minutes: i64) -> Value {
+    let start = chrono::Utc::now() + chrono::TimeDelta::minutes(from_now);
+    json!({"start": start.format("%H:%M").to_string(), "durationMinutes": minutes, "timezone": "UTC"})
+}
+
+#[tokio::test]
+async fn outside_its_maintenance_window_a_deployment_is_withheld_from_ddi_devices() {
+    let app = app().await;
+    let (package, devices) = setup(&app, 2).await;
+    // Closed: it opens in three hours.
+    let closed = apply(
+        &app,
+        json!({"package": package, "devices": ["d00"], "policy": {"maintenanceWindow": window_from_now(180, 60)}}),
+    )
+    .await;
+    let ddi = Ddi::target(&app, &devices[0].0, &devices[0].1);
+    let base = ddi.base().await;
+    assert!(base["_links"].get("deploymentBase").is_none(), "withheld: {base}");
+    assert_eq!(base["config"]["polling"]["sleep"], "00:00:02", "polled often meanwhile");
+    let action = update_of(&app, &closed, "d00").await["actionId"].as_i64().unwrap();
+    let (status, body) = ddi.get(&ddi.url(&format!("/deploymentBase/{action}"))).await;
+    assert_eq!(status, StatusCode::OK, "asked for directly, it says so: {body}");
+    assert_eq!(body["deployment"]["maintenanceWindow"], "unavailable", "{body}");
+    let state = app
+        .operator("viewer")
+        .ok(
+            "query($id: ID!) { deployment(id: $id) { maintenanceWindowState { open opensAt closesAt } } }",
+            json!({"id": closed}),
+        )
+        .await["deployment"]["maintenanceWindowState"]
+        .clone();
+    assert_eq!((&state["open"], &state["closesAt"]), (&json!(false), &Value::Null), "{state}");
+    assert!(state["opensAt"].is_string(), "{state}");
+
+    // Open: it started half an hour ago.
+    let open = apply(
+        &app,
+        json!({"package": package, "devices": ["d01"], "policy": {"maintenanceWindow": window_from_now(-30, 120)}}),
+    )
+    .await;
+    let ddi = Ddi::target(&app, &devices[1].0, &devices[1].1);
+    let link = href(&ddi.base().await["_links"]["deploymentBase"]).to_owned();
+    let (_, body) = ddi.get(&link).await;
+    assert_eq!(body["deployment"]["maintenanceWindow"], "available", "{body}");
+    assert!(!update_of(&app, &open, "d01").await["actionId"].is_null());
+}

@@ -1360,3 +1360,90 @@ async fn one_devices_update_is_cancelled_alone_and_its_device_acknowledges() {
     assert_eq!(event["details"]["state_before"], "RELEASED", "{audit}");
     assert_eq!(event["actor"], json!({"kind": "user", "id": "deployment_manager-user"}), "{audit}");
 }
+
+#[tokio::test]
+async fn a_device_is_told_the_maintenance_window_and_installs_only_inside_it() {
+    use crate::ddi::window_from_now;
+    let app = app().await;
+    let (fleet, sims) = fleet(&app, 2).await;
+    // Weekly on every day but with a zone, closed now: the policy reads back as given.
+    let window =
+        json!({"days": ["SATURDAY", "MONDAY"], "start": "03:15", "durationMinutes": 90, "timezone": "Europe/Berlin"});
+    let out =
+        apply(&app, json!({"package": fleet.package, "devices": ["d00"], "policy": {"maintenanceWindow": window}}))
+            .await;
+    let read = app
+        .operator("viewer")
+        .ok("query($id: ID!) { deployment(id: $id) { policy { maintenanceWindow { days start durationMinutes timezone } } } }", json!({"id": out["deployment"]["id"]}))
+        .await;
+    assert_eq!(
+        read["deployment"]["policy"]["maintenanceWindow"],
+        json!({"days": ["MONDAY", "SATURDAY"], "start": "03:15", "durationMinutes": 90, "timezone": "Europe/Berlin"}),
+        "{read}"
+    );
+    let events = app
+        .operator("auditor")
+        .ok("query($id: String) { auditEvents(filter: {objectId: $id, action: \"deployment.create\"}) { edges { node { details } } } }", json!({"id": out["deployment"]["id"]}))
+        .await;
+    assert_eq!(
+        events["auditEvents"]["edges"][0]["node"]["details"]["policy"]["maintenance_window"]["timezone"],
+        "Europe/Berlin"
+    );
+    app.operator("deployment_manager")
+        .ok(
+            "mutation($id: ID!) { cancelDeployment(input: {id: $id}) { deployment { id } } }",
+            json!({"id": out["deployment"]["id"]}),
+        )
+        .await;
+    sims[0].report_ok(&sims[0].update().await, json!({"status": "CANCELLED"})).await;
+
+    // Closed now (it opens in three hours): downloads go on, the install waits.
+    let closed = apply(&app, json!({"package": fleet.package, "devices": ["d00"], "policy": {"maintenanceWindow": window_from_now(180, 60)}})).await;
+    let (_, etag, body) = sims[0].poll_with(None, None).await;
+    let update = body["update"].clone();
+    assert_eq!(update["deploymentId"], closed["deployment"]["id"]);
+    assert_eq!(update["maintenanceWindow"]["open"], false, "{update}");
+    assert!(
+        update["maintenanceWindow"]["opensAt"].is_string() && update["maintenanceWindow"].get("closesAt").is_none(),
+        "{update}"
+    );
+    for status in ["ACKNOWLEDGED", "DOWNLOADING", "DOWNLOADED"] {
+        sims[0].report_ok(&update, json!({"status": status})).await;
+    }
+    for status in ["INSTALLING", "INSTALLED_VERSION"] {
+        let (code, body) = sims[0].report(&update, json!({"status": status, "version": "2.0.0"})).await;
+        assert_eq!(code, StatusCode::CONFLICT, "{status}: {body}");
+        assert!(body.to_string().contains("maintenance window"), "{body}");
+    }
+    assert!(etag.is_some());
+
+    // Open now: told so, with when it closes, and the install goes through.
+    let open = apply(&app, json!({"package": fleet.package, "devices": ["d01"], "policy": {"maintenanceWindow": window_from_now(-30, 120)}})).await;
+    let update = sims[1].update().await;
+    assert_eq!(update["deploymentId"], open["deployment"]["id"]);
+    assert_eq!(update["maintenanceWindow"]["open"], true, "{update}");
+    assert!(update["maintenanceWindow"]["closesAt"].is_string(), "{update}");
+    sims[1].install("2.0.0").await;
+
+    // A bad window is refused before anything is written, naming the field.
+    let before = crate::support::count_rows(app.db(), "deployment").await;
+    for (window, field) in [
+        (json!({"start": "25:00", "durationMinutes": 60}), "policy.maintenanceWindow.start"),
+        (json!({"start": "01:00", "durationMinutes": 0}), "policy.maintenanceWindow.durationMinutes"),
+        (
+            json!({"start": "01:00", "durationMinutes": 60, "timezone": "Moon/Base"}),
+            "policy.maintenanceWindow.timezone",
+        ),
+    ] {
+        let body = app
+            .operator("deployment_manager")
+            .gql(
+                APPLY,
+                json!({"i": {"package": fleet.package, "devices": ["d01"], "policy": {"maintenanceWindow": window}}}),
+            )
+            .await;
+        assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], field, "{body}");
+    }
+    assert_eq!(crate::support::count_rows(app.db(), "deployment").await, before);
+}

@@ -65,6 +65,9 @@ fn validate_policy(policy: &mut Policy, mode: Mode) -> Result<()> {
             return Err(Error::invalid("policy.expiresAt", "must be after startAt"));
         }
     }
+    if let Some(window) = policy.maintenance_window.as_mut() {
+        window.validate()?;
+    }
     Ok(())
 }
 
@@ -133,6 +136,7 @@ async fn apply_in(
         expires_at: Set(input.policy.expires_at),
         install_quorum_percent: Set(input.policy.install_quorum_percent),
         action_type: Set(input.policy.action_type.as_str().to_owned()),
+        maintenance_window: Set(input.policy.maintenance_window.as_ref().map(|w| json!(w).to_string())),
         install_released: Set(input.mode == Mode::Standard),
         reason: Set(None),
         reconcile_job_id: Set(None),
@@ -160,6 +164,7 @@ async fn apply_in(
                 "start_at": input.policy.start_at, "expires_at": input.policy.expires_at,
                 "install_quorum_percent": input.policy.install_quorum_percent,
                 "action_type": input.policy.action_type.as_str(),
+                "maintenance_window": input.policy.maintenance_window,
             },
         }),
     )

@@ -24,6 +24,7 @@
 mod actions;
 mod create;
 pub(crate) mod reconcile;
+pub mod window;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -121,6 +122,8 @@ pub struct Policy {
     /// How the update is offered to hawkBit DDI devices: FORCED (install
     /// at once) or SOFT (the device may ask its user first).
     pub action_type: ActionType,
+    /// When devices may start installing (`window.rs`); none: any time.
+    pub maintenance_window: Option<window::MaintenanceWindow>,
 }
 
 #[derive(Clone, Debug)]
@@ -147,6 +150,7 @@ pub struct Deployment {
     pub state: DeploymentState,
     pub mode: Mode,
     pub action_type: ActionType,
+    pub maintenance_window: Option<window::MaintenanceWindow>,
     pub phases: Vec<i32>,
     pub counts: BTreeMap<UpdateState, u64>,
 }
@@ -201,6 +205,7 @@ async fn attach(conn: &impl ConnectionTrait, rows: Vec<deployment::Model>) -> Re
             state: DeploymentState::parse(&row.state)?,
             mode: Mode::parse(&row.mode)?,
             action_type: ActionType::parse(&row.action_type)?,
+            maintenance_window: window::MaintenanceWindow::from_stored(row.maintenance_window.as_deref())?,
             phases: parse_phases(&row.phases),
             counts: all.remove(&row.id).unwrap_or_default(),
             row,

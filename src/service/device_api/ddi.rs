@@ -31,6 +31,7 @@ use crate::app::App;
 use crate::auth::Ctx;
 use crate::error::{Error, ResourceKind, Result};
 use crate::service::content::DownloadAccess;
+use crate::service::deployment::window::{MaintenanceWindow, WindowState};
 use crate::service::deployment::{ActionType, UpdateState};
 use crate::service::device::Inventory;
 use crate::service::device_cache::DdiFacts;
@@ -68,6 +69,9 @@ pub struct Deployment {
     pub update_id: Uuid,
     /// `forced`, or `attempt` for a SOFT action type.
     pub handling: &'static str,
+    /// `available` or `unavailable` when the deployment has a maintenance
+    /// window (clients that read it wait for `available`).
+    pub maintenance_window: Option<&'static str>,
     /// The package: `part` is its component.
     pub package_id: Uuid,
     pub component: String,
@@ -307,6 +311,11 @@ fn deployable(update: &device_update::Model, deployment: &deployment::Model) -> 
     Ok(UpdateState::parse(&update.state)?.in_flight() && deployment.install_released)
 }
 
+/// The deployment's maintenance window at `now`, if it has one.
+fn window_of(deployment: &deployment::Model, now: chrono::DateTime<chrono::Utc>) -> Result<Option<WindowState>> {
+    MaintenanceWindow::from_stored(deployment.maintenance_window.as_deref())?.map(|w| w.state_at(now)).transpose()
+}
+
 /// An error swupdate logs at every start when its bootloader interface
 /// keeps no state (Debian's default, `none`): not a reason for anything.
 const HARMLESS: &str = "Cannot read stored update state";
@@ -355,7 +364,7 @@ pub async fn base(app: &App, ctx: &Ctx) -> Result<Base> {
     if let Some((update, deployment)) = &current {
         if update.state == UpdateState::Cancelled.as_str() {
             answer.action = Some(BaseAction::Cancel { action_id: update.action_id });
-        } else if deployable(update, deployment)? {
+        } else if deployable(update, deployment)? && window_of(deployment, chrono::Utc::now())?.is_none_or(|w| w.open) {
             let window = crate::service::device_download::window(
                 update.id,
                 app.config.devices.download_url_ttl,
@@ -409,10 +418,13 @@ async fn describe(app: &App, update: &device_update::Model, deployment: &deploym
         ActionType::Forced => "forced",
         ActionType::Soft => "attempt",
     };
+    let maintenance_window =
+        window_of(deployment, chrono::Utc::now())?.map(|w| if w.open { "available" } else { "unavailable" });
     Ok(Deployment {
         action_id: update.action_id,
         update_id: update.id,
         handling,
+        maintenance_window,
         package_id: package.model.id,
         component: package.model.component.clone(),
         name: package.model.name.clone(),

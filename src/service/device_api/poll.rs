@@ -17,6 +17,7 @@ use crate::app::{App, Event};
 use crate::auth::Ctx;
 use crate::error::{Error, ResourceKind, Result};
 use crate::service::deployment::UpdateState;
+use crate::service::deployment::window::{MaintenanceWindow, WindowState};
 
 /// The ETag of "nothing pending".
 pub const IDLE_ETAG: &str = "\"idle\"";
@@ -55,6 +56,9 @@ pub struct UpdateOffer {
     /// `{name, url, length, sha256, md5}` and the signature); its file URLs
     /// need no credential until they expire.
     pub manifest: Value,
+    /// The deployment's maintenance window now, when it has one: the
+    /// device may start installing only while it is open.
+    pub maintenance_window: Option<WindowState>,
 }
 
 /// One file of an offered update, as its manifest lists it.
@@ -197,7 +201,11 @@ pub async fn poll(app: &App, ctx: &Ctx, if_none_match: Option<&str>, fresh: bool
     let mut tag = String::new();
     let mut action = None;
     let mut urls = None;
+    let mut window_state = None;
     if let Some((update, deployment)) = &current {
+        window_state = MaintenanceWindow::from_stored(deployment.maintenance_window.as_deref())?
+            .map(|w| w.state_at(Utc::now()))
+            .transpose()?;
         let a = action_of(update, deployment)?;
         let row = crate::service::device_download::device_row(app, device.id)
             .await?
@@ -213,6 +221,9 @@ pub async fn poll(app: &App, ctx: &Ctx, if_none_match: Option<&str>, fresh: bool
             window.exp.timestamp(),
             row.credential_hash
         );
+        if let Some(state) = &window_state {
+            tag.push_str(if state.open { ":window-open" } else { ":window-closed" });
+        }
         action = Some(a);
         urls = Some((window, row));
     }
@@ -220,7 +231,12 @@ pub async fn poll(app: &App, ctx: &Ctx, if_none_match: Option<&str>, fresh: bool
         tag.push_str(&format!("|{}", command.id));
     }
     let etag = format!("\"{}\"", &hex::encode(Sha256::digest(tag))[..32]);
-    let renew_at = urls.as_ref().map(|(window, _)| window.renew_at);
+    // The answer changes when the URLs are renewed or the window opens or
+    // closes: a long poll answers then.
+    let renew_at = [urls.as_ref().map(|(window, _)| window.renew_at), window_state.and_then(|w| w.changes_at())]
+        .into_iter()
+        .flatten()
+        .min();
     if if_none_match == Some(etag.as_str()) {
         return Ok(Poll { renew_at, ..Poll::etag_only(etag) });
     }
@@ -242,6 +258,7 @@ pub async fn poll(app: &App, ctx: &Ctx, if_none_match: Option<&str>, fresh: bool
                 package_name: package.model.name.clone(),
                 version: package.model.version.clone(),
                 manifest,
+                maintenance_window: window_state,
             })
         }
         _ => None,

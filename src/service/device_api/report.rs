@@ -18,6 +18,7 @@ use crate::auth::Ctx;
 use crate::error::{Error, ResourceKind, Result};
 use crate::service::WriteTx;
 use crate::service::deployment::reconcile::wake_soon;
+use crate::service::deployment::window::MaintenanceWindow;
 use crate::service::deployment::{UpdateState, find_update};
 
 /// What a device says of its update.
@@ -81,11 +82,15 @@ pub struct StatusReport {
     pub version: Option<String>,
     pub errcode: Option<String>,
     pub message: Option<String>,
+    /// Refuse to start installing outside the deployment's maintenance
+    /// window (a device asking for it: `/device/v1`). Off for steps a
+    /// protocol fills in for a device that installed already.
+    pub honour_window: bool,
 }
 
 impl StatusReport {
     pub fn new(status: ReportStatus) -> Self {
-        Self { status, progress: None, version: None, errcode: None, message: None }
+        Self { status, progress: None, version: None, errcode: None, message: None, honour_window: false }
     }
 }
 
@@ -102,6 +107,7 @@ pub(super) struct Applied {
 /// the device's rate limit, one transaction.
 pub async fn report(app: &App, ctx: &Ctx, update_id: Uuid, report: StatusReport) -> Result<device_update::Model> {
     app.rate_limits.device_write(ctx.require_device()?.id)?;
+    let report = StatusReport { honour_window: true, ..report };
     report_steps(app, ctx, update_id, vec![report]).await
 }
 
@@ -221,6 +227,20 @@ pub(super) async fn apply_in(
             deployment.mode
         ))
     };
+    if report.honour_window
+        && from == Downloaded
+        && deployment.install_released
+        && matches!(report.status, ReportStatus::Installing | ReportStatus::InstalledVersion)
+        && let Some(window) = MaintenanceWindow::from_stored(deployment.maintenance_window.as_deref())?
+    {
+        let state = window.state_at(now)?;
+        if !state.open {
+            let opens = state.opens_at.map_or_else(|| "never".to_owned(), |at| at.to_rfc3339());
+            return Err(Error::InvalidState(format!(
+                "update {update_id}: outside the deployment's maintenance window; it opens at {opens}"
+            )));
+        }
+    }
     let mut message = report.message.clone();
     // The package, once read (for INSTALLED_VERSION).
     let mut installed_package = None;
