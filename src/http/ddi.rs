@@ -293,8 +293,8 @@ fn deployment_answer<'a>(
     Ok(DeploymentAnswer {
         id: deployment.action_id.to_string(),
         deployment: DeploymentView {
-            download: deployment.handling,
-            update: deployment.handling,
+            download: deployment.download,
+            update: deployment.update,
             maintenance_window: deployment.maintenance_window,
             chunks: [Chunk {
                 part: &deployment.component,

@@ -562,3 +562,42 @@ async fn outside_its_maintenance_window_a_deployment_is_withheld_from_ddi_device
     assert_eq!(body["deployment"]["maintenanceWindow"], "available", "{body}");
     assert!(!update_of(&app, &open, "d01").await["actionId"].is_null());
 }
+
+#[tokio::test]
+async fn a_device_that_declares_download_only_downloads_a_held_install_and_installs_once_released() {
+    let app = app().await;
+    let (package, devices) = setup(&app, 2).await;
+    let held = apply(&app, json!({"package": package, "devices": ["d00", "d01"], "mode": "DOWNLOAD_ONLY"})).await;
+    let able = Ddi::target(&app, &devices[0].0, &devices[0].1);
+    let stock = Ddi::target(&app, &devices[1].0, &devices[1].1);
+    assert_eq!(able.put_config(&json!({"data": {"download_only": "true"}})).await.0, StatusCode::OK);
+    assert_eq!(stock.put_config(&json!({"data": {"hwRevision": "1"}})).await.0, StatusCode::OK);
+
+    // Only the device that declared it sees the held install, as `skip`.
+    assert!(stock.base().await["_links"].get("deploymentBase").is_none());
+    let link = href(&able.base().await["_links"]["deploymentBase"]).to_owned();
+    let (_, body) = able.get(&link).await;
+    assert_eq!((&body["deployment"]["download"], &body["deployment"]["update"]), (&json!("forced"), &json!("skip")));
+    let action = body["id"].as_str().unwrap().parse::<i64>().unwrap();
+    let downloaded =
+        json!({"id": action, "status": {"execution": "downloaded", "result": {"finished": "none"}, "details": []}});
+    assert_eq!(able.feedback(action, downloaded.to_string().as_bytes()).await.0, StatusCode::OK);
+    assert_eq!(update_of(&app, &held, "d00").await["state"], "DOWNLOADED");
+    assert!(able.base().await["_links"].get("deploymentBase").is_none(), "nothing to do until the release");
+
+    app.operator("deployment_manager")
+        .ok(
+            "mutation($id: ID!) { releaseInstall(input: {id: $id}) { deployment { installReleased } } }",
+            json!({"id": held}),
+        )
+        .await;
+    let link = href(&able.base().await["_links"]["deploymentBase"]).to_owned();
+    let (_, body) = able.get(&link).await;
+    assert_eq!(body["deployment"]["update"], "forced", "{body}");
+    let closed = swupdate_feedback(action, "closed", "success", 0, 0, "Update Installed.");
+    assert_eq!(able.feedback(action, &closed).await.0, StatusCode::OK);
+    assert_eq!(update_of(&app, &held, "d00").await["state"], "INSTALLED");
+    // The stock device gets it now, forced.
+    let link = href(&stock.base().await["_links"]["deploymentBase"]).to_owned();
+    assert_eq!(stock.get(&link).await.1["deployment"]["update"], "forced");
+}

@@ -67,8 +67,10 @@ pub struct Deployment {
     pub action_id: i32,
     /// The device update's id.
     pub update_id: Uuid,
-    /// `forced`, or `attempt` for a SOFT action type.
-    pub handling: &'static str,
+    /// `deployment.download`: `forced`, or `attempt` for a SOFT action type.
+    pub download: &'static str,
+    /// `deployment.update`: the same, or `skip` while the install is held.
+    pub update: &'static str,
     /// `available` or `unavailable` when the deployment has a maintenance
     /// window (clients that read it wait for `available`).
     pub maintenance_window: Option<&'static str>,
@@ -267,6 +269,13 @@ pub fn feedback_steps(
         Execution::Closed if feedback.finished == Finished::Failure => {
             steps.push(failed(None, feedback.message().or_else(|| Some("the device reported a failure".into()))));
         }
+        // The install is held: a client closing a `skip` action ("Skipped
+        // Update.") has done what it was offered, the download.
+        Execution::Closed if !install_released => {
+            if matches!(state, Released | Acknowledged | Downloading) {
+                steps.push(StatusReport::new(ReportStatus::Downloaded));
+            }
+        }
         Execution::Closed => {
             if matches!(state, Released | Acknowledged | Downloading) {
                 steps.push(StatusReport::new(ReportStatus::Downloaded));
@@ -306,9 +315,36 @@ fn link_etag(update: &device_update::Model, window_exp: i64) -> i32 {
 }
 
 /// Whether a DDI device is shown `update` as a deploymentBase: in flight,
-/// with its install released (see the module doc).
-fn deployable(update: &device_update::Model, deployment: &deployment::Model) -> Result<bool> {
-    Ok(UpdateState::parse(&update.state)?.in_flight() && deployment.install_released)
+/// with its install released, or not downloaded yet by a device that
+/// declared it can download without installing (see the module doc).
+fn deployable(update: &device_update::Model, deployment: &deployment::Model, download_only: bool) -> Result<bool> {
+    let state = UpdateState::parse(&update.state)?;
+    Ok(state.in_flight()
+        && (deployment.install_released
+            || (download_only
+                && matches!(state, UpdateState::Released | UpdateState::Acknowledged | UpdateState::Downloading))))
+}
+
+/// The configData attribute with which a device declares that it can
+/// download without installing (`"true"`): it is then offered a held
+/// install as `update: skip`, and its `downloaded` feedback counts.
+pub const DOWNLOAD_ONLY_ATTRIBUTE: &str = "download_only";
+
+/// Whether `device` declared [`DOWNLOAD_ONLY_ATTRIBUTE`] (read only when
+/// an install is held: the rare case).
+async fn declares_download_only(app: &App, device: Uuid, deployment: &deployment::Model) -> Result<bool> {
+    if deployment.install_released {
+        return Ok(false);
+    }
+    let value: Option<String> = device_reported_attribute::Entity::find()
+        .select_only()
+        .column(device_reported_attribute::Column::Value)
+        .filter(device_reported_attribute::Column::DeviceId.eq(device))
+        .filter(device_reported_attribute::Column::Key.eq(DOWNLOAD_ONLY_ATTRIBUTE))
+        .into_tuple()
+        .one(&app.db)
+        .await?;
+    Ok(value.is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "yes" | "1")))
 }
 
 /// The deployment's maintenance window at `now`, if it has one.
@@ -364,7 +400,10 @@ pub async fn base(app: &App, ctx: &Ctx) -> Result<Base> {
     if let Some((update, deployment)) = &current {
         if update.state == UpdateState::Cancelled.as_str() {
             answer.action = Some(BaseAction::Cancel { action_id: update.action_id });
-        } else if deployable(update, deployment)? && window_of(deployment, chrono::Utc::now())?.is_none_or(|w| w.open) {
+        } else if deployable(update, deployment, declares_download_only(app, device.id, deployment).await?)?
+            // A window holds installs, not a download without one.
+            && (!deployment.install_released || window_of(deployment, chrono::Utc::now())?.is_none_or(|w| w.open))
+        {
             let window = crate::service::device_download::window(
                 update.id,
                 app.config.devices.download_url_ttl,
@@ -418,12 +457,16 @@ async fn describe(app: &App, update: &device_update::Model, deployment: &deploym
         ActionType::Forced => "forced",
         ActionType::Soft => "attempt",
     };
+    // A held install (only a device that declared download-only support
+    // sees one): download, do not install.
+    let update_handling = if deployment.install_released { handling } else { "skip" };
     let maintenance_window =
         window_of(deployment, chrono::Utc::now())?.map(|w| if w.open { "available" } else { "unavailable" });
     Ok(Deployment {
         action_id: update.action_id,
         update_id: update.id,
-        handling,
+        download: handling,
+        update: update_handling,
         maintenance_window,
         package_id: package.model.id,
         component: package.model.component.clone(),
@@ -439,7 +482,7 @@ async fn describe(app: &App, update: &device_update::Model, deployment: &deploym
 pub async fn deployment_base(app: &App, ctx: &Ctx, action_id: i32) -> Result<Deployment> {
     let device = ctx.require_device()?;
     let (mut update, deployment) = find_action(&app.db, device.id, action_id).await?;
-    if !deployable(&update, &deployment)? {
+    if !deployable(&update, &deployment, declares_download_only(app, device.id, &deployment).await?)? {
         return Err(Error::not_found(ResourceKind::UpdateInProgress, action_id.to_string()));
     }
     if update.state == UpdateState::Released.as_str() {
@@ -683,6 +726,17 @@ mod tests {
         // `none` closes as hawkBit takes it: finished.
         let steps = feedback_steps(Released, true, "2.0.0", &said(Execution::Closed, Finished::None)).expect("steps");
         assert_eq!(names(&steps).last(), Some(&"INSTALLED_VERSION"));
+    }
+
+    #[test]
+    fn closing_a_held_install_is_a_download_not_an_install() {
+        use UpdateState::*;
+        let skipped =
+            Feedback { details: vec!["Skipped Update.".into()], ..said(Execution::Closed, Finished::Success) };
+        assert_eq!(names(&feedback_steps(Acknowledged, false, "v", &skipped).expect("steps")), ["DOWNLOADED"]);
+        assert!(feedback_steps(Downloaded, false, "v", &skipped).expect("steps").is_empty());
+        let failed = said(Execution::Closed, Finished::Failure);
+        assert_eq!(names(&feedback_steps(Downloading, false, "v", &failed).expect("steps")), ["FAILED"]);
     }
 
     #[test]
