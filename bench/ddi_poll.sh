@@ -24,7 +24,7 @@ work=$(mktemp -d /tmp/otadepot-bench-ddi.XXXXXX)
 . bench/fleet.sh
 bare=""
 cleanup() {
-  [ -n "$bare" ] && kill "$bare" 2>/dev/null && wait "$bare" 2>/dev/null
+  [ -n "$bare" ] && kill "$bare" 2>/dev/null && wait "$bare" 2>/dev/null || true
   bench_cleanup
 }
 trap cleanup EXIT
