@@ -437,28 +437,39 @@ fn ok() -> Response {
 /// `POST …/deploymentBase/{actionId}/feedback`.
 pub async fn deployment_feedback(
     State(state): State<HttpState>,
-    Path((tenant, cid, action)): Path<(String, String, String)>,
+    Path(path): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    let ctx = caller(&state, &headers, &tenant, &cid).await?;
-    let action = action_id(&action)?;
-    let feedback = parse_feedback(&body)?;
-    ddi::feedback(&state.app, &ctx, action, feedback).await?;
-    Ok(ok())
+    feedback(&state, path, &headers, &body, false).await
 }
 
 /// `POST …/cancelAction/{actionId}/feedback`.
 pub async fn cancel_feedback(
     State(state): State<HttpState>,
-    Path((tenant, cid, action)): Path<(String, String, String)>,
+    Path(path): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    let ctx = caller(&state, &headers, &tenant, &cid).await?;
+    feedback(&state, path, &headers, &body, true).await
+}
+
+/// A feedback on the action (`cancel`: on its cancel).
+async fn feedback(
+    state: &HttpState,
+    (tenant, cid, action): (String, String, String),
+    headers: &HeaderMap,
+    body: &[u8],
+    cancel: bool,
+) -> Result<Response> {
+    let ctx = caller(state, headers, &tenant, &cid).await?;
     let action = action_id(&action)?;
-    let feedback = parse_feedback(&body)?;
-    ddi::cancel_feedback(&state.app, &ctx, action, feedback).await?;
+    let feedback = parse_feedback(body)?;
+    if cancel {
+        ddi::cancel_feedback(&state.app, &ctx, action, feedback).await?;
+    } else {
+        ddi::feedback(&state.app, &ctx, action, feedback).await?;
+    }
     Ok(ok())
 }
 

@@ -706,7 +706,9 @@ fn type_area(name: &str) -> Option<Option<&'static str>> {
         | "DeviceUpdateEdge"
         | "RolloutPolicy"
         | "UpdateCounts"
-        | "DeploymentProgress" => Some("DEPLOYMENT_READ"),
+        | "DeploymentProgress"
+        | "MaintenanceWindow"
+        | "MaintenanceWindowState" => Some("DEPLOYMENT_READ"),
         "Command" | "CommandConnection" | "CommandEdge" | "CommandBatch" | "CommandCounts" | "CommandBatchUpdate" => {
             Some("COMMAND_READ")
         }

@@ -297,24 +297,71 @@ async fn the_update(app: &TestApp, deployment: &Value) -> Value {
     body["deployment"]["deviceUpdates"]["edges"][0]["node"].clone()
 }
 
+/// A test's update: a `.swu` of `len` bytes of payload (seeded by `seed`)
+/// installing to `target`, scanned, promoted and packaged, `n` devices,
+/// and the package applied to device `to`.
+struct Scenario {
+    dir: PathBuf,
+    target: PathBuf,
+    payload: Vec<u8>,
+    devices: Vec<(String, String)>,
+    deployment: Value,
+}
+
+impl Scenario {
+    /// The payload is never tiny: with a `.swu` of a few KB, swupdate
+    /// 2022.12's suricatta may take the install as done before its
+    /// installer even started (it then runs the post-update command and
+    /// logs a HASH mismatch after).
+    async fn new(app: &TestApp, len: u32, seed: u32, n: usize, to: usize, bad_sha256: bool) -> Self {
+        assert!(len >= 100_000, "see the doc");
+        let dir = app.dir.path().join("sw");
+        let payload: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(seed) >> 24) as u8).collect();
+        let target = dir.join("installed/app.bin");
+        let devices = devices(app, n).await;
+        let package = package_swu(app, &dir, &payload, &target, bad_sha256).await;
+        let deployment = apply(app, &package, &devices[to].0).await;
+        Self { dir, target, payload, devices, deployment }
+    }
+
+    fn sha256(&self) -> String {
+        hex::encode(sha2::Sha256::digest(&self.payload))
+    }
+
+    /// [`run_suricatta`] for device `i` with its own token, against `base`.
+    async fn run(&self, base: &str, i: usize, expect: bool) -> Run {
+        let (cid, secret) = &self.devices[i];
+        let sha256 = self.sha256();
+        run_suricatta(
+            base,
+            &self.dir.join("dev"),
+            &self.dir.join("keys"),
+            cid,
+            secret,
+            false,
+            expect.then_some(sha256.as_str()),
+        )
+        .await
+    }
+}
+
 #[tokio::test]
 async fn stock_swupdate_installs_a_scanned_swu_and_otadepot_records_it() {
     let Some(app) = app().await else { return };
-    let dir = app.dir.path().join("sw");
-    let payload: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
-    let target = dir.join("installed/app.bin");
-    let devices = devices(&app, 1).await;
-    let package = package_swu(&app, &dir, &payload, &target, false).await;
-    let (cid, secret) = &devices[0];
-    let deployment = apply(&app, &package, cid).await;
+    let it = Scenario::new(&app, 300_000, 2_654_435_761, 1, 0, false).await;
+    let (cid, deployment) = (&it.devices[0].0, &it.deployment);
 
-    let sha256 = hex::encode(sha2::Sha256::digest(&payload));
-    let run = run_suricatta(&app.base, &dir.join("dev"), &dir.join("keys"), cid, secret, false, Some(&sha256)).await;
+    let run = it.run(&app.base, 0, true).await;
     assert!(run.success, "{}", run.output);
-    assert_eq!(run.last_line, format!("swupdate: installed {} sha256={sha256}", target.display()), "{}", run.output);
-    assert_eq!(std::fs::read(&target).unwrap(), payload);
+    assert_eq!(
+        run.last_line,
+        format!("swupdate: installed {} sha256={}", it.target.display(), it.sha256()),
+        "{}",
+        run.output
+    );
+    assert_eq!(std::fs::read(&it.target).unwrap(), it.payload);
 
-    let update = the_update(&app, &deployment).await;
+    let update = the_update(&app, deployment).await;
     assert_eq!((&update["state"], &update["progress"]), (&json!("INSTALLED"), &json!(100)), "{update}\n{}", run.output);
     // The deployment completes (the reconciler runs as a job).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -331,7 +378,7 @@ async fn stock_swupdate_installs_a_scanned_swu_and_otadepot_records_it() {
         .await["deviceByEndpointId"]
         .clone();
     assert_eq!(device["installed"], json!([{"component": "firmware", "version": "1.0.0"}]), "{device}");
-    assert_eq!(device["installations"][0]["deploymentId"], deployment, "{device}");
+    assert_eq!(device["installations"][0]["deploymentId"], *deployment, "{device}");
     assert_eq!(
         device["reportedAttributes"],
         json!([{"key": "swupdate_test", "value": "1"}]),
@@ -341,7 +388,7 @@ async fn stock_swupdate_installs_a_scanned_swu_and_otadepot_records_it() {
         .operator("auditor")
         .ok(
             "query($id: String) { auditEvents(filter: {objectId: $id}) { edges { node { action } } } }",
-            json!({"id": update_id(&app, &deployment).await}),
+            json!({"id": update_id(&app, deployment).await}),
         )
         .await;
     let actions: Vec<&str> =
@@ -363,21 +410,12 @@ async fn update_id(app: &TestApp, deployment: &Value) -> String {
 #[tokio::test]
 async fn a_payload_whose_sha256_does_not_match_fails_with_swupdates_message() {
     let Some(app) = app().await else { return };
-    let dir = app.dir.path().join("sw");
-    let target = dir.join("installed/app.bin");
-    let devices = devices(&app, 1).await;
-    // Not a tiny one: with a .swu of a few KB, swupdate 2022.12's suricatta
-    // may take the install as done before its installer even started (it
-    // then runs the post-update command and logs the HASH mismatch after).
-    let payload: Vec<u8> = (0..400_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 20) as u8).collect();
-    let package = package_swu(&app, &dir, &payload, &target, true).await;
-    let (cid, secret) = &devices[0];
-    let deployment = apply(&app, &package, cid).await;
+    let it = Scenario::new(&app, 400_000, 2_654_435_761, 1, 0, true).await;
 
-    let run = run_suricatta(&app.base, &dir.join("dev"), &dir.join("keys"), cid, secret, false, None).await;
+    let run = it.run(&app.base, 0, false).await;
     assert!(!run.success, "{}", run.output);
     assert!(run.last_line.starts_with("swupdate: failed install of action"), "{}", run.output);
-    let update = the_update(&app, &deployment).await;
+    let update = the_update(&app, &it.deployment).await;
     assert_eq!(update["state"], "FAILED", "{update}\n{}", run.output);
     // swupdate's own words: the check that failed, and its verdict.
     let message = update["message"].as_str().unwrap_or_default();
@@ -392,13 +430,8 @@ async fn a_payload_whose_sha256_does_not_match_fails_with_swupdates_message() {
 #[tokio::test]
 async fn a_gateway_updates_its_sub_device_with_a_gateway_token() {
     let Some(app) = app().await else { return };
-    let dir = app.dir.path().join("sw");
-    // Not a tiny one (see the failure test above).
-    let payload: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(1_597_334_677) >> 24) as u8).collect();
-    let target = dir.join("installed/sub.bin");
-    let devices = devices(&app, 2).await;
-    let package = package_swu(&app, &dir, &payload, &target, false).await;
-    let ((gateway, gateway_secret), (sub, _)) = (&devices[0], &devices[1]);
+    let it = Scenario::new(&app, 300_000, 1_597_334_677, 2, 1, false).await;
+    let ((gateway, gateway_secret), (sub, _)) = (&it.devices[0], &it.devices[1]);
     let admin = app.operator("admin");
     let sub_id = admin.ok("query($e: String!) { deviceByEndpointId(endpointId: $e) { id } }", json!({"e": sub})).await
         ["deviceByEndpointId"]["id"]
@@ -409,13 +442,12 @@ async fn a_gateway_updates_its_sub_device_with_a_gateway_token() {
             json!({"d": sub_id, "g": gateway}),
         )
         .await;
-    let deployment = apply(&app, &package, sub).await;
 
-    let sha256 = hex::encode(sha2::Sha256::digest(&payload));
-    let run =
-        run_suricatta(&app.base, &dir.join("dev"), &dir.join("keys"), sub, gateway_secret, true, Some(&sha256)).await;
+    let sha256 = it.sha256();
+    let (work, keys) = (it.dir.join("dev"), it.dir.join("keys"));
+    let run = run_suricatta(&app.base, &work, &keys, sub, gateway_secret, true, Some(&sha256)).await;
     assert!(run.success, "{}", run.output);
-    assert_eq!(the_update(&app, &deployment).await["state"], "INSTALLED");
+    assert_eq!(the_update(&app, &it.deployment).await["state"], "INSTALLED");
 }
 
 #[tokio::test]
@@ -423,23 +455,16 @@ async fn a_dropped_download_is_resumed_with_a_range_request() {
     // The first answer past 200 KB (the .swu's download) is cut off there.
     let mut proxy = Proxy::bind(None, 200 * 1024).await;
     let Some(app) = app_behind(&mut proxy).await else { return };
-    let dir = app.dir.path().join("sw");
-    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i.wrapping_mul(2_246_822_519) >> 24) as u8).collect();
-    let target = dir.join("installed/app.bin");
-    let devices = devices(&app, 1).await;
-    let package = package_swu(&app, &dir, &payload, &target, false).await;
-    let (cid, secret) = &devices[0];
-    let deployment = apply(&app, &package, cid).await;
+    let it = Scenario::new(&app, 1_000_000, 2_246_822_519, 1, 0, false).await;
 
-    let sha256 = hex::encode(sha2::Sha256::digest(&payload));
-    let run = run_suricatta(&proxy.url, &dir.join("dev"), &dir.join("keys"), cid, secret, false, Some(&sha256)).await;
+    let run = it.run(&proxy.url, 0, true).await;
     assert!(run.success, "{}", run.output);
-    assert_eq!(std::fs::read(&target).unwrap(), payload, "whole after the resume");
+    assert_eq!(std::fs::read(&it.target).unwrap(), it.payload, "whole after the resume");
     assert_eq!(proxy.link.cut_at.load(Ordering::Acquire), 0, "the download was cut");
     assert!(proxy.sent().contains("\r\nrange: bytes="), "swupdate asked for the rest: {}", run.output);
     let answered = proxy.link.answered.lock().unwrap().clone();
     assert!(answered.iter().any(|l| l.starts_with("HTTP/1.1 206")), "{answered:?}");
-    assert_eq!(the_update(&app, &deployment).await["state"], "INSTALLED");
+    assert_eq!(the_update(&app, &it.deployment).await["state"], "INSTALLED");
 }
 
 #[tokio::test]
@@ -447,13 +472,9 @@ async fn a_cancel_while_swupdate_downloads_stops_it_and_is_acknowledged() {
     // About 270 KB/s: the 3 MB .swu takes some 10 s to arrive.
     let mut proxy = Proxy::bind(Some(Duration::from_millis(60)), 0).await;
     let Some(app) = app_behind(&mut proxy).await else { return };
-    let dir = app.dir.path().join("sw");
-    let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(3_266_489_917) >> 24) as u8).collect();
-    let target = dir.join("installed/app.bin");
-    let devices = devices(&app, 1).await;
-    let package = package_swu(&app, &dir, &payload, &target, false).await;
-    let (cid, secret) = &devices[0];
-    let deployment = apply(&app, &package, cid).await;
+    let it = Scenario::new(&app, 3_000_000, 3_266_489_917, 1, 0, false).await;
+    let (dir, target, deployment) = (it.dir.clone(), it.target.clone(), it.deployment.clone());
+    let (cid, secret) = &it.devices[0];
     let update = update_id(&app, &deployment).await;
 
     let run = {

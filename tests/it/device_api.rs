@@ -263,6 +263,16 @@ async fn device_answers_keep_their_exact_bytes() {
     assert_eq!(status, StatusCode::OK, "{text}");
     assert_eq!(text, format!(r#"{{"id":"{command_id}","message":"rebooted","name":"REBOOT","state":"SUCCEEDED"}}"#));
 
+    // Its first call made it ACTIVE, written by the seen flush in the
+    // background (`devices.seen_flush_interval`): wait for it, so the
+    // bytes below do not depend on how fast the calls above went.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while admin.ok("{ deviceByEndpointId(endpointId: \"enos-1\") { status } }", json!({})).await["deviceByEndpointId"]["status"]
+        != "ACTIVE"
+    {
+        assert!(std::time::Instant::now() < deadline, "the device was never made ACTIVE");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (status, text) = post_raw(
         &app,
         &secret,
