@@ -96,16 +96,37 @@ struct Link {
     href: String,
 }
 
-/// An absolute URL under this server's public URL, of path segments (each
-/// percent-encoded) and an optional query.
+/// What a path segment escapes (as the URL standard's path-segment set,
+/// and `/` and `%`).
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`')
+    .add(b'?')
+    .add(b'{')
+    .add(b'}')
+    .add(b'/')
+    .add(b'%');
+
+/// An absolute URL under this server's public URL (checked at start, no
+/// trailing slash), of path segments (each percent-encoded) and an
+/// optional query; built as text, since a base poll makes one or two.
 fn href(state: &HttpState, segments: &[&str], query: Option<&str>) -> Result<Link> {
-    let mut url = url::Url::parse(state.app.public_url()).map_err(Error::internal)?;
-    url.path_segments_mut()
-        .map_err(|()| Error::internal(anyhow::anyhow!("public URL cannot take a path")))?
-        .pop_if_empty()
-        .extend(segments);
-    url.set_query(query);
-    Ok(Link { href: url.into() })
+    let base = state.app.public_url();
+    let mut href = String::with_capacity(base.len() + 96 + query.map_or(0, str::len));
+    href.push_str(base.trim_end_matches('/'));
+    for segment in segments {
+        href.push('/');
+        href.extend(percent_encoding::utf8_percent_encode(segment, SEGMENT));
+    }
+    if let Some(query) = query {
+        href.push('?');
+        href.push_str(query);
+    }
+    Ok(Link { href })
 }
 
 /// HAL+JSON, as hawkBit answers (clients do not check the type).
@@ -570,6 +591,16 @@ mod tests {
         assert_eq!(feedback.execution, ddi::Execution::Proceeding);
         assert_eq!(feedback.progress, Some((3, 0)));
         assert_eq!(feedback.details, ["one line"]);
+    }
+
+    #[test]
+    fn path_segments_are_escaped_as_url_does() {
+        for segment in ["dev-01", "a b", "a/b", "100%", "ü?#", "x{y}`z\"<>"] {
+            let mut expected = url::Url::parse("http://h/").expect("url");
+            expected.path_segments_mut().expect("path").pop_if_empty().push(segment);
+            let ours: String = percent_encoding::utf8_percent_encode(segment, SEGMENT).collect();
+            assert_eq!(format!("http://h/{ours}"), expected.as_str(), "{segment:?}");
+        }
     }
 
     #[test]
