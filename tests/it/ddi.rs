@@ -337,6 +337,12 @@ async fn config_data_becomes_reported_attributes_and_the_link_goes() {
     assert_eq!(attributes().await, ["hwRevision=1.0", "region=eu", "swprobe=yes"]);
     assert_eq!(ddi.put_config(&json!({"mode": "replace", "data": {"region": "us"}})).await.0, StatusCode::OK);
     assert_eq!(attributes().await, ["region=us"]);
+    // Keys hawkBit takes and otadepot's rule does not are kept, not refused
+    // (a stock client refused here would re-send configData forever).
+    let odd = json!({"data": {"serial number": "SN\u{7}-1", "region": "us"}});
+    assert_eq!(ddi.put_config(&odd).await, (StatusCode::OK, String::new()));
+    assert_eq!(attributes().await, ["region=us", "serial_number=SN-1"]);
+    assert_eq!(ddi.put_config(&json!({"mode": "replace", "data": {"region": "us"}})).await.0, StatusCode::OK);
 
     for (body, field) in [
         (json!({"mode": "upsert", "data": {"a": "b"}}), "mode"),

@@ -625,10 +625,37 @@ impl ConfigMode {
     }
 }
 
+/// An attribute as configData sends it, made one otadepot keeps: hawkBit
+/// takes keys our attribute rule does not (1 to 64 of letters, digits,
+/// `-`, `_`, `.`), and a stock client refused with a 400 here re-sends
+/// configData at every poll and never installs. So other characters
+/// become `_`, the key and the value are cut to 64 and 256 characters,
+/// and control characters are dropped from the value.
+fn kept_attribute(key: &str, value: &str) -> (String, String) {
+    let mut key: String = key
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .take(64)
+        .collect();
+    if key.is_empty() {
+        key.push('_');
+    }
+    let value = value.chars().filter(|c| !c.is_control()).take(256).collect();
+    (key, value)
+}
+
 /// `configData`: the device's reported attributes (what dynamic groups
 /// select on), as an inventory report: one write against the rate limit,
-/// only changes written and audited.
+/// only changes written and audited. Keys and values are made ones
+/// otadepot keeps ([`kept_attribute`]); of two that become the same key,
+/// the later wins.
 pub async fn config_data(app: &App, ctx: &Ctx, mode: ConfigMode, data: Vec<(String, String)>) -> Result<()> {
+    let mut kept: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    for (key, value) in &data {
+        let (key, value) = kept_attribute(key, value);
+        kept.insert(key, value);
+    }
+    let data: Vec<(String, String)> = kept.into_iter().collect();
     let attributes: Vec<(String, Option<String>)> = match mode {
         ConfigMode::Merge => data.into_iter().map(|(k, v)| (k, Some(v))).collect(),
         ConfigMode::Remove => data.into_iter().map(|(k, _)| (k, None)).collect(),
@@ -726,6 +753,15 @@ mod tests {
         // `none` closes as hawkBit takes it: finished.
         let steps = feedback_steps(Released, true, "2.0.0", &said(Execution::Closed, Finished::None)).expect("steps");
         assert_eq!(names(&steps).last(), Some(&"INSTALLED_VERSION"));
+    }
+
+    #[test]
+    fn config_data_keys_and_values_become_ones_otadepot_keeps() {
+        assert_eq!(kept_attribute("hwRevision", "1.0"), ("hwRevision".into(), "1.0".into()));
+        assert_eq!(kept_attribute("hw revision/ü", "a\nb\tc"), ("hw_revision__".into(), "abc".into()));
+        assert_eq!(kept_attribute("", "x"), ("_".into(), "x".into()));
+        let (key, value) = kept_attribute(&"k".repeat(100), &"v".repeat(300));
+        assert_eq!((key.len(), value.len()), (64, 256));
     }
 
     #[test]
