@@ -104,7 +104,7 @@ const WEEKDAYS: [WeekdayGql; 7] = [
 /// `days` named. Downloads are not held; an install under way when it
 /// closes finishes. hawkBit DDI devices see no deployment outside it;
 /// `/device/v1` devices are told it in their poll and may not start
-/// installing outside it.
+/// installing outside it; EnOS devices are not held.
 #[derive(SimpleObject, InputObject, Clone)]
 #[graphql(name = "MaintenanceWindow", input_name = "MaintenanceWindowInput")]
 pub struct MaintenanceWindowGql {

@@ -52,7 +52,7 @@ use crate::service::pagination::{Page, PageRequest, cursor};
 
 /// Most devices one `registerDevices` call takes.
 pub const MAX_BATCH: usize = 10_000;
-const MAX_ATTRIBUTES: usize = 64;
+pub(crate) const MAX_ATTRIBUTES: usize = 64;
 /// Firmware plus up to 8 applications (TCUP's agent).
 const MAX_COMPONENTS: usize = 9;
 const SECRET_PREFIX: &str = "otd_";

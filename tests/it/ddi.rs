@@ -566,7 +566,46 @@ async fn outside_its_maintenance_window_a_deployment_is_withheld_from_ddi_device
     let link = href(&ddi.base().await["_links"]["deploymentBase"]).to_owned();
     let (_, body) = ddi.get(&link).await;
     assert_eq!(body["deployment"]["maintenanceWindow"], "available", "{body}");
-    assert!(!update_of(&app, &open, "d01").await["actionId"].is_null());
+
+    // The window closes (as stored): a device that only acknowledged is
+    // held again, one that has started keeps its link to finish and close.
+    let closed_window = serde_json::to_string(
+        &json!({"days": [], "start": window_from_now(180, 60)["start"], "duration_minutes": 60, "timezone": "UTC"}),
+    )
+    .unwrap();
+    {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+        entity::deployment::Entity::update_many()
+            .col_expr(entity::deployment::Column::MaintenanceWindow, Expr::value(closed_window))
+            .filter(entity::deployment::Column::Id.eq(open.as_str().unwrap().parse::<uuid::Uuid>().unwrap()))
+            .exec(app.db())
+            .await
+            .unwrap();
+    }
+    assert_eq!(update_of(&app, &open, "d01").await["state"], "ACKNOWLEDGED");
+    assert!(ddi.base().await["_links"].get("deploymentBase").is_none(), "not started: held");
+    let action = update_of(&app, &open, "d01").await["actionId"].as_i64().unwrap();
+    let started = swupdate_feedback(action, "proceeding", "none", 0, 1, "Installing Update Chunk Artifacts.");
+    assert_eq!(ddi.feedback(action, &started).await.0, StatusCode::OK);
+    assert!(ddi.base().await["_links"].get("deploymentBase").is_some(), "started: it keeps its link");
+}
+
+#[tokio::test]
+async fn an_update_not_released_yet_is_no_action_of_the_device() {
+    let app = app().await;
+    let (package, devices) = setup(&app, 2).await;
+    let deployment =
+        apply(&app, json!({"package": package, "devices": ["d00", "d01"], "policy": {"maxInFlight": 1}})).await;
+    let updates = [update_of(&app, &deployment, "d00").await, update_of(&app, &deployment, "d01").await];
+    let pending = updates.iter().find(|u| u["state"] == "PENDING").unwrap_or_else(|| panic!("{updates:?}"));
+    let owner = &devices[usize::from(pending["device"]["endpointId"] == "d01")];
+    let ddi = Ddi::target(&app, &owner.0, &owner.1);
+    let action = pending["actionId"].as_i64().unwrap();
+    assert!(ddi.base().await["_links"].get("deploymentBase").is_none());
+    assert_eq!(ddi.get(&ddi.url(&format!("/deploymentBase/{action}"))).await.0, StatusCode::NOT_FOUND);
+    let failure = swupdate_feedback(action, "closed", "failure", 0, 0, "nope");
+    assert_eq!(ddi.feedback(action, &failure).await.0, StatusCode::NOT_FOUND, "no failing what was never offered");
+    assert_eq!(update_of(&app, &deployment, &owner.0).await["state"], "PENDING");
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! installing. A window opens at a local time of day (every day, or on
 //! the weekdays named) in an IANA time zone and stays open for a duration
 //! of up to a day; DST is the zone's (an opening in a spring-forward gap
-//! is at the end of the gap, an ambiguous one at its first occurrence).
+//! is an hour later, an ambiguous one at its first occurrence).
 //!
 //! Where it counts (see docs/ddi.md and README): a hawkBit DDI device sees
 //! its `deploymentBase` link only while the window is open (swupdate
@@ -11,7 +11,8 @@
 //! `/device/v1` device is told the window in its poll and may start
 //! installing (INSTALLING, or INSTALLED_VERSION from DOWNLOADED) only while
 //! it is open. Downloads are never held, and an install under way when the
-//! window closes finishes.
+//! window closes finishes. EnOS devices are not held: their protocol has no
+//! step at which to hold them.
 
 use chrono::{DateTime, Datelike, NaiveTime, TimeDelta, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -86,9 +87,10 @@ impl MaintenanceWindow {
         let duration = TimeDelta::minutes(i64::from(self.duration_minutes));
         let today = now.with_timezone(&zone).date_naive();
         let mut opens_at = None;
-        // A window is at most a day long: yesterday's may still be open;
-        // a week ahead holds the next opening of any schedule.
-        for offset in -1..=8 {
+        // A window is at most a day long: the day before's may still be
+        // open (two days back covers one that spans a DST change); a week
+        // ahead holds the next opening of any schedule.
+        for offset in -2..=8 {
             let Some(date) = today.checked_add_signed(TimeDelta::days(offset)) else { continue };
             let weekday = u8::try_from(date.weekday().number_from_monday()).unwrap_or_default();
             if !self.days.is_empty() && !self.days.contains(&weekday) {
@@ -97,7 +99,9 @@ impl MaintenanceWindow {
             let local = date.and_time(start);
             let open = match zone.from_local_datetime(&local) {
                 chrono::LocalResult::Single(at) | chrono::LocalResult::Ambiguous(at, _) => at.with_timezone(&Utc),
-                // In a spring-forward gap: at the end of the gap.
+                // In a spring-forward gap: an hour later, what the
+                // clock shows then (the gaps of the zones we know are an
+                // hour; a zone with a 30-minute gap opens 30 minutes late).
                 chrono::LocalResult::None => {
                     match zone.from_local_datetime(&(local + TimeDelta::hours(1))).earliest() {
                         Some(at) => at.with_timezone(&Utc),

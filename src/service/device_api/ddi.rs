@@ -307,10 +307,18 @@ pub fn feedback_steps(
 }
 
 /// The `?c=` of a deploymentBase link: changes when what the device is
-/// told changes (the update, its step, its file URLs' window), as
-/// hawkBit's does; a signed int32 like hawkBit's.
-fn link_etag(update: &device_update::Model, window_exp: i64) -> i32 {
-    let digest = Sha256::digest(format!("{}:{}:{window_exp}", update.id, update.state));
+/// told changes (the update, its step, whether it may install and how, the
+/// window, its file URLs' window and the credential they are signed
+/// under), as hawkBit's does; a signed int32 like hawkBit's.
+fn link_etag(update: &device_update::Model, deployment: &deployment::Model, window_exp: i64, credential: &str) -> i32 {
+    let digest = Sha256::digest(format!(
+        "{}:{}:{}:{}:{}:{window_exp}:{credential}",
+        update.id,
+        update.state,
+        deployment.install_released,
+        deployment.action_type,
+        deployment.maintenance_window.as_deref().unwrap_or_default(),
+    ));
     i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
@@ -401,17 +409,26 @@ pub async fn base(app: &App, ctx: &Ctx) -> Result<Base> {
         if update.state == UpdateState::Cancelled.as_str() {
             answer.action = Some(BaseAction::Cancel { action_id: update.action_id });
         } else if deployable(update, deployment, declares_download_only(app, device.id, deployment).await?)?
-            // A window holds installs, not a download without one.
-            && (!deployment.install_released || window_of(deployment, chrono::Utc::now())?.is_none_or(|w| w.open))
+            // A window holds the start of an install: not a download
+            // without one, and not an update the device is already on
+            // (swupdate finds its action again through this link after
+            // its reboot, to close it).
+            && (!deployment.install_released
+                || !matches!(UpdateState::parse(&update.state)?, UpdateState::Released | UpdateState::Acknowledged)
+                || window_of(deployment, chrono::Utc::now())?.is_none_or(|w| w.open))
         {
             let window = crate::service::device_download::window(
                 update.id,
                 app.config.devices.download_url_ttl,
                 chrono::Utc::now(),
             );
+            let credential = crate::service::device_download::device_row(app, device.id)
+                .await?
+                .map(|row| row.credential_hash.clone())
+                .unwrap_or_default();
             answer.action = Some(BaseAction::Deployment {
                 action_id: update.action_id,
-                etag: link_etag(update, window.exp.timestamp()),
+                etag: link_etag(update, deployment, window.exp.timestamp(), &credential),
             });
         }
     }
@@ -442,6 +459,8 @@ async fn find_action(
     let (update, deployment) = device_update::Entity::find()
         .filter(device_update::Column::DeviceId.eq(device))
         .filter(device_update::Column::ActionId.eq(action_id))
+        // Not released yet: the device was never offered it.
+        .filter(device_update::Column::ReleasedAt.is_not_null())
         .find_also_related(deployment::Entity)
         .one(conn)
         .await?
@@ -535,6 +554,17 @@ pub async fn cancel_action(app: &App, ctx: &Ctx, action_id: i32) -> Result<i32> 
 pub async fn feedback(app: &App, ctx: &Ctx, action_id: i32, feedback: Feedback) -> Result<device_update::Model> {
     let device = ctx.require_device()?;
     app.rate_limits.device_write(device.id)?;
+    // swupdate posts from two threads at once: when another feedback moved
+    // the update between the read and the write, work it out again from
+    // what that one left (once).
+    match feedback_once(app, ctx, action_id, feedback.clone()).await {
+        Err(Error::InvalidState(_)) => feedback_once(app, ctx, action_id, feedback).await,
+        done => done,
+    }
+}
+
+async fn feedback_once(app: &App, ctx: &Ctx, action_id: i32, feedback: Feedback) -> Result<device_update::Model> {
+    let device = ctx.require_device()?;
     let (update, deployment) = find_action(&app.db, device.id, action_id).await?;
     let package = app.device_cache.package(&app.db, deployment.package_id).await?;
     let state = UpdateState::parse(&update.state)?;
@@ -655,7 +685,12 @@ pub async fn config_data(app: &App, ctx: &Ctx, mode: ConfigMode, data: Vec<(Stri
         let (key, value) = kept_attribute(key, value);
         kept.insert(key, value);
     }
-    let data: Vec<(String, String)> = kept.into_iter().collect();
+    // More than a device may keep would be refused whole (and re-sent at
+    // every poll): the first ones by name are kept.
+    if kept.len() > crate::service::device::MAX_ATTRIBUTES {
+        tracing::warn!(device = %ctx.require_device()?.id, sent = kept.len(), "configData: more attributes than a device keeps; the rest are dropped");
+    }
+    let data: Vec<(String, String)> = kept.into_iter().take(crate::service::device::MAX_ATTRIBUTES).collect();
     let attributes: Vec<(String, Option<String>)> = match mode {
         ConfigMode::Merge => data.into_iter().map(|(k, v)| (k, Some(v))).collect(),
         ConfigMode::Remove => data.into_iter().map(|(k, _)| (k, None)).collect(),
