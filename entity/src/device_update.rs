@@ -24,6 +24,9 @@ pub struct Model {
     /// For a CANCELLED update the device had started: whether it has seen
     /// the cancel.
     pub cancel_acknowledged: bool,
+    /// How a hawkBit DDI device was last offered it: `skip` (a held
+    /// install), `forced` or `attempt`; none until one fetched it.
+    pub ddi_offer: Option<String>,
     pub released_at: Option<DateTimeUtc>,
     pub finished_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,

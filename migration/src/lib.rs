@@ -29,6 +29,7 @@ mod m20261203_000018_add_content_sha1;
 mod m20261203_000019_add_device_update_action_id;
 mod m20261203_000020_add_deployment_action_type;
 mod m20261204_000021_add_deployment_maintenance_window;
+mod m20261204_000022_add_device_update_ddi_offer;
 
 pub struct Migrator;
 
@@ -56,6 +57,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000019_add_device_update_action_id::Migration),
             Box::new(m20261203_000020_add_deployment_action_type::Migration),
             Box::new(m20261204_000021_add_deployment_maintenance_window::Migration),
+            Box::new(m20261204_000022_add_device_update_ddi_offer::Migration),
         ]
     }
 }

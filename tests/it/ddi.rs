@@ -636,6 +636,11 @@ async fn a_device_that_declares_download_only_downloads_a_held_install_and_insta
             json!({"id": held}),
         )
         .await;
+    // Its `closed` of the `skip` it was offered, arriving after the
+    // release: it downloaded, it did not install.
+    let skipped = swupdate_feedback(action, "closed", "success", 0, 0, "Skipped Update.");
+    assert_eq!(able.feedback(action, &skipped).await.0, StatusCode::OK);
+    assert_eq!(update_of(&app, &held, "d00").await["state"], "DOWNLOADED", "a skip closed is no install");
     let link = href(&able.base().await["_links"]["deploymentBase"]).to_owned();
     let (_, body) = able.get(&link).await;
     assert_eq!(body["deployment"]["update"], "forced", "{body}");

@@ -346,6 +346,7 @@ pub(super) async fn plan_updates(
             error_code: Set(None),
             message: Set(None),
             cancel_acknowledged: Set(false),
+            ddi_offer: Set(None),
             released_at: Set(None),
             finished_at: Set(reason.map(|_| now)),
             created_at: Set(now),

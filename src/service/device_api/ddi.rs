@@ -520,6 +520,15 @@ pub async fn deployment_base(app: &App, ctx: &Ctx, action_id: i32) -> Result<Dep
         exp: window.exp,
     };
     let mut described = describe(app, &update, &deployment).await?;
+    // What it was offered decides what its `closed` will mean (a `skip`
+    // closed is a download), whatever the deployment does meanwhile.
+    if update.ddi_offer.as_deref() != Some(described.update) {
+        device_update::Entity::update_many()
+            .col_expr(device_update::Column::DdiOffer, sea_orm::sea_query::Expr::value(described.update))
+            .filter(device_update::Column::Id.eq(update.id))
+            .exec(&app.db)
+            .await?;
+    }
     for artifact in &mut described.artifacts {
         artifact.signed_query = Some(crate::service::device_download::signed_query(app, artifact.content_id, &grant));
     }
@@ -594,7 +603,14 @@ async fn feedback_once(app: &App, ctx: &Ctx, action_id: i32, feedback: Feedback)
         _ if !errors.is_empty() => Note::Set(errors.join("; ")),
         _ => Note::Keep,
     };
-    let steps = feedback_steps(state, deployment.install_released, &package.model.version, &feedback)?;
+    // A `closed` answers what the device was offered: after a `skip` it
+    // downloaded, even if the install was released since.
+    let install_released = match update.ddi_offer.as_deref() {
+        Some("skip") => false,
+        Some(_) => true,
+        None => deployment.install_released,
+    };
+    let steps = feedback_steps(state, install_released, &package.model.version, &feedback)?;
     if steps.is_empty() && note == Note::Keep {
         return Ok(update);
     }
