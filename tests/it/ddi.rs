@@ -179,6 +179,12 @@ async fn a_ddi_device_polls_downloads_reports_as_swupdate_does_and_ends_installe
     assert_eq!(&whole.bytes().await.unwrap()[..], IMAGE);
     let anonymous = app.client.get(&unsigned).send().await.unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    // A link that no longer verifies: refused alone, served with the token beside it.
+    let stale = format!("{unsigned}?{}", download.split_once('?').unwrap().1.replace("sig=", "sig=A"));
+    assert_eq!(app.client.get(&stale).send().await.unwrap().status(), StatusCode::FORBIDDEN);
+    let with_token = ddi.send(Method::GET, &stale, None).await;
+    assert_eq!(with_token.status(), StatusCode::OK, "the token beside a stale link");
+    assert_eq!(&with_token.bytes().await.unwrap()[..], IMAGE);
     let md5sum = app.client.get(href(&artifact["_links"]["md5sum"])).send().await.unwrap();
     assert_eq!(md5sum.status(), StatusCode::OK);
     assert_eq!(md5sum.text().await.unwrap(), format!("{}  update.swu\n", hex::encode(md5::Md5::digest(IMAGE))));
