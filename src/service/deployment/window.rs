@@ -120,6 +120,12 @@ impl MaintenanceWindow {
         Ok(WindowState { open: false, opens_at, closes_at: None })
     }
 
+    /// The state at `now` of a deployment's window, as stored on its row
+    /// (None: it has none).
+    pub fn state_of(deployment: &entity::deployment::Model, now: DateTime<Utc>) -> Result<Option<WindowState>> {
+        Self::from_stored(deployment.maintenance_window.as_deref())?.map(|w| w.state_at(now)).transpose()
+    }
+
     /// From the stored JSON (None: no window).
     pub fn from_stored(stored: Option<&str>) -> Result<Option<Self>> {
         stored

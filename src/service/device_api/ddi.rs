@@ -31,7 +31,7 @@ use crate::app::App;
 use crate::auth::Ctx;
 use crate::error::{Error, ResourceKind, Result};
 use crate::service::content::DownloadAccess;
-use crate::service::deployment::window::{MaintenanceWindow, WindowState};
+use crate::service::deployment::window::MaintenanceWindow;
 use crate::service::deployment::{ActionType, UpdateState};
 use crate::service::device::Inventory;
 use crate::service::device_cache::DdiFacts;
@@ -49,6 +49,13 @@ pub struct Base {
     pub config_data: bool,
     /// The action id of the update it last installed.
     pub installed: Option<i32>,
+}
+
+impl Base {
+    /// The answer with nothing to do.
+    fn idle(facts: DdiFacts) -> Self {
+        Self { active: false, action: None, config_data: !facts.has_attributes, installed: facts.installed }
+    }
 }
 
 /// The link a base poll carries.
@@ -355,11 +362,6 @@ async fn declares_download_only(app: &App, device: Uuid, deployment: &deployment
     Ok(value.is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "yes" | "1")))
 }
 
-/// The deployment's maintenance window at `now`, if it has one.
-fn window_of(deployment: &deployment::Model, now: chrono::DateTime<chrono::Utc>) -> Result<Option<WindowState>> {
-    MaintenanceWindow::from_stored(deployment.maintenance_window.as_deref())?.map(|w| w.state_at(now)).transpose()
-}
-
 /// An error swupdate logs at every start when its bootloader interface
 /// keeps no state (Debian's default, `none`): not a reason for anything.
 const HARMLESS: &str = "Cannot read stored update state";
@@ -372,12 +374,7 @@ const HARMLESS: &str = "Cannot read stored update state";
 pub async fn base(app: &App, ctx: &Ctx) -> Result<Base> {
     let device = ctx.require_device()?;
     if let Some(facts) = app.device_cache.idle_ddi(device.id) {
-        return Ok(Base {
-            active: false,
-            action: None,
-            config_data: !facts.has_attributes,
-            installed: facts.installed,
-        });
+        return Ok(Base::idle(facts));
     }
     let seq = app.device_cache.seq();
     let (current, commands, attributes, installed) = tokio::try_join!(
@@ -399,12 +396,7 @@ pub async fn base(app: &App, ctx: &Ctx) -> Result<Base> {
     if current.is_none() && commands.is_empty() {
         app.device_cache.mark_idle_ddi(device.id, seq, facts);
     }
-    let mut answer = Base {
-        active: current.is_some(),
-        action: None,
-        config_data: !facts.has_attributes,
-        installed: facts.installed,
-    };
+    let mut answer = Base { active: current.is_some(), ..Base::idle(facts) };
     if let Some((update, deployment)) = &current {
         if update.state == UpdateState::Cancelled.as_str() {
             answer.action = Some(BaseAction::Cancel { action_id: update.action_id });
@@ -415,7 +407,7 @@ pub async fn base(app: &App, ctx: &Ctx) -> Result<Base> {
             // its reboot, to close it).
             && (!deployment.install_released
                 || !matches!(UpdateState::parse(&update.state)?, UpdateState::Released | UpdateState::Acknowledged)
-                || window_of(deployment, chrono::Utc::now())?.is_none_or(|w| w.open))
+                || MaintenanceWindow::state_of(deployment, chrono::Utc::now())?.is_none_or(|w| w.open))
         {
             let window = crate::service::device_download::window(
                 update.id,
@@ -479,8 +471,8 @@ async fn describe(app: &App, update: &device_update::Model, deployment: &deploym
     // A held install (only a device that declared download-only support
     // sees one): download, do not install.
     let update_handling = if deployment.install_released { handling } else { "skip" };
-    let maintenance_window =
-        window_of(deployment, chrono::Utc::now())?.map(|w| if w.open { "available" } else { "unavailable" });
+    let maintenance_window = MaintenanceWindow::state_of(deployment, chrono::Utc::now())?
+        .map(|w| if w.open { "available" } else { "unavailable" });
     Ok(Deployment {
         action_id: update.action_id,
         update_id: update.id,

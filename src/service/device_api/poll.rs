@@ -203,9 +203,7 @@ pub async fn poll(app: &App, ctx: &Ctx, if_none_match: Option<&str>, fresh: bool
     let mut urls = None;
     let mut window_state = None;
     if let Some((update, deployment)) = &current {
-        window_state = MaintenanceWindow::from_stored(deployment.maintenance_window.as_deref())?
-            .map(|w| w.state_at(Utc::now()))
-            .transpose()?;
+        window_state = MaintenanceWindow::state_of(deployment, Utc::now())?;
         let a = action_of(update, deployment)?;
         let row = crate::service::device_download::device_row(app, device.id)
             .await?

@@ -231,15 +231,13 @@ pub(super) async fn apply_in(
         && from == Downloaded
         && deployment.install_released
         && matches!(report.status, ReportStatus::Installing | ReportStatus::InstalledVersion)
-        && let Some(window) = MaintenanceWindow::from_stored(deployment.maintenance_window.as_deref())?
+        && let Some(state) = MaintenanceWindow::state_of(&deployment, now)?
+        && !state.open
     {
-        let state = window.state_at(now)?;
-        if !state.open {
-            let opens = state.opens_at.map_or_else(|| "never".to_owned(), |at| at.to_rfc3339());
-            return Err(Error::InvalidState(format!(
-                "update {update_id}: outside the deployment's maintenance window; it opens at {opens}"
-            )));
-        }
+        let opens = state.opens_at.map_or_else(|| "never".to_owned(), |at| at.to_rfc3339());
+        return Err(Error::InvalidState(format!(
+            "update {update_id}: outside the deployment's maintenance window; it opens at {opens}"
+        )));
     }
     let mut message = report.message.clone();
     // The package, once read (for INSTALLED_VERSION).
