@@ -644,6 +644,23 @@ mod tests {
     }
 
     #[test]
+    fn ddi_settings_out_of_range_are_refused_naming_the_key() {
+        let defaults = Config::default().resolve().expect("defaults are valid");
+        assert_eq!(defaults.ddi.tenant, "DEFAULT");
+        let refused = |change: fn(&mut Config)| {
+            let mut config = Config::default();
+            change(&mut config);
+            config.resolve().expect_err("refused").to_string()
+        };
+        assert!(refused(|c| c.ddi.tenant = " ".into()).contains("ddi.tenant"));
+        assert!(refused(|c| c.ddi.tenant = "a/b".into()).contains("ddi.tenant"));
+        assert!(refused(|c| c.ddi.polling_sleep = Duration::from_millis(500)).contains("ddi.polling_sleep"));
+        assert!(
+            refused(|c| c.ddi.polling_sleep_active = Duration::from_secs(86_400)).contains("ddi.polling_sleep_active")
+        );
+    }
+
+    #[test]
     fn secret_does_not_print() {
         let secret = Secret::new("hunter2");
         assert_eq!(format!("{secret:?}"), "Secret(***)");
